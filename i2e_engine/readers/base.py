@@ -1,0 +1,81 @@
+"""What every reader shares: the shard reference, the reader options, and how a Pair is made.
+
+A shard is the unit of resume: it must name the same rows on every listing of unchanged
+inputs, so it is a small frozen value (kind, path, row range) that any worker can read.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+from i2e_engine.records import Pair, make_sample_id
+
+KINDS = ("parquet", "webdataset", "folder", "coco")
+COCO_CAPTION_MODES = ("join", "first")
+
+
+@dataclass(frozen=True)
+class ShardRef:
+    """One deterministic unit of input work.
+
+    ``start``/``stop`` slice the rows of folder and COCO inputs; file-based shards (parquet,
+    webdataset) are whole files, with ``start=0, stop=None``. ``shard_id`` is stable and
+    human-readable ("00000.parquet", "coco:captions_val2017.json[0:1000]"): completion
+    markers and reject rows refer to it. ``images_dir`` is the image folder of a COCO shard,
+    resolved at listing so that a shard read on another worker needs nothing else.
+    """
+    kind: str
+    path: str
+    start: int
+    stop: Optional[int]
+    shard_id: str
+    images_dir: Optional[str] = None
+
+
+@dataclass(frozen=True)
+class ReaderOptions:
+    """Choices about how inputs are read; the defaults read img2dataset and HF-style files.
+
+    Column names are for parquet: ``None`` takes the first present of the usual names.
+    ``coco_captions``: "join" (all captions of an image, joined with one space) or "first".
+    ``coco_images_dir`` replaces the default ``<root>/<split>`` image folder of COCO inputs.
+    """
+    image_column: Optional[str] = None
+    text_column: Optional[str] = None
+    url_column: str = "url"
+    coco_captions: str = "join"
+    coco_images_dir: Optional[str] = None
+
+    def __post_init__(self) -> None:
+        if self.coco_captions not in COCO_CAPTION_MODES:
+            raise ValueError(f"coco_captions must be one of {COCO_CAPTION_MODES}, got {self.coco_captions!r}")
+
+
+def make_pair(shard: ShardRef, row: int, image: Optional[bytes], text: Optional[str | bytes],
+              url: Optional[str] = None, read_error: Optional[str] = None) -> Pair:
+    """A Pair of ``shard``. When nothing at all could be read, the id falls back to the row's
+    position, so that failed rows of one shard do not all share one sample id."""
+    if image is None and text is None:
+        sample_id = make_sample_id(None, f"{shard.path}#{row}")
+    else:
+        sample_id = make_sample_id(image, text)
+    return Pair(sample_id=sample_id, source=shard.kind, source_shard=shard.shard_id,
+                row_in_shard=row, url=url, image=image, text=text, read_error=read_error)
+
+
+def shard_failure_pair(shard: ShardRef, row: int, error: BaseException, detail: str = "") -> Pair:
+    """The one Pair that reports a shard that could not be read (further); ``row`` is the
+    first row that was not delivered."""
+    message = f"unreadable_shard: {type(error).__name__}: {error}"
+    if detail:
+        message += f" ({detail})"
+    return Pair(sample_id=make_sample_id(None, shard.path), source=shard.kind,
+                source_shard=shard.shard_id, row_in_shard=row, url=None, image=None, text=None,
+                read_error=message)
+
+
+def row_slices(count: int, rows_per_shard: int) -> list[tuple[int, int]]:
+    """``[start, stop)`` ranges that cover ``range(count)`` exactly once, in order."""
+    if rows_per_shard < 1:
+        raise ValueError(f"rows_per_shard must be >= 1, got {rows_per_shard}")
+    return [(start, min(start + rows_per_shard, count)) for start in range(0, count, rows_per_shard)]

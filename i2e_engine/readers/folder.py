@@ -1,0 +1,68 @@
+"""A folder of images with sidecar alt-texts: ``photo.jpg`` + ``photo.txt``.
+
+Images are found recursively and sorted by their path relative to the folder, and shards
+are slices of that sorted list, so a listing and a later read agree as long as the folder
+does not change during a run. Sidecars are read as bytes (the text stage decodes them
+strictly); a missing sidecar gives ``missing_text``. ``url`` is the image's file:// URI,
+which is what traces a row back to its file.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterator
+
+from i2e_engine.readers.base import ShardRef, make_pair, row_slices, shard_failure_pair
+from i2e_engine.records import Pair
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff")
+SIDECAR_SUFFIX = ".txt"
+
+
+def list_images(folder: Path) -> list[Path]:
+    """Image files under ``folder``, sorted by relative path; hidden files are skipped."""
+    found = [p for p in folder.rglob("*")
+             if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
+             and not any(part.startswith(".") for part in p.relative_to(folder).parts)]
+    return sorted(found, key=lambda p: p.relative_to(folder).as_posix())
+
+
+def folder_shards(folder: Path, rows_per_shard: int, label: str) -> list[ShardRef]:
+    """Shards of ``folder``: its sorted images cut into ``rows_per_shard`` slices."""
+    images = list_images(folder)
+    if not images:
+        raise ValueError(f"no image files ({', '.join(IMAGE_SUFFIXES)}) under {folder}")
+    return [ShardRef("folder", str(folder), start, stop, f"folder:{label}[{start}:{stop}]")
+            for start, stop in row_slices(len(images), rows_per_shard)]
+
+
+def read_folder_shard(shard: ShardRef) -> Iterator[Pair]:
+    """Pairs of one slice of the folder; ``row_in_shard`` counts from the slice's start."""
+    folder = Path(shard.path)
+    try:
+        if not folder.is_dir():
+            raise FileNotFoundError(f"no folder at {folder}")
+        images = list_images(folder)[shard.start:shard.stop]
+    except OSError as error:
+        yield shard_failure_pair(shard, 0, error)
+        return
+    for row, path in enumerate(images):
+        url = path.absolute().as_uri()
+        try:
+            image = path.read_bytes()
+        except OSError as error:
+            yield make_pair(shard, row, None, None, url, f"unreadable_file: {type(error).__name__}: {error}")
+            continue
+        sidecar = path.with_suffix(SIDECAR_SUFFIX)
+        try:
+            text = sidecar.read_bytes()
+        except FileNotFoundError:
+            yield make_pair(shard, row, image, None, url, "missing_text")
+            continue
+        except OSError as error:
+            yield make_pair(shard, row, image, None, url, f"unreadable_text: {type(error).__name__}: {error}")
+            continue
+        yield make_pair(shard, row, image, text, url)
+    if shard.stop is not None and len(images) < shard.stop - shard.start:
+        # the folder lost files since listing: the rows read may have shifted, so say so
+        yield shard_failure_pair(shard, len(images), FileNotFoundError(
+            f"{shard.stop - shard.start - len(images)} image(s) of this slice are gone since listing"))

@@ -1,0 +1,97 @@
+"""img2dataset-style parquet: image bytes, alt-text and url per row.
+
+Image bytes are most of a file's weight, so rows are read one row group at a time, in
+small record batches of only the needed columns, never the whole file; a row group that
+turns out corrupt ends the shard after the rows of the groups before it.
+Images come in ``jpg`` or ``image`` columns, as binary or as a struct with a ``bytes``
+field (how Hugging Face datasets store an Image feature); text as string or binary.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable, Iterator, Optional
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from i2e_engine.readers.base import ReaderOptions, ShardRef, make_pair, shard_failure_pair
+from i2e_engine.records import Pair
+
+SUFFIXES = (".parquet",)
+IMAGE_COLUMNS = ("jpg", "image")
+TEXT_COLUMNS = ("caption", "txt", "alt_text", "text")
+BATCH_ROWS = 256
+
+
+def find_parquet_files(folder: Path) -> list[Path]:
+    """Parquet files under ``folder``, sorted; names starting with "." or "_" are skipped,
+    as Spark and Hive writers keep their markers and temporary files there."""
+    return sorted(p for p in folder.rglob("*")
+                  if p.is_file() and p.name.lower().endswith(SUFFIXES)
+                  and not any(part.startswith((".", "_")) for part in p.relative_to(folder).parts))
+
+
+def _is_binary(dtype: pa.DataType) -> bool:
+    return pa.types.is_binary(dtype) or pa.types.is_large_binary(dtype) or pa.types.is_binary_view(dtype)
+
+
+def _is_image_type(dtype: pa.DataType) -> bool:
+    if pa.types.is_struct(dtype):
+        index = dtype.get_field_index("bytes")
+        return index >= 0 and _is_binary(dtype.field(index).type)
+    return _is_binary(dtype)
+
+
+def _is_text_type(dtype: pa.DataType) -> bool:
+    return (_is_binary(dtype) or pa.types.is_string(dtype) or pa.types.is_large_string(dtype)
+            or pa.types.is_string_view(dtype))
+
+
+def _pick_column(schema: pa.Schema, wanted: Optional[str], defaults: tuple[str, ...],
+                 type_ok: Callable[[pa.DataType], bool]) -> tuple[Optional[str], Optional[str]]:
+    """(column to read, error to report): the configured name, or the first default present."""
+    candidates = (wanted,) if wanted else defaults
+    present = [name for name in candidates if name in schema.names]
+    if not present:
+        return None, "missing_column:" + "|".join(candidates)
+    name = present[0]
+    dtype = schema.field(name).type
+    if not type_ok(dtype):
+        return None, f"unsupported_column_type:{name}:{dtype}"
+    return name, None
+
+
+def _image_bytes(value: object) -> Optional[bytes]:
+    return value.get("bytes") if isinstance(value, dict) else value
+
+
+def read_parquet_shard(shard: ShardRef, options: ReaderOptions = ReaderOptions()) -> Iterator[Pair]:
+    """Pairs of one parquet file, in row order. A missing image or text column marks every
+    row with ``missing_column:<name>``; a corrupt file ends in one ``unreadable_shard`` Pair."""
+    row = 0
+    try:
+        parquet_file = pq.ParquetFile(shard.path)
+        schema = parquet_file.schema_arrow
+        image_column, image_error = _pick_column(schema, options.image_column, IMAGE_COLUMNS, _is_image_type)
+        text_column, text_error = _pick_column(schema, options.text_column, TEXT_COLUMNS, _is_text_type)
+        url_column = options.url_column if options.url_column in schema.names else None
+        read_error = "; ".join(e for e in (image_error, text_error) if e) or None
+        columns = [c for c in (image_column, text_column, url_column) if c]
+        if not columns:
+            for _ in range(parquet_file.metadata.num_rows):
+                yield make_pair(shard, row, None, None, read_error=read_error)
+                row += 1
+            return
+        for group in range(parquet_file.num_row_groups):
+            batches = parquet_file.iter_batches(batch_size=BATCH_ROWS, row_groups=[group], columns=columns)
+            for batch in batches:
+                size = batch.num_rows
+                images = batch.column(image_column).to_pylist() if image_column else [None] * size
+                texts = batch.column(text_column).to_pylist() if text_column else [None] * size
+                urls = batch.column(url_column).to_pylist() if url_column else [None] * size
+                for image, text, url in zip(images, texts, urls):
+                    yield make_pair(shard, row, _image_bytes(image), text,
+                                    url if isinstance(url, str) else None, read_error)
+                    row += 1
+    except Exception as error:  # pyarrow raises ArrowInvalid, OSError and others on bad files
+        yield shard_failure_pair(shard, row, error)

@@ -1,0 +1,80 @@
+"""WebDataset tar shards: consecutive members sharing a key form one sample.
+
+``key.jpg`` (or .jpeg/.png/.webp) holds the image, ``key.txt`` the alt-text (kept as bytes,
+so the text stage can reject invalid UTF-8), ``key.json`` optional metadata with ``url``
+and a fallback ``caption``. As in the webdataset library, the key is the member path up
+to the first "." of its base name, and samples are read in one streaming pass: a key that
+comes back after another key is a new sample. A truncated or corrupt tar delivers every
+sample completed before the damage, then one ``unreadable_shard`` Pair.
+"""
+from __future__ import annotations
+
+import json
+import posixpath
+import tarfile
+from pathlib import Path
+from typing import Iterator, Optional
+
+from i2e_engine.readers.base import ShardRef, make_pair, shard_failure_pair
+from i2e_engine.records import Pair
+
+SUFFIXES = (".tar", ".tar.gz", ".tgz")
+IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp")
+
+
+def find_tar_files(folder: Path) -> list[Path]:
+    """Tar shards under ``folder``, sorted; hidden and "_"-prefixed names are skipped."""
+    return sorted(p for p in folder.rglob("*")
+                  if p.is_file() and p.name.lower().endswith(SUFFIXES)
+                  and not any(part.startswith((".", "_")) for part in p.relative_to(folder).parts))
+
+
+def _split_member_name(name: str) -> tuple[str, str]:
+    directory, base = posixpath.split(name)
+    dot = base.find(".")
+    if dot < 0:
+        return name, ""
+    return posixpath.join(directory, base[:dot]), base[dot + 1:].lower()
+
+
+def _sample_pair(shard: ShardRef, row: int, parts: dict[str, bytes]) -> Pair:
+    image = next((parts[ext] for ext in IMAGE_EXTENSIONS if ext in parts), None)
+    text: Optional[str | bytes] = parts.get("txt")
+    url = None
+    json_error = None
+    if "json" in parts:
+        try:
+            meta = json.loads(parts["json"])
+        except ValueError as error:  # also UnicodeDecodeError
+            meta, json_error = None, f"bad_json: {error}"
+        if isinstance(meta, dict):
+            url = meta.get("url") if isinstance(meta.get("url"), str) else None
+            if text is None and isinstance(meta.get("caption"), str):
+                text = meta["caption"]
+    errors = [message for message, failed in (("missing_image", image is None),
+                                              ("missing_text", text is None),
+                                              (json_error, json_error is not None)) if failed]
+    return make_pair(shard, row, image, text, url, "; ".join(errors) or None)
+
+
+def read_webdataset_shard(shard: ShardRef) -> Iterator[Pair]:
+    """Pairs of one tar, one per sample key, in archive order."""
+    row = 0
+    key: Optional[str] = None
+    parts: dict[str, bytes] = {}
+    try:
+        with tarfile.open(shard.path, mode="r|*") as archive:
+            for member in archive:
+                if not member.isfile():
+                    continue
+                member_key, extension = _split_member_name(member.name)
+                if member_key != key:
+                    if key is not None:
+                        yield _sample_pair(shard, row, parts)
+                        row += 1
+                    key, parts = member_key, {}
+                parts[extension] = archive.extractfile(member).read()
+        if key is not None:
+            yield _sample_pair(shard, row, parts)
+    except Exception as error:  # tarfile, gzip and zlib raise several types on damaged streams
+        yield shard_failure_pair(shard, row, error, f"sample {key!r} incomplete" if key else "")

@@ -1,0 +1,64 @@
+"""Folder reader: sidecar texts, sorted slices that cover every image once, changed folders."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from i2e_engine.readers import list_shards, read_shard
+from i2e_engine.records import make_sample_id
+
+
+@pytest.fixture
+def photo_folder(tmp_path: Path, photos: dict[str, bytes]) -> Path:
+    root = tmp_path / "photos"
+    (root / "sub").mkdir(parents=True)
+    (root / "b_chelsea.jpg").write_bytes(photos["chelsea"])
+    (root / "b_chelsea.txt").write_bytes(b"Chelsea the cat")
+    (root / "a_coffee.JPEG").write_bytes(photos["coffee"])
+    (root / "a_coffee.txt").write_bytes("Caf\xe9".encode("latin-1"))      # invalid UTF-8, passed through
+    (root / "sub" / "astronaut.jpg").write_bytes(photos["astronaut"])     # no sidecar
+    (root / ".hidden.jpg").write_bytes(photos["chelsea"])
+    (root / "notes.json").write_bytes(b"{}")
+    return root
+
+
+def _read_all(shards: list) -> list[dict]:
+    return [pair for shard in shards for pair in read_shard(shard)]
+
+
+def test_sidecars_and_sorted_order(photo_folder: Path, photos: dict[str, bytes]) -> None:
+    [shard] = list_shards([str(photo_folder)])
+    assert shard.kind == "folder" and shard.shard_id == "folder:photos[0:3]"
+    pairs = list(read_shard(shard))
+    assert [p["image"] for p in pairs] == [photos["coffee"], photos["chelsea"], photos["astronaut"]]
+    assert [p["text"] for p in pairs] == [b"Caf\xe9", b"Chelsea the cat", None]
+    assert [p["read_error"] for p in pairs] == [None, None, "missing_text"]
+    assert pairs[2]["url"] == (photo_folder / "sub" / "astronaut.jpg").as_uri()
+    assert [p["sample_id"] for p in pairs] == [make_sample_id(p["image"], p["text"]) for p in pairs]
+
+
+def test_slices_cover_every_image_exactly_once(photo_folder: Path) -> None:
+    shards = list_shards([str(photo_folder)], rows_per_shard=2)
+    assert [s.shard_id for s in shards] == ["folder:photos[0:2]", "folder:photos[2:3]"]
+    sliced = _read_all(shards)
+    [whole] = list_shards([str(photo_folder)], rows_per_shard=1000)
+    assert [p["sample_id"] for p in sliced] == [p["sample_id"] for p in read_shard(whole)]
+    assert [(p["source_shard"], p["row_in_shard"]) for p in sliced] == [
+        ("folder:photos[0:2]", 0), ("folder:photos[0:2]", 1), ("folder:photos[2:3]", 0)]
+    assert [p["sample_id"] for p in sliced] == [p["sample_id"] for p in _read_all(shards)]
+
+
+def test_folder_that_lost_files_after_listing_says_so(photo_folder: Path) -> None:
+    [shard] = list_shards([str(photo_folder)])
+    (photo_folder / "sub" / "astronaut.jpg").unlink()
+    pairs = list(read_shard(shard))
+    assert len(pairs) == 3 and pairs[2]["row_in_shard"] == 2
+    assert pairs[2]["read_error"].startswith("unreadable_shard: FileNotFoundError")
+
+
+def test_folder_gone_after_listing(photo_folder: Path) -> None:
+    [shard] = list_shards([str(photo_folder)])
+    photo_folder.rename(photo_folder.with_name("elsewhere"))
+    [pair] = list(read_shard(shard))
+    assert pair["read_error"].startswith("unreadable_shard: FileNotFoundError")
