@@ -25,6 +25,7 @@ class NerConfig:
     labels: tuple[str, ...] = ("PERSON", "NORP", "FAC", "ORG", "GPE", "LOC", "PRODUCT",
                                "EVENT", "WORK_OF_ART", "LAW", "LANGUAGE")
     alias_matcher: bool = True      # also find KB aliases ("dog", "pizza") the NER misses
+    alias_pos: tuple[str, ...] = ("NOUN", "PROPN")  # alias hits must end in one of these; () = any
 
 
 @dataclass

@@ -33,6 +33,8 @@ from typing import Collection
 import pyarrow as pa
 from spacy.lang.en.stop_words import STOP_WORDS
 
+from i2e_engine.inflect import singulars
+
 ALIAS_WEIGHT = 0.5
 DEFAULT_SMOOTHING = 0.01
 
@@ -138,8 +140,17 @@ class AliasIndex:
         return len(self._entities)
 
     def candidates(self, mention: str, k: int = 30) -> list[tuple[str, float]]:
-        """Up to ``k`` (entity_id, prior) pairs for a mention, best first (ties by entity_id)."""
-        return list(self._candidates.get(normalize_alias(mention), ())[:k])
+        """Up to ``k`` (entity_id, prior) pairs for a mention, best first (ties by entity_id).
+
+        A plural mention with no candidates of its own ("coins") gets its singular's.
+        """
+        key = normalize_alias(mention)
+        found = self._candidates.get(key)
+        for singular in ([] if found else singulars(key)):
+            found = self._candidates.get(singular)
+            if found:
+                break
+        return list((found or ())[:k])
 
     def entity(self, entity_id: str) -> dict:
         """The KB row of an entity: entity_id, name, description, aliases, source, popularity.

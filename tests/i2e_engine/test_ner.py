@@ -1,0 +1,64 @@
+import pytest
+
+from i2e_engine.config import NerConfig
+from i2e_engine.ner import build_extractor
+
+
+@pytest.fixture(scope="module")
+def extractor():
+    return build_extractor(NerConfig(), ["dog", "pizza", "Eiffel Tower", "tower", "cat", "Space Shuttle"])
+
+
+def test_real_ner_finds_names_with_offsets(extractor):
+    text = "Barack Obama visits the Eiffel Tower in Paris"
+    mentions = extractor.extract([text])[0]
+    ner = {m["text"]: m for m in mentions if m["source"] == "ner"}
+    assert "Barack Obama" in ner and ner["Barack Obama"]["label"] == "PERSON"
+    assert "Paris" in ner and ner["Paris"]["label"] == "GPE"
+    for m in mentions:
+        assert text[m["start"]:m["end"]] == m["text"]
+
+
+def test_alias_matcher_finds_concepts_the_ner_misses(extractor):
+    mentions = extractor.extract(["A DOG eats pizza on the beach"])[0]
+    found = {(m["text"], m["source"], m["label"]) for m in mentions}
+    assert ("DOG", "alias", "ALIAS") in found
+    assert ("pizza", "alias", "ALIAS") in found
+
+
+def test_alias_matches_keep_the_longest_span(extractor):
+    mentions = extractor.extract(["the space shuttle tower at dusk"])[0]
+    texts = [m["text"] for m in mentions if m["source"] == "alias"]
+    assert "space shuttle" in texts and "tower" in texts
+    assert extractor.extract(["eiffel tower"])[0][0]["text"] == "eiffel tower"
+    assert [m["text"] for m in extractor.extract(["eiffel tower"])[0]] == ["eiffel tower"]
+
+
+def test_unwanted_labels_are_dropped(extractor):
+    mentions = extractor.extract(["On 4 July 2019 three people met"])[0]
+    assert all(m["label"] not in ("DATE", "CARDINAL") for m in mentions)
+
+
+def test_batch_equals_one_by_one(extractor):
+    texts = ["Chelsea the cat", "A cup of coffee", "", "NASA launches the Space Shuttle from Florida"]
+    batched = extractor.extract(texts, batch_size=2)
+    assert batched == [extractor.extract([t])[0] for t in texts]
+    assert batched[2] == []
+
+
+def test_missing_model_gives_a_clear_error():
+    with pytest.raises(RuntimeError, match="cannot load spaCy model 'no_such_model'"):
+        build_extractor(NerConfig(model="no_such_model"))
+
+
+def test_alias_hits_must_be_nouns():
+    extractor = build_extractor(NerConfig(), ["nice", "reading", "book", "day"])
+    texts = [m["text"] for m in extractor.extract(["a nice day: a girl reading a book"])[0]]
+    assert "book" in texts and "day" in texts
+    assert "nice" not in texts and "reading" not in texts
+
+
+def test_plural_forms_of_aliases_are_found():
+    extractor = build_extractor(NerConfig(), ["coin", "galaxy"])
+    mentions = extractor.extract(["Greek coins and distant galaxies"])[0]
+    assert [m["text"] for m in mentions if m["source"] == "alias"] == ["coins", "galaxies"]

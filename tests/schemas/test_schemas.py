@@ -1,0 +1,71 @@
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+import schemas
+
+
+def test_every_table_loads_with_version_metadata():
+    for table in schemas.TABLES:
+        schema = schemas.get_schema(table)
+        assert schema.metadata[b"i2e.table"] == table.encode()
+        assert schema.metadata[b"i2e.schema_version"] == b"1"
+        assert len(schema) >= 5
+
+
+def test_nested_types_are_built_from_data():
+    links = schemas.get_schema("annotations").field("links").type
+    assert pa.types.is_list(links)
+    struct = links.value_type
+    assert struct.field("entity_id").type == pa.string()
+    assert pa.types.is_list(struct.field("runner_ups").type)
+
+
+def _reject(**overrides):
+    row = {"sample_id": "s", "source_shard": "a", "row_in_shard": 1, "stage": "image", "kind": "rejected",
+           "reason": "image_empty", "entity_id": None, "detail": "", "run_id": "r"}
+    return {**row, **overrides}
+
+
+def test_write_then_read_roundtrip(tmp_path):
+    path = tmp_path / "rejects.parquet"
+    schemas.write_table(schemas.from_records([_reject(), _reject(sample_id="t", row_in_shard=None)], "rejects"),
+                        path, "rejects")
+    table = schemas.read_table(path, "rejects")
+    assert table.column("sample_id").to_pylist() == ["s", "t"]
+    assert pq.read_schema(path).metadata[b"i2e.table"] == b"rejects"
+
+
+def test_missing_and_extra_columns_are_refused():
+    with pytest.raises(schemas.SchemaError, match="unexpected columns"):
+        schemas.from_records([{**_reject(), "surprise": 1}], "rejects")
+    table = schemas.from_records([_reject()], "rejects").drop(["detail"])
+    with pytest.raises(schemas.SchemaError, match="missing columns"):
+        schemas.validate(table, "rejects")
+
+
+def test_null_in_required_column_is_refused():
+    with pytest.raises(schemas.SchemaError, match="not nullable"):
+        schemas.from_records([_reject(reason=None)], "rejects")
+
+
+def test_wrong_type_is_refused_on_read(tmp_path):
+    table = schemas.from_records([_reject()], "rejects")
+    bad = table.set_column(table.schema.get_field_index("row_in_shard"), "row_in_shard",
+                           pa.array(["1"], pa.string()))
+    path = tmp_path / "bad.parquet"
+    pq.write_table(bad.replace_schema_metadata(table.schema.metadata), path)
+    with pytest.raises(schemas.SchemaError, match="row_in_shard"):
+        schemas.read_table(path, "rejects")
+
+
+def test_reading_a_file_as_the_wrong_table_is_refused(tmp_path):
+    path = tmp_path / "r.parquet"
+    schemas.write_table(schemas.from_records([_reject()], "rejects"), path, "rejects")
+    with pytest.raises(schemas.SchemaError, match="holds table 'rejects'"):
+        schemas.read_table(path, "images")
+
+
+def test_describe_lists_columns_and_docs():
+    text = schemas.describe("image_entities")
+    assert "image_entity_score" in text and "float" in text and "rank" in text
