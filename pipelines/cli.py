@@ -1,0 +1,173 @@
+"""`i2e`: build Image-to-Entities tables, build knowledge bases, print schemas and reports.
+
+Arguments the CLI does not know are passed to Beam as pipeline options, so the same
+command runs locally (DirectRunner, the default) or on Dataflow/Flink/Spark.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from typing import Optional, Sequence
+
+import schemas
+from i2e_engine.config import BuildConfig, FilterConfig, LinkConfig, NerConfig, ScorerConfig
+
+BUILD_EPILOG = """\
+examples:
+  i2e build                                   # the embedded scikit-image demo
+  i2e build data/*.parquet --output out/      # img2dataset parquet shards
+  i2e build shards/ --format webdataset --min-score 0.25 --top-k 3
+  i2e build coco/annotations/captions_val2017.json --output coco_out
+  i2e build gs://bucket/pairs/*.parquet --output /mnt/shared/out \\
+      --runner=DataflowRunner --project=P --region=R --temp_location=gs://bucket/tmp
+
+Rerunning the same command resumes: committed input shards are not annotated again.
+Filters (--min-score, --top-k, --keep-top-fraction, --min-images-per-entity) can be
+changed on a rerun without redoing NER or scoring.
+Any option not listed here is a Beam pipeline option (--runner, --direct_num_workers ...).
+"""
+
+
+def _build_parser(commands) -> None:
+    build = commands.add_parser(
+        "build", help="turn image/alt-text pairs into I2E tables", epilog=BUILD_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Read pairs, normalize alt-text, find and link entity mentions, score each image "
+                    "against its entities, filter, dedup, and write images / entities / image_entities / "
+                    "rejects parquet tables plus manifest.json.")
+    build.add_argument("inputs", nargs="*", help="parquet files or folders, webdataset .tar shards, a folder of "
+                       "images with .txt sidecars, or a COCO captions JSON; none = the embedded demo")
+    build.add_argument("--output", "-o", default="i2e_out", help="output folder (default: %(default)s)")
+    build.add_argument("--format", dest="input_format", default="auto",
+                       choices=["auto", "parquet", "webdataset", "folder", "coco"], help="input format (default: auto)")
+    build.add_argument("--kb", help="KB parquet from `i2e kb build` (default: the offline KB, built once and cached)")
+    build.add_argument("--scorer", default="offline", choices=["offline", "open_clip"],
+                       help="image-entity scorer (default: offline EfficientNet-Lite0 x MiniLM bridge)")
+    build.add_argument("--arch", default="ViT-B-32", help="open_clip architecture (default: %(default)s)")
+    build.add_argument("--pretrained", help="open_clip checkpoint file, or a tag already in the local cache")
+    build.add_argument("--entity-text", default="name_description", choices=["name", "name_description"],
+                       help="text the scorer compares the image with (default: %(default)s)")
+    build.add_argument("--device", default="auto", help="scorer device: auto, cpu, cuda (default: auto)")
+    build.add_argument("--scorer-batch-size", type=int, default=32)
+    build.add_argument("--ner-model", default=NerConfig.model, help="spaCy pipeline (default: %(default)s)")
+    build.add_argument("--ner-batch-size", type=int, default=NerConfig.batch_size)
+    build.add_argument("--no-alias-matcher", action="store_true", help="only spaCy NER mentions, no KB alias matches")
+    build.add_argument("--nil-threshold", type=float, default=LinkConfig.nil_threshold,
+                       help="link score under which a mention is NIL (default: %(default)s)")
+    build.add_argument("--min-score", type=float, help="drop image-entity pairs scoring below this")
+    build.add_argument("--top-k", type=int, help="keep at most k entities per image")
+    build.add_argument("--keep-top-fraction", type=float, help="keep the top fraction of all scores, e.g. 0.3")
+    build.add_argument("--min-images-per-entity", type=int, default=1, help="drop entities with fewer images")
+    build.add_argument("--rows-per-shard", type=int, default=1000, help="shard size for folder/COCO inputs")
+    build.add_argument("--num-output-shards", type=int, default=0, help="parquet parts per table (0 = auto)")
+    build.add_argument("--overwrite", action="store_true", help="delete the output folder first")
+    build.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+
+
+def config_from_args(args: argparse.Namespace) -> BuildConfig:
+    return BuildConfig(
+        inputs=list(args.inputs), input_format=args.input_format, output=args.output, kb=args.kb,
+        rows_per_shard=args.rows_per_shard, num_output_shards=args.num_output_shards,
+        ner=NerConfig(model=args.ner_model, batch_size=args.ner_batch_size,
+                      alias_matcher=not args.no_alias_matcher),
+        link=LinkConfig(nil_threshold=args.nil_threshold),
+        scorer=ScorerConfig(name=args.scorer, arch=args.arch, pretrained=args.pretrained,
+                            entity_text=args.entity_text, batch_size=args.scorer_batch_size, device=args.device),
+        filter=FilterConfig(min_score=args.min_score, top_k_per_image=args.top_k,
+                            keep_top_fraction=args.keep_top_fraction,
+                            min_images_per_entity=args.min_images_per_entity),
+    )
+
+
+def _kb_parser(commands) -> None:
+    kb = commands.add_parser("kb", help="knowledge-base tools")
+    kb_commands = kb.add_subparsers(dest="kb_command", required=True)
+    build = kb_commands.add_parser(
+        "build", help="write a versioned KB parquet",
+        description="Merge entity sources into one KB table (entity_id, name, aliases, description, popularity).")
+    build.add_argument("--sources", default="vital,geonames",
+                       help="comma-separated: vital (Wikipedia vital articles, offline), geonames (places, "
+                            "offline), wikidata (needs --wikidata-dump). Default: %(default)s")
+    build.add_argument("--wikidata-dump", help="Wikidata JSON dump (.json, .json.gz or .json.bz2), streamed")
+    build.add_argument("--min-population", type=int, default=100_000, help="smallest geonames city kept")
+    build.add_argument("--limit", type=int, help="stop after this many Wikidata entities")
+    build.add_argument("--out", required=True, help="KB parquet path to write")
+
+
+def _report_parser(commands) -> None:
+    report = commands.add_parser("report", help="summarize an existing output folder")
+    report.add_argument("output", help="output folder of `i2e build`")
+    report.add_argument("--json", action="store_true", help="print the manifest as JSON")
+
+
+def make_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="i2e", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--verbose", "-v", action="store_true", help="log at INFO level")
+    commands = parser.add_subparsers(dest="command", required=True)
+    _build_parser(commands)
+    _kb_parser(commands)
+    schema = commands.add_parser("schema", help="print the schema of a table (or all tables)")
+    schema.add_argument("table", nargs="?", choices=schemas.TABLES)
+    _report_parser(commands)
+    return parser
+
+
+# Warnings Beam logs at import on every machine without Google Cloud libraries; they are
+# about Dataflow/BigQuery extras, not this run, and would bury the summary.
+_IMPORT_NOISE = ("Failed to import GCSFileSystem", "apitools not found")
+
+
+class _DropImportNoise(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not any(text in record.getMessage() for text in _IMPORT_NOISE)
+
+
+def _setup_logging(verbose: bool) -> None:
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if not verbose:
+        for handler in logging.getLogger().handlers:
+            handler.addFilter(_DropImportNoise())
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = make_parser()
+    args, beam_args = parser.parse_known_args(argv)
+    _setup_logging(args.verbose)
+    if beam_args and args.command != "build":
+        parser.error(f"unrecognized arguments: {' '.join(beam_args)}")
+    if args.command == "schema":
+        print("\n\n".join(schemas.describe(t) for t in ([args.table] if args.table else schemas.TABLES)))
+        return 0
+    if args.command == "kb":
+        from i2e_engine.kb.build import build_kb, read_kb
+
+        build_kb(args.sources.split(","), args.out, wikidata_dump=args.wikidata_dump,
+                 min_population=args.min_population, limit=args.limit)
+        table, version = read_kb(args.out)
+        print(f"wrote {table.num_rows} entities to {args.out} (kb_version {version})")
+        return 0
+    if args.command == "report":
+        from pathlib import Path
+
+        from pipelines.beam.pipeline import format_summary
+
+        manifest = json.loads((Path(args.output) / "manifest.json").read_text())
+        print(json.dumps(manifest, indent=2) if args.json else format_summary(manifest, args.output))
+        return 0
+    config = config_from_args(args)
+    if args.print_config:
+        print(config.to_json())
+        return 0
+    from pipelines.beam.pipeline import format_summary, run_build
+
+    manifest = run_build(config, beam_args, overwrite=args.overwrite)
+    print(format_summary(manifest))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
