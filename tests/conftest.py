@@ -24,3 +24,15 @@ def coco_mini() -> Path:
 @pytest.fixture(scope="session")
 def caltech101() -> Path:
     return _need(SHARED_DATA / "caltech101")
+
+
+@pytest.fixture(scope="session")
+def demo_build(tmp_path_factory):
+    """One `i2e build` of the embedded demo for the whole session: (output folder, manifest).
+    Tests that change it must work on a copy."""
+    from i2e_engine.config import BuildConfig
+    from pipelines.beam.pipeline import run_build
+
+    out = tmp_path_factory.mktemp("demo") / "out"
+    manifest = run_build(BuildConfig(output=str(out)), progress=lambda _: None)
+    return out, manifest

@@ -6,7 +6,9 @@ from __future__ import annotations
 import os
 import socket
 import subprocess
+import shutil
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -86,9 +88,10 @@ def test_ray_job_submit_smoke(i2e_tables, tmp_path):
     env = {**os.environ, "RAY_AUTH_MODE": "disabled", "PATH": venv_bin + os.pathsep + os.environ["PATH"]}
     env.pop("RAY_ADDRESS", None)
     port, dash = _free_port(), _free_port()
+    ray_tmp = tempfile.mkdtemp(prefix="rayjob", dir="/tmp")  # short: Ray's unix socket paths have a length limit
     head = subprocess.Popen([f"{venv_bin}/ray", "start", "--head", "--block", "--num-cpus", "2", "--port", str(port),
                              "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dash),
-                             "--disable-usage-stats", "--temp-dir", str(tmp_path / "ray")],
+                             "--disable-usage-stats", "--temp-dir", ray_tmp],
                             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         address = f"http://127.0.0.1:{dash}"
@@ -115,3 +118,4 @@ def test_ray_job_submit_smoke(i2e_tables, tmp_path):
             head.wait(timeout=60)
         except subprocess.TimeoutExpired:
             head.kill()
+        shutil.rmtree(ray_tmp, ignore_errors=True)

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import io
 import json
-import struct
-import zlib
+import shutil
 
 import pandas as pd
 import pyarrow as pa
@@ -51,13 +50,6 @@ def _check_tables(out, num_inputs: int) -> dict:
     return t
 
 
-@pytest.fixture(scope="module")
-def demo_build(tmp_path_factory):
-    out = tmp_path_factory.mktemp("demo") / "out"
-    manifest = run_build(BuildConfig(output=str(out)), progress=lambda _: None)
-    return out, manifest
-
-
 def test_demo_build_accounts_for_every_row(demo_build):
     out, manifest = demo_build
     t = _check_tables(out, len(demo_rows()))
@@ -72,14 +64,16 @@ def test_demo_links_real_entities(demo_build):
     t = _check_tables(out, len(demo_rows()))
     joined = t["image_entities"].merge(t["images"][["image_id", "alt_text"]], on="image_id") \
         .merge(t["entities"][["entity_id", "name"]], on="entity_id")
-    cat = joined[joined["alt_text"].str.startswith("Chelsea the cat")]
+    cat = joined[joined["alt_text"].str.contains("cat", case=False)]
     assert "Cat" in set(cat["name"])
     coffee = joined[joined["alt_text"].str.contains("coffee")]
     assert "Coffee" in set(coffee["name"])
 
 
 def test_rerun_resumes_and_refilters_without_reannotating(demo_build, tmp_path):
-    out, first = demo_build
+    first_out, first = demo_build
+    out = tmp_path / "copy"
+    shutil.copytree(first_out, out)
     messages = []
     config = BuildConfig(output=str(out), filter=FilterConfig(top_k_per_image=1))
     manifest = run_build(config, progress=messages.append)
@@ -103,9 +97,10 @@ def _jpeg(array, size=None) -> bytes:
 
 
 def _bomb() -> bytes:
-    ihdr = struct.pack(">IIBBBBB", 60_000, 60_000, 8, 2, 0, 0, 0)
-    chunk = b"IHDR" + ihdr
-    return b"\x89PNG\r\n\x1a\n" + struct.pack(">I", 13) + chunk + struct.pack(">I", zlib.crc32(chunk))
+    """A real decompression bomb: a few KB of PNG that decode to 81 million pixels."""
+    buffer = io.BytesIO()
+    Image.new("1", (9000, 9000)).save(buffer, "PNG")
+    return buffer.getvalue()
 
 
 def test_bad_inputs_never_crash_and_never_vanish(tmp_path):
