@@ -133,6 +133,7 @@ class _DropImportNoise(logging.Filter):
 def _setup_logging(verbose: bool) -> None:
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("i2e.progress").setLevel(logging.INFO)
     if not verbose:
         for handler in logging.getLogger().handlers:
             handler.addFilter(_DropImportNoise())

@@ -6,6 +6,7 @@ reject row to the dead-letter table.
 from __future__ import annotations
 
 import json
+import logging
 import zlib
 from pathlib import Path
 from typing import Iterable, Optional
@@ -22,6 +23,7 @@ from i2e_engine.records import make_reject
 from pipelines.beam.handlers import ScorerHandler, SpacyNerHandler
 
 REJECTS = "rejects"
+PROGRESS = logging.getLogger("i2e.progress")  # per-shard commits; the CLI shows it at INFO
 
 
 def _split(result: tuple[Optional[dict], Optional[dict]]):
@@ -128,6 +130,7 @@ class _WriteShardDoFn(beam.DoFn):
         done.parent.mkdir(parents=True, exist_ok=True)
         done.with_suffix(".tmp").write_text(json.dumps(marker))
         done.with_suffix(".tmp").replace(done)
+        PROGRESS.info("committed shard %s: %d annotated, %d dropped", shard_id, len(annotations), len(rejects))
         yield marker
 
 
