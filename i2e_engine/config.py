@@ -33,6 +33,8 @@ class LinkConfig:
     top_k_candidates: int = 30
     nil_threshold: float = 0.15     # link score under this -> NIL (no entity)
     max_runner_ups: int = 3
+    # KB sources whose entities are only ever proper nouns: a lower-case mention never links there
+    proper_noun_sources: tuple[str, ...] = ("geonames",)
 
 
 @dataclass

@@ -95,8 +95,20 @@ class Linker:
             words = self._entity_words[entity_id] = content_words(f"{entity['name']} {entity['description']}")
         return words
 
+    def _candidates(self, text: str) -> list[tuple[str, float]]:
+        """Candidates with priors; a mention written all in lower case is a common noun
+        ("a man on a horse"), so entities of proper-noun-only sources (places: the city of
+        Man, Nice, Reading) are dropped and the remaining priors renormalized."""
+        candidates = self.alias_index.candidates(text, self.config.top_k_candidates)
+        excluded = set(self.config.proper_noun_sources)
+        if not text.islower() or not excluded:
+            return candidates
+        kept = [(e, p) for e, p in candidates if self.alias_index.entity(e)["source"] not in excluded]
+        total = sum(p for _, p in kept)
+        return [(e, p / total) for e, p in kept] if total > 0 else kept
+
     def _link_one(self, alt_text: str, mention: Mention) -> Optional[Link]:
-        candidates = self.alias_index.candidates(mention["text"], self.config.top_k_candidates)
+        candidates = self._candidates(mention["text"])
         if not candidates:
             return None
         mention_words = content_words(mention["text"])

@@ -164,3 +164,19 @@ def test_content_words_and_cosine():
     assert content_words("The towers of the cities, and Paris's museums") == {"tower", "city", "paris", "museum"}
     assert bag_cosine(frozenset({"a1", "b1"}), frozenset({"a1", "c1", "d1", "e1"})) == pytest.approx(0.5 ** 1.5)
     assert bag_cosine(frozenset(), frozenset({"x1"})) == 0.0
+
+
+def test_lowercase_common_noun_never_links_to_a_place():
+    kb = schemas.from_records([
+        {"entity_id": "enwiki:Man", "name": "Man", "description": "Male adult human", "aliases": [],
+         "source": "vital_articles", "popularity": 1.0},
+        {"entity_id": "geonames:1", "name": "Man", "description": "City in Ivory Coast", "aliases": [],
+         "source": "geonames", "popularity": 5_000_000.0},
+    ], "kb")
+    linker = Linker(AliasIndex.from_kb_table(kb), LinkConfig())
+    common = linker.link("a man on a horse", [Mention(text="man", label="ALIAS", start=2, end=5, source="alias")])
+    assert [l["entity_id"] for l in common] == ["enwiki:Man"] and common[0]["link_prior"] == 1.0
+    text = "market in the city of Man, Ivory Coast"
+    start = text.index("Man")
+    proper = linker.link(text, [Mention(text="Man", label="GPE", start=start, end=start + 3, source="ner")])
+    assert proper[0]["entity_id"] == "geonames:1"
