@@ -171,9 +171,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args.print_config:
         print(config.to_json())
         return 0
-    from pipelines.beam.pipeline import format_summary, run_build
+    from i2e_engine.scorers.base import ScorerWeightsMissing
+    from pipelines.beam.pipeline import ConfigChangedError, format_summary, run_build
 
-    manifest = run_build(config, beam_args, overwrite=args.overwrite)
+    try:
+        manifest = run_build(config, beam_args, overwrite=args.overwrite)
+    except (ScorerWeightsMissing, ConfigChangedError, FileNotFoundError, ValueError) as error:
+        parser.exit(2, f"i2e build: error: {error}\n")
     print(format_summary(manifest))
     return 0
 

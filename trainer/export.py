@@ -93,7 +93,8 @@ class ExportedEncoder:
         self.batch_size = batch_size
         img = self.card["image"]
         self.image_size = int(img["image_size"])
-        tower_cfg = ImageTowerConfig(**{k: v for k, v in img["tower"].items() if k != "grad_checkpointing"})
+        tower_cfg = ImageTowerConfig(**{k: v for k, v in img["tower"].items()
+                                       if k not in ("grad_checkpointing", "feature_cache")})
         self.image_tower = ImageTower(tower_cfg, self.embed_dim, img["mean"], img["std"], load_weights=False)
         self.image_tower.load_state_dict(torch.load(self.path / self.card["files"]["image"], map_location="cpu",
                                                     weights_only=True))

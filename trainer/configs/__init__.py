@@ -38,6 +38,11 @@ class ImageTowerConfig:
     pretrained: bool = False           # efficientnet_lite0: packaged ImageNet weights
     pretrained_file: str | None = None  # timm: local checkpoint file
     grad_checkpointing: bool = False
+    freeze_trunk: bool = False         # trunk frozen (no grad, BatchNorm/dropout in eval mode); proj trains
+    proj_hidden: int = 0               # 0: linear projection; >0: MLP trunk -> hidden -> GELU -> embed_dim
+    feature_cache: int = 0             # frozen trunk only: cache up to N trunk outputs while training,
+                                       # keyed by the uint8 pixels' hash (a repeated, un-augmented image
+                                       # skips the trunk); 0 disables
 
 
 @dataclass
