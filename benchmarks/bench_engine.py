@@ -41,6 +41,7 @@ import shlex
 import statistics
 import sys
 import time
+import types
 from importlib import metadata
 from pathlib import Path
 from typing import Any, Callable
@@ -61,6 +62,8 @@ from pipelines.beam.pipeline import LOCAL_RUNNER  # noqa: E402
 
 BENCH_NS = "i2e_bench"
 NER_LOAD = "ner: SpacyNerHandler.load_model (KB + alias index + spaCy + phrase matcher)"
+SCORE_LOAD = "score: ScorerHandler.load_model (offline scorer)"
+STORE = "i2e_bench_records"  # an in-process module holding the records the pipelines read
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -202,31 +205,54 @@ def _distribution(results: dict, name: str):
     return None
 
 
-def run_inference_pipeline(records: list[dict], handler) -> dict:
+def _fetch(index: int) -> dict:
+    """Record ``index`` of the in-process store (FnApiRunner runs the DoFns in this process)."""
+    return sys.modules[STORE].records[index]
+
+
+def run_inference_pipeline(records: list[dict], handler, embed_records: bool = False) -> dict:
     """``Create(records) | RunInference(handler) | Count`` on the local default runner; wall
-    time from building the pipeline to its end, and RunInference's metrics."""
+    time from building the pipeline to its end, and RunInference's metrics.
+
+    By default Create makes record indices and a Map takes each record from an in-process
+    store, as the engine's own pipeline makes records inside a fused stage (read_shard)
+    rather than shipping them in the pipeline graph; ``embed_records`` puts the records
+    themselves in Create (images included), which pickles them into the pipeline.
+    """
     BATCH_LOG.lines.clear()
     options = PipelineOptions([f"--runner={LOCAL_RUNNER}"], save_main_session=False)
+    store = types.ModuleType(STORE)
+    store.records = records
+    sys.modules[STORE] = store
+    cpu0 = time.process_time()
     t0 = time.perf_counter()
     pipeline = beam.Pipeline(options=options)
-    _ = (pipeline
-         | "Create" >> beam.Create(records)
+    if embed_records:
+        elements = pipeline | "Create" >> beam.Create(records)
+    else:
+        elements = pipeline | "Create" >> beam.Create(range(len(records))) | "Fetch" >> beam.Map(_fetch)
+    _ = (elements
          | "Infer" >> RunInference(handler)
          | "Count" >> beam.combiners.Count.Globally()
          | "Record count" >> beam.Map(_count_outputs))
     result = pipeline.run()
     result.wait_until_finish()
     wall = time.perf_counter() - t0
+    cpu = time.process_time() - cpu0
+    del sys.modules[STORE]
     ns = handler.get_metrics_namespace()
     metrics = result.metrics().query(MetricsFilter().with_namespace(ns))
     bench = result.metrics().query(MetricsFilter().with_namespace(BENCH_NS))
     outputs = sum((c.committed if c.committed is not None else c.attempted) or 0 for c in bench["counters"])
+    if outputs != len(records):
+        raise RuntimeError(f"the pipeline counted {outputs} outputs for {len(records)} records")
     load = _distribution(metrics, "load_model_latency_milli_secs")
     latency = _distribution(metrics, "inference_batch_latency_micro_secs")
     sizes = _distribution(metrics, "inference_request_batch_size")
     logged = batch_sizes_from_log(BATCH_LOG.lines)
     return {
         "wall_s": wall,
+        "cpu_s": cpu,
         "outputs": outputs,
         "load_s_metric": load["sum"] / 1e3 if load else None,
         "inference_s_metric": latency["sum"] / 1e6 if latency else None,
@@ -238,12 +264,12 @@ def run_inference_pipeline(records: list[dict], handler) -> dict:
     }
 
 
-def compare(bare_s: float, pipe: dict, load_in_process_s: float) -> dict:
+def compare(bare_s: float, bare_cpu_s: float, pipe: dict, load_in_process_s: float) -> dict:
     # no load metric means RunInference found a live model and did not load one
     load = pipe["load_s_metric"] if pipe["load_s_metric"] is not None else 0.0
     net = pipe["wall_s"] - load
     infer = pipe["inference_s_metric"]
-    return {**pipe, "bare_s": bare_s, "load_s_used": load, "load_s_in_process": load_in_process_s, "pipeline_minus_load_s": net,
+    return {**pipe, "bare_s": bare_s, "bare_cpu_s": bare_cpu_s, "load_s_used": load, "load_s_in_process": load_in_process_s, "pipeline_minus_load_s": net,
             "framework_overhead_s": net - infer if infer is not None else None,
             "ratio_wall": bare_s / net if net > 0 else None,
             "ratio_metrics": bare_s / infer if infer else None}
@@ -261,6 +287,9 @@ def main() -> None:
                         help="replicas of the coco-mini pairs for the stage table and the scoring comparison")
     parser.add_argument("--ner-copies", type=int, default=10,
                         help="replicas of the coco-mini captions for the NER comparison")
+    parser.add_argument("--max-pairs", type=int, help="use only the first N pairs of coco-mini (smoke runs)")
+    parser.add_argument("--embed-records", action="store_true",
+                        help="put the records (image bytes included) in beam.Create instead of an in-process store")
     parser.add_argument("--also-fixed-batch", action="store_true",
                         help="also run both pipelines with BatchElements pinned to the batch size")
     args = parser.parse_args()
@@ -292,7 +321,7 @@ def main() -> None:
         timed(ner_handler.load_model)
     loads["link: read KB + AliasIndex + Linker"], linker = \
         timed(lambda: Linker(AliasIndex.from_kb_table(read_kb(kb_path)[0]), config.link))
-    loads["score: ScorerHandler.load_model (offline scorer)"], scorer = timed(scorer_handler.load_model)
+    loads[SCORE_LOAD], scorer = timed(scorer_handler.load_model)
     # warm Beam's runner imports once so that the first measured pipeline does not pay them
     warm = beam.Pipeline(options=PipelineOptions([f"--runner={LOCAL_RUNNER}"]))
     _ = warm | beam.Create([1, 2, 3]) | beam.Map(lambda x: x)
@@ -303,14 +332,30 @@ def main() -> None:
     stage_runs: dict[str, list[float]] = {name: [] for name in stage_names}
     stage_counts: dict[str, int] = {}
     ner_runs, score_runs, ner_fixed_runs, score_fixed_runs = [], [], [], []
-    repeat_loads = []
+    repeat_loads, stage_cpu = [], []
     base_records = ner_records = linked = None
 
+    ner_load = loads[NER_LOAD]
+    score_load = loads[SCORE_LOAD]
+
+    def score_pipelines():
+        runs = [(score_runs, ScorerHandler(config.scorer, config.image))]
+        if args.also_fixed_batch:
+            runs.append((score_fixed_runs, FixedBatchScorerHandler(config.scorer, config.image)))
+        return [(target, run_inference_pipeline(linked, handler, args.embed_records)) for target, handler in runs]
+
     for repeat in range(args.repeats):
+        # Bare and pipeline runs of one comparison are adjacent, and their order alternates
+        # between repeats (bare first on odd-numbered repeats), so that a change in the
+        # machine's load hits both sides alike.
+        pipeline_first = repeat % 2 == 1
         repeat_loads.append(loadavg())
-        # ---- stage 1: the chain as plain calls over the same records
+        early_score = score_pipelines() if pipeline_first else []
+
+        # ---- 1: the chain as plain calls over the same records
+        cpu0 = time.process_time()
         t = time.perf_counter()
-        passes = [read_pairs(captions) for _ in range(args.copies)]
+        passes = [read_pairs(captions)[:args.max_pairs] for _ in range(args.copies)]
         stage_runs["read"].append(time.perf_counter() - t)
         pairs = [{**pair, "sample_id": f"{pair['sample_id']}#{copy}" if copy else pair["sample_id"]}
                  for copy, pass_pairs in enumerate(passes) for pair in pass_pairs]
@@ -331,7 +376,9 @@ def main() -> None:
         stage_counts["link"] = len(records)
         linked = [record for record, _ in links if record is not None]
 
+        cpu1 = time.process_time()
         dt, scored = timed(lambda: score_all(linked, scorer, config))
+        score_cpu = time.process_time() - cpu1
         stage_runs["score"].append(dt)
         stage_counts["score"] = len(linked)
         annotations = [a for a, _ in scored if a is not None]
@@ -340,6 +387,11 @@ def main() -> None:
         stage_runs["finalize"].append(dt)
         stage_counts["finalize"] = len(annotations)
         stage_counts["kept_after_finalize"] = len(kept)
+        stage_cpu.append(time.process_time() - cpu0)
+
+        # ---- 3: scoring, bare (= the stage-1 score row) vs pipeline
+        for target, pipe in early_score or score_pipelines():
+            target.append(compare(stage_runs["score"][-1], score_cpu, pipe, score_load))
 
         # ---- 2: NER, bare vs pipeline (records without image bytes: NER reads only alt_text)
         if ner_records is None:
@@ -347,21 +399,18 @@ def main() -> None:
             ner_records = [{**{k: v for k, v in r.items() if k != "image"}, "sample_id": f"{r['sample_id']}~{c}"}
                            for c in range(args.ner_copies) for r in base_records]
         texts = [r["alt_text"] for r in ner_records]
-        ner_load = loads[NER_LOAD]
-        bare_s, bare_mentions = timed(lambda: extractor.extract(texts, config.ner.batch_size))
-        pipe = run_inference_pipeline(ner_records, SpacyNerHandler(config.ner, kb_path))
-        ner_runs.append(compare(bare_s, pipe, ner_load))
+        ner_pipes = [(ner_runs, SpacyNerHandler(config.ner, kb_path))]
         if args.also_fixed_batch:
-            pipe = run_inference_pipeline(ner_records, FixedBatchNerHandler(config.ner, kb_path))
-            ner_fixed_runs.append(compare(bare_s, pipe, ner_load))
-
-        # ---- 3: scoring, bare (= the stage-1 score row) vs pipeline
-        score_load = loads["score: ScorerHandler.load_model (offline scorer)"]
-        pipe = run_inference_pipeline(linked, ScorerHandler(config.scorer, config.image))
-        score_runs.append(compare(stage_runs["score"][-1], pipe, score_load))
-        if args.also_fixed_batch:
-            pipe = run_inference_pipeline(linked, FixedBatchScorerHandler(config.scorer, config.image))
-            score_fixed_runs.append(compare(stage_runs["score"][-1], pipe, score_load))
+            ner_pipes.append((ner_fixed_runs, FixedBatchNerHandler(config.ner, kb_path)))
+        done = [(target, run_inference_pipeline(ner_records, handler, args.embed_records))
+                for target, handler in ner_pipes] if pipeline_first else []
+        cpu1 = time.process_time()
+        bare_s, _ = timed(lambda: extractor.extract(texts, config.ner.batch_size))
+        bare_cpu = time.process_time() - cpu1
+        done = done or [(target, run_inference_pipeline(ner_records, handler, args.embed_records))
+                        for target, handler in ner_pipes]
+        for target, pipe in done:
+            target.append(compare(bare_s, bare_cpu, pipe, ner_load))
         print(f"repeat {repeat + 1}/{args.repeats} done at {time.perf_counter() - t_start:.0f} s, "
               f"load average {loadavg()}", file=sys.stderr, flush=True)
 
@@ -395,12 +444,13 @@ def main() -> None:
 
     def comparison_rows(title: str, runs: list[dict], unit: int) -> list[str]:
         med = {key: median([r[key] for r in runs]) for key in
-               ("bare_s", "wall_s", "load_s_used", "pipeline_minus_load_s", "inference_s_metric",
+               ("bare_s", "bare_cpu_s", "cpu_s", "wall_s", "load_s_used", "pipeline_minus_load_s", "inference_s_metric",
                 "framework_overhead_s", "ratio_wall", "ratio_metrics", "batches", "batch_size_mean")}
         fmt = lambda v, spec=".2f": "n/a" if v is None else format(v, spec)  # noqa: E731
         sizes = collections.Counter(s for r in runs[-1:] for s in r["batch_sizes_logged"])
         return [f"| {title} | {unit} | {fmt(med['bare_s'])} ({fmt(unit / med['bare_s'], ',.1f')}/s) | "
                 f"{fmt(med['wall_s'])} | {fmt(med['load_s_used'])} | "
+                f"{fmt(med['bare_cpu_s'], '.1f')} / {fmt(med['cpu_s'], '.1f')} | "
                 f"{fmt(med['pipeline_minus_load_s'])} ({fmt(unit / med['pipeline_minus_load_s'], ',.1f')}/s) | "
                 f"{fmt(med['inference_s_metric'])} | {fmt(med['framework_overhead_s'])} | "
                 f"**{fmt(med['ratio_wall'], '.3f')}** ({', '.join(fmt(r['ratio_wall'], '.3f') for r in runs)}) | "
@@ -410,10 +460,11 @@ def main() -> None:
             {"median": med, "runs": runs, "last_run_batch_size_histogram": dict(sorted(sizes.items()))}
 
     lines += ["", "### 2-3. RunInference on the FnApiRunner vs the bare calls (model loading excluded)", "",
-              "| stage | elements | bare s (/s) | pipeline wall s | load s (metric) | pipeline - load s (/s) "
+              "| stage | elements | bare s (/s) | pipeline wall s | load s (metric) | CPU s bare / pipeline "
+              "| pipeline - load s (/s) "
               "| sum batch latency s (metric) | framework overhead s | ratio wall (per repeat) "
               "| ratio metrics (per repeat) | batches x mean size [min-max] |",
-              "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+              "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     comparisons = {}
     for key, title, runs, unit in (
             ("ner", f"NER, batch_elements_kwargs as shipped (min 1, max {config.ner.batch_size})", ner_runs, len(ner_records)),
@@ -426,7 +477,13 @@ def main() -> None:
         lines += row
     lines += ["", "ratio wall = bare / (pipeline wall - RunInference's own load time); ratio metrics = bare / "
               "sum of RunInference's inference_batch_latency_micro_secs; framework overhead = pipeline wall - "
-              "load - sum of batch latencies (Create, reshuffle, coders, BatchElements, Count). Target: ratio >= 0.9.",
+              "load - sum of batch latencies (Create, reshuffle, coders, BatchElements, Count); CPU s = process "
+              "CPU time, all threads (the pipeline's includes its model load). Pipeline input: "
+              + ("the records themselves in beam.Create." if args.embed_records else
+                 "beam.Create(record indices) | Map(record from an in-process store), so the records (and their "
+                 "image bytes) are not pickled into the pipeline graph, as in the engine's pipeline where "
+                 "read_shard makes them inside a fused stage.")
+              + " Bare and pipeline runs alternate order between repeats. Target: ratio >= 0.9.",
               "", "Batch sizes BatchElements chose (last repeat, from its logged timings, at most 100 points "
               "per bundle):"]
     lines += [f"- {key}: {comparisons[key]['last_run_batch_size_histogram']}" for key in comparisons]

@@ -26,7 +26,7 @@ its embeddings equal ``load_encoder(path).encode_images`` on a sample of images,
 otherwise.
 
 Example (the scale EXPERIMENTS.md reports) and the full scale:
-  .venv/bin/python experiments/caltech_mofi.py --categories 30 --max-per-class 30 --max-test-per-class 15
+  .venv/bin/python experiments/caltech_mofi.py --categories 20 --max-per-class 25 --max-test-per-class 15 --steps 100
   .venv/bin/python experiments/caltech_mofi.py --categories 0 --max-per-class 0 --max-test-per-class 0 \\
       --steps 3000 --eval-mode cli --work experiments/out/caltech_full
 """
@@ -406,16 +406,16 @@ def build_parser() -> argparse.ArgumentParser:
                    help="work folder for everything generated (git-ignored by default)")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--recipes", nargs="+", default=list(RECIPES), choices=RECIPES)
-    p.add_argument("--steps", type=int, default=300)
+    p.add_argument("--steps", type=int, default=100)
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--lr", type=float, default=3e-4, help="towers (projection, text tower, logit scale)")
     p.add_argument("--head-lr", type=float, default=3e-3, help="the supervised cosine head")
     p.add_argument("--warmup", type=int, default=20)
     p.add_argument("--proj-hidden", type=int, default=1024, help="MLP projection width on the frozen trunk (0: linear)")
-    p.add_argument("--categories", type=int, default=30,
+    p.add_argument("--categories", type=int, default=20,
                    help="number of categories (a fixed seeded sample of the 100 entity categories; 0 = all)")
     p.add_argument("--category-names", help="comma-separated folder names instead of --categories")
-    p.add_argument("--max-per-class", type=int, default=30, help="train images per category (0 = all)")
+    p.add_argument("--max-per-class", type=int, default=25, help="train images per category (0 = all)")
     p.add_argument("--max-test-per-class", type=int, default=15, help="test images per category (0 = all)")
     p.add_argument("--subset-seed", type=int, default=0, help="seed of the category/image sample (not of training)")
     p.add_argument("--eval-mode", choices=("fast", "cli"), default="fast")

@@ -67,6 +67,9 @@ def _build_parser(commands) -> None:
                        help="input shards per annotation pipeline run; a crash loses at most one wave "
                             "(default: %(default)s; 0 = all in one run)")
     build.add_argument("--overwrite", action="store_true", help="delete the output folder first")
+    build.add_argument("--retry-failed", action="store_true",
+                       help="re-annotate the committed shards whose rows failed in a model stage "
+                            "(ner_error, score_error); other shards are not redone")
     build.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
 
 
@@ -175,7 +178,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     from pipelines.beam.pipeline import ConfigChangedError, format_summary, run_build
 
     try:
-        manifest = run_build(config, beam_args, overwrite=args.overwrite)
+        manifest = run_build(config, beam_args, overwrite=args.overwrite, retry_failed=args.retry_failed)
     except (ScorerWeightsMissing, ConfigChangedError, FileNotFoundError, ValueError) as error:
         parser.exit(2, f"i2e build: error: {error}\n")
     print(format_summary(manifest))

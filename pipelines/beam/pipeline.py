@@ -80,6 +80,24 @@ def _versions(config: BuildConfig, kb_version: str, scorer: str) -> dict:
             "ner_model": config.ner.model, "packages": found}
 
 
+# Reject reasons that say the machine failed, not the data: worth another try.
+RETRYABLE_REASONS = ("ner_error", "score_error")
+
+
+def reopen_failed_shards(work: Path) -> list[str]:
+    """Remove the completion marker of every committed shard that has a retryable reject,
+    so the next run annotates those shards again (and only those)."""
+    reopened = []
+    for marker_path in sorted((work / "done").glob("*.json")):
+        rejects = work / "rejects" / f"{marker_path.stem}.parquet"
+        reasons = set(schemas.read_table(rejects, "rejects", columns=["reason"]).column("reason").to_pylist()) \
+            if rejects.exists() else set()
+        if reasons & set(RETRYABLE_REASONS):
+            reopened.append(json.loads(marker_path.read_text())["shard_id"])
+            marker_path.unlink()
+    return reopened
+
+
 def _done_markers(work: Path) -> dict[str, dict]:
     markers = {}
     for path in sorted((work / "done").glob("*.json")):
@@ -113,8 +131,12 @@ def _annotate(shards: list, config: BuildConfig, kb_path: str, work: Path, finge
 
 
 def run_build(config: BuildConfig, beam_args: Sequence[str] = (), overwrite: bool = False,
-              progress: Callable[[str], None] = print) -> dict:
-    """Run the whole build and return the manifest (also written to ``<output>/manifest.json``)."""
+              progress: Callable[[str], None] = print, retry_failed: bool = False) -> dict:
+    """Run the whole build and return the manifest (also written to ``<output>/manifest.json``).
+
+    ``retry_failed`` re-annotates the committed shards that have rows rejected by a model
+    failure (``RETRYABLE_REASONS``); other committed shards are kept as they are.
+    """
     started = time.time()
     run_id = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(started)) + "-" + uuid.uuid4().hex[:6]
     out = Path(config.output).resolve()
@@ -129,6 +151,9 @@ def run_build(config: BuildConfig, beam_args: Sequence[str] = (), overwrite: boo
     scorer = scorer_name(config)
 
     work = out / tables.WORK_DIR
+    if retry_failed:
+        reopened = reopen_failed_shards(work)
+        progress(f"retrying {len(reopened)} shards with failed rows")
     markers = _done_markers(work)
     stale = sorted(sid for sid, m in markers.items() if m["fingerprint"] != fingerprint)
     if stale:
