@@ -40,7 +40,10 @@ class SpacyNerHandler(ModelHandler[dict, tuple, Any]):
         return list(zip(batch, mentions))
 
     def batch_elements_kwargs(self) -> dict:
-        return {"min_batch_size": 1, "max_batch_size": self._config.batch_size}
+        # Pinned: each nlp.pipe call has a fixed cost that BatchElements' adaptive sizing
+        # does not see, so it settles on 5-8 texts a batch and loses ~10% (BENCHMARKS.md).
+        # A bundle's last batch is still sent partial, so nothing waits for a full batch.
+        return {"min_batch_size": self._config.batch_size, "max_batch_size": self._config.batch_size}
 
     def get_metrics_namespace(self) -> str:
         return "i2e_ner"
@@ -67,6 +70,8 @@ class ScorerHandler(ModelHandler[dict, tuple, Any]):
         return score_batch(batch, model, self._limits)
 
     def batch_elements_kwargs(self) -> dict:
+        # Adaptive up to the configured size: on a CPU the CNN is faster per image in small
+        # batches, which BatchElements finds by itself (BENCHMARKS.md).
         return {"min_batch_size": 1, "max_batch_size": self._config.batch_size}
 
     def get_metrics_namespace(self) -> str:
