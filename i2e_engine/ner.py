@@ -84,11 +84,18 @@ class MentionExtractor:
         return sorted(mentions, key=lambda m: (m["start"], m["end"], m["source"]))
 
     def _is_nominal(self, span) -> bool:
-        """An alias hit counts only when its last token is a noun (the head of an English
-        noun phrase); without a tagger every hit counts."""
+        """An alias hit counts when its last token is a noun (the head of an English noun
+        phrase), or when the small tagger mislabels it but the syntax says noun phrase: a
+        determiner before it and no noun or adjective after it ("a water lily on display",
+        "a photo of a revolver"; but not "a nice day"). Without a tagger every hit counts."""
         if not self.alias_pos or not self.nlp.has_pipe("tagger"):
             return True
-        return span[-1].pos_ in self.alias_pos
+        if span[-1].pos_ in self.alias_pos:
+            return True
+        doc = span.doc
+        before = doc[span.start - 1].pos_ if span.start > 0 else None
+        after = doc[span.end].pos_ if span.end < len(doc) else None
+        return before == "DET" and after not in ("NOUN", "PROPN", "ADJ")
 
 
 def build_extractor(config: NerConfig, alias_phrases: Iterable[str] = ()) -> MentionExtractor:

@@ -43,10 +43,13 @@ def cache_dir() -> Path:
 
 
 def annotation_fingerprint(config: BuildConfig, kb_version: str) -> str:
-    """Everything that changes an annotation row; committed shards are reused only under
-    the same fingerprint (filters and output sharding may change freely)."""
+    """Everything that changes an annotation row (config, KB, engine version: bump it when a
+    stage's behaviour changes); committed shards are reused only under the same
+    fingerprint (filters and output sharding may change freely)."""
+    from i2e_engine import __version__
+
     relevant = {key: config.to_dict()[key] for key in ("image", "text", "ner", "link", "scorer")}
-    relevant["kb_version"] = kb_version
+    relevant.update(kb_version=kb_version, engine_version=__version__)
     return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:16]
 
 

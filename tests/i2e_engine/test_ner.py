@@ -62,3 +62,10 @@ def test_plural_forms_of_aliases_are_found():
     extractor = build_extractor(NerConfig(), ["coin", "galaxy"])
     mentions = extractor.extract(["Greek coins and distant galaxies"])[0]
     assert [m["text"] for m in mentions if m["source"] == "alias"] == ["coins", "galaxies"]
+
+
+def test_mistagged_nouns_after_a_determiner_still_count():
+    extractor = build_extractor(NerConfig(), ["water lily", "revolver", "nice"])
+    texts = [m["text"] for t in ["a water lily on display", "a photo of a revolver", "a nice day"]
+             for m in extractor.extract([t])[0]]
+    assert texts == ["water lily", "revolver"]
