@@ -167,7 +167,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
         from pipelines.beam.pipeline import format_summary
 
-        manifest = json.loads((Path(args.output) / "manifest.json").read_text())
+        path = Path(args.output) / "manifest.json"
+        if not path.exists():
+            parser.exit(2, f"i2e report: error: {path} not found; is {args.output} the --output of a finished `i2e build`?\n")
+        manifest = json.loads(path.read_text())
         print(json.dumps(manifest, indent=2) if args.json else format_summary(manifest, args.output))
         return 0
     config = config_from_args(args)

@@ -48,3 +48,17 @@ def test_kb_build_writes_a_versioned_kb(tmp_path, capsys):
     assert "kb_version" in capsys.readouterr().out
     table = schemas.read_table(out, "kb")
     assert table.num_rows > 100 and "geonames" in set(table.column("source").to_pylist())
+
+
+def test_report_on_a_folder_without_a_build_is_a_clear_error(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["report", str(tmp_path)])
+    assert exit_.value.code == 2
+    assert "manifest.json not found" in capsys.readouterr().err
+
+
+def test_build_errors_are_one_line_not_a_traceback(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["build", str(tmp_path / "missing"), "--output", str(tmp_path / "out")])
+    assert exit_.value.code == 2
+    assert "input does not exist" in capsys.readouterr().err
