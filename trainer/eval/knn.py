@@ -15,13 +15,14 @@ from typing import Literal
 
 import numpy as np
 
+from trainer.eval.results import MetricResult
 from trainer.eval.retrieval import DEFAULT_CHUNK_BYTES, l2_normalize
 
 Weighting = Literal["uniform", "similarity"]
 
 
 @dataclass(frozen=True)
-class KnnResult:
+class KnnResult(MetricResult):
     """``top1`` is accuracy x100 to 2 decimals; ``predictions`` are labels, one per test row."""
 
     top1: float
@@ -31,9 +32,6 @@ class KnnResult:
     n_test: int
     predictions: np.ndarray = field(repr=False)
 
-    def as_dict(self) -> dict[str, object]:
-        return {"top1": self.top1, "k": self.k, "weighting": self.weighting,
-                "n_train": self.n_train, "n_test": self.n_test}
 
 
 def top_k_neighbours(queries: np.ndarray, database: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:

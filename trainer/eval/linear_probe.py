@@ -16,12 +16,13 @@ from sklearn.exceptions import ConvergenceWarning
 from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import StandardScaler
+from trainer.eval.results import MetricResult
 
 DEFAULT_CS: tuple[float, ...] = (1e-3, 1e-2, 1e-1, 1.0, 10.0, 100.0)
 
 
 @dataclass(frozen=True)
-class LinearProbeResult:
+class LinearProbeResult(MetricResult):
     """``top1`` (test) and the validation accuracies are x100 to 2 decimals."""
 
     top1: float
@@ -32,10 +33,6 @@ class LinearProbeResult:
     n_test: int
     predictions: np.ndarray = field(repr=False)
 
-    def as_dict(self) -> dict[str, object]:
-        return {"top1": self.top1, "best_c": self.best_c,
-                "val_top1": {str(c): v for c, v in self.val_top1.items()},
-                "n_train": self.n_train, "n_val": self.n_val, "n_test": self.n_test}
 
 
 def stratified_split(labels: np.ndarray, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:

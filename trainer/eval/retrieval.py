@@ -23,6 +23,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
+from trainer.eval.results import MetricResult
 
 DEFAULT_CHUNK_BYTES = 128 * 1024 * 1024
 
@@ -44,7 +45,7 @@ def l2_normalize(embeddings: np.ndarray) -> np.ndarray:
 
 
 @dataclass(frozen=True)
-class RetrievalResult:
+class RetrievalResult(MetricResult):
     """Retrieval metrics; the ``*_percent`` values are x100 and rounded to 2 decimals.
 
     ``map_gpr1200`` is the protocol's mAP (self-match included). ``map_leave_one_out`` and
@@ -64,17 +65,6 @@ class RetrievalResult:
     ap: np.ndarray = field(repr=False)
     ap_leave_one_out: np.ndarray = field(repr=False)
 
-    def as_dict(self) -> dict[str, object]:
-        """JSON-ready metrics (without the per-query arrays)."""
-        return {
-            "map_gpr1200": self.map_gpr1200,
-            "map_leave_one_out": self.map_leave_one_out,
-            "recall_at_1_leave_one_out": self.recall_at_1_leave_one_out,
-            "per_domain_map": dict(self.per_domain_map),
-            "n_queries": self.n_queries,
-            "n_loo_queries": self.n_loo_queries,
-            "n_classes": self.n_classes,
-        }
 
 
 def _percent(values: np.ndarray) -> float:

@@ -15,6 +15,7 @@ import numpy as np
 
 from trainer.eval.encoders import ImageEncoder
 from trainer.eval.retrieval import l2_normalize
+from trainer.eval.results import MetricResult
 
 # A small subset of the CLIP paper's ImageNet prompt list, neutral about image style.
 DEFAULT_TEMPLATES: tuple[str, ...] = (
@@ -33,7 +34,7 @@ def clean_class_name(name: str) -> str:
 
 
 @dataclass(frozen=True)
-class ZeroShotResult:
+class ZeroShotResult(MetricResult):
     """Accuracies x100 to 2 decimals; ``top5`` is None with fewer than 5 classes."""
 
     top1: float
@@ -43,9 +44,6 @@ class ZeroShotResult:
     prompts_per_class: int
     predictions: np.ndarray = field(repr=False)
 
-    def as_dict(self) -> dict[str, object]:
-        return {"top1": self.top1, "top5": self.top5, "n_classes": self.n_classes,
-                "n_images": self.n_images, "prompts_per_class": self.prompts_per_class}
 
 
 def class_text_embeddings(encoder: ImageEncoder, names: Sequence[str],
