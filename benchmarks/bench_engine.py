@@ -317,8 +317,7 @@ def main() -> None:
             sys.exit(f"missing {path}; pass --data <coco-mini root>")
 
     config = BuildConfig()
-    from i2e_engine.kb.build import ensure_default_kb, read_kb
-    from i2e_engine.kb.alias_index import AliasIndex
+    from i2e_engine.kb.build import ensure_default_kb, load_alias_index
     from i2e_engine.linking import Linker
 
     # ---- model loads (once; not in any throughput)
@@ -329,7 +328,7 @@ def main() -> None:
     loads[NER_LOAD], extractor = \
         timed(ner_handler.load_model)
     loads["link: read KB + AliasIndex + Linker"], linker = \
-        timed(lambda: Linker(AliasIndex.from_kb_table(read_kb(kb_path)[0]), config.link))
+        timed(lambda: Linker(load_alias_index(kb_path), config.link))
     loads[SCORE_LOAD], scorer = timed(scorer_handler.load_model)
     # warm Beam's runner imports once so that the first measured pipeline does not pay them
     warm = beam.Pipeline(options=PipelineOptions([f"--runner={LOCAL_RUNNER}"]))

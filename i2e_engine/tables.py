@@ -61,8 +61,8 @@ def read_output(out: str | Path, table: str, columns: Optional[list[str]] = None
     directory = Path(out) / table
     parts = sorted(directory.glob("*.parquet"))
     if not parts:
-        return schemas.get_schema(table).empty_table() if columns is None else \
-            schemas.get_schema(table).empty_table().select(columns)
+        empty = schemas.get_schema(table).empty_table()
+        return empty if columns is None else empty.select(columns)
     return pa.concat_tables([schemas.read_table(p, table, columns=columns) for p in parts])
 
 

@@ -25,6 +25,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 import schemas
+from i2e_engine.kb.alias_index import AliasIndex
 from i2e_engine.kb.geonames import DEFAULT_MIN_POPULATION, geonames_table
 from i2e_engine.kb.vital import vital_table
 from i2e_engine.kb.wikidata import wikidata_table
@@ -119,6 +120,11 @@ def read_kb(path: str | Path) -> tuple[pa.Table, str]:
     table = schemas.read_table(path, "kb")
     stored = (pq.read_schema(path).metadata or {}).get(VERSION_KEY)
     return table, stored.decode() if stored else kb_version(table)
+
+
+def load_alias_index(path: str | Path) -> AliasIndex:
+    """The alias index of the KB at ``path``: what every linking or matching worker loads."""
+    return AliasIndex.from_kb_table(read_kb(path)[0])
 
 
 def default_kb_path(min_population: int = DEFAULT_MIN_POPULATION) -> Path:

@@ -27,11 +27,10 @@ class SpacyNerHandler(ModelHandler[dict, tuple, Any]):
         self._kb_path = kb_path
 
     def load_model(self):
-        from i2e_engine.kb.alias_index import AliasIndex
-        from i2e_engine.kb.build import read_kb
+        from i2e_engine.kb.build import load_alias_index
         from i2e_engine.ner import build_extractor
 
-        phrases = AliasIndex.from_kb_table(read_kb(self._kb_path)[0]).phrases() if self._config.alias_matcher else ()
+        phrases = load_alias_index(self._kb_path).phrases() if self._config.alias_matcher else ()
         return build_extractor(self._config, phrases)
 
     def run_inference(self, batch: Sequence[dict], model, inference_args: Optional[dict] = None

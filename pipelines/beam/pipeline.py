@@ -164,7 +164,7 @@ def run_build(config: BuildConfig, beam_args: Sequence[str] = (), overwrite: boo
             f"{out} holds {len(stale)} shards annotated with another configuration or KB "
             f"(e.g. {stale[0]!r}); use a new --output, or --overwrite to start over")
     shards = list_shards(inputs, config.input_format, config.rows_per_shard)
-    todo = transforms.shards_to_run(shards, set(markers))
+    todo = [shard for shard in shards if shard.shard_id not in markers]
     progress(f"i2e build {run_id}: {len(shards)} input shards, {len(shards) - len(todo)} already "
              f"annotated, {len(todo)} to annotate; KB {kb_version}; scorer {scorer}")
     wave_size = config.shards_per_wave or max(1, len(todo))

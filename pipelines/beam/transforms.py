@@ -18,7 +18,7 @@ from apache_beam.utils.shared import Shared
 import schemas
 from i2e_engine import dedup, filters, stages, tables
 from i2e_engine.config import BuildConfig
-from i2e_engine.readers import ShardRef, read_shard
+from i2e_engine.readers import read_shard
 from i2e_engine.records import make_reject
 from pipelines.beam.handlers import ScorerHandler, SpacyNerHandler
 
@@ -38,9 +38,9 @@ def _split(result: tuple[Optional[dict], Optional[dict]]):
 def _failed_batch_rejects(stage: str):
     """Turn RunInference's dead letter (batch, error) into one reject per record."""
     def to_rejects(failure) -> Iterable[dict]:
-        batch, error = failure
-        detail = f"{error[0].__name__ if isinstance(error, tuple) and isinstance(error[0], type) else ''}: " \
-                 f"{error[1] if isinstance(error, tuple) and len(error) > 1 else error}"
+        batch, error = failure  # error: (exception type, message, traceback) from Beam
+        kind, message = (error[0], error[1]) if isinstance(error, tuple) and len(error) > 1 else (None, error)
+        detail = f"{kind.__name__ if isinstance(kind, type) else ''}: {message}"
         for record in batch:
             yield make_reject(record, stage, f"{stage}_error", detail)
     return to_rejects
@@ -69,11 +69,10 @@ class _LinkDoFn(beam.DoFn):
 
     def setup(self):
         def load():
-            from i2e_engine.kb.alias_index import AliasIndex
-            from i2e_engine.kb.build import read_kb
+            from i2e_engine.kb.build import load_alias_index
             from i2e_engine.linking import Linker
 
-            return Linker(AliasIndex.from_kb_table(read_kb(self._kb_path)[0]), self._config.link)
+            return Linker(load_alias_index(self._kb_path), self._config.link)
         self._linker = self._shared.acquire(load)
 
     def process(self, element):
@@ -150,10 +149,6 @@ class CommitShards(beam.PTransform):
                 | "Write shard" >> beam.ParDo(_WriteShardDoFn(*self._args)))
 
 
-def shards_to_run(shards: list[ShardRef], done_ids: set[str]) -> list[ShardRef]:
-    return [shard for shard in shards if shard.shard_id not in done_ids]
-
-
 def _read_rows(table: str):
     def read(path: str) -> Iterable[dict]:
         yield from schemas.read_table(path, table).to_pylist()
@@ -166,10 +161,9 @@ class _EntityRowsDoFn(beam.DoFn):
 
     def setup(self):
         def load():
-            from i2e_engine.kb.alias_index import AliasIndex
-            from i2e_engine.kb.build import read_kb
+            from i2e_engine.kb.build import load_alias_index
 
-            return AliasIndex.from_kb_table(read_kb(self._kb_path)[0])
+            return load_alias_index(self._kb_path)
         self._index = self._shared.acquire(load)
 
     def process(self, entity_count):
