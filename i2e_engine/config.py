@@ -62,9 +62,7 @@ class BuildConfig:
     output: str = "i2e_out"
     kb: Optional[str] = None        # KB parquet; None -> the offline default KB (built once, cached)
     rows_per_shard: int = 1000      # folder/COCO inputs are cut into shards of this many rows
-    num_output_shards: int = 0      # 0 -> one per committed input shard
-    shards_per_wave: int = 16       # input shards annotated per pipeline run; each wave commits
-                                    # at its end, so a crash loses at most one wave (0 = all at once)
+    batch_rows: int = 256           # pairs a worker holds at once while annotating a shard
     image: ImageLimits = field(default_factory=ImageLimits)
     text: TextConfig = field(default_factory=TextConfig)
     ner: NerConfig = field(default_factory=NerConfig)

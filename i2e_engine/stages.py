@@ -1,78 +1,268 @@
-"""Record-level stage functions: what each pipeline stage does to one record or one batch.
+"""The annotation stages as objects with a model lifecycle: check, NER, link, score.
 
-Engine wrappers (``pipelines/beam``, later Spark) call exactly these, so every engine
-produces the same rows. Each function returns the new record or a reject row, never
-raises on bad input.
+Each stage is small: ``setup()`` loads what it needs once per process (spaCy, the alias
+index, the scorer), ``process(batch)`` turns a batch into a :class:`StageResult` (kept items
+and reject rows). Runners never call a model themselves; they place :func:`annotate_batch`
+(or :func:`i2e_engine.shard.annotate_shard`) on workers, so Beam, Spark and a bare loop give
+the same rows. This follows Beam's ModelHandler and NeMo Curator's stages: setup once,
+process batches, one definition for every executor.
+
+A stage's ``process`` may raise on a bad batch (a model error, out of memory). The caller
+:func:`run_stage` then retries the batch's items one by one, so one bad row becomes a reject
+row (``<stage>_error``) instead of failing its neighbours or the shard.
 """
 from __future__ import annotations
 
-from typing import Optional, Sequence
+import logging
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Generic, Optional, Sequence, TypeVar
 
-from i2e_engine.config import BuildConfig
+from i2e_engine.config import BuildConfig, LinkConfig, NerConfig, ScorerConfig
 from i2e_engine.images import ImageLimits, ImageRejected, decode_rgb, inspect_image
-from i2e_engine.records import Mention, Pair, make_reject
+from i2e_engine.records import Link, Mention, Pair, make_reject
 from i2e_engine.text import TextRejected, normalize_alt_text
 
-# Transient keys a record carries between stages; they never reach a table.
-ENTITY_TEXTS = "_entity_texts"
+log = logging.getLogger(__name__)
 
-def check_pair(pair: Pair, config: BuildConfig) -> tuple[Optional[dict], Optional[dict]]:
-    """Read errors, image checks and alt-text normalization: (record, None) or (None, reject)."""
-    if pair.get("read_error"):
-        return None, make_reject(pair, "read", pair["read_error"].split(":")[0], pair["read_error"])
+In = TypeVar("In")
+Out = TypeVar("Out")
+
+
+@dataclass
+class StageResult(Generic[Out]):
+    """What a stage made of a batch: items for the next stage, and reject rows."""
+    kept: list[Out] = field(default_factory=list)
+    rejects: list[dict] = field(default_factory=list)
+
+    def extend(self, other: "StageResult[Out]") -> None:
+        self.kept.extend(other.kept)
+        self.rejects.extend(other.rejects)
+
+
+@dataclass
+class Mentioned:
+    """A checked record (an annotation row without ``links``) and the mentions found in its alt-text."""
+    record: dict
+    mentions: list[Mention]
+
+
+@dataclass
+class Linked:
+    """A record with its linked entities and the text each entity is scored against."""
+    record: dict
+    links: list[Link]
+    entity_texts: list[str]
+
+
+class Stage(ABC, Generic[In, Out]):
+    """One annotation stage. ``name`` is also the ``stage`` of the reject rows it makes."""
+
+    name: str
+
+    def setup(self) -> None:
+        """Load models; called once per process before the first ``process``."""
+
+    @abstractmethod
+    def process(self, batch: Sequence[In]) -> StageResult[Out]:
+        """Annotate a batch; may raise, see :func:`run_stage`."""
+
+    @staticmethod
+    def record_of(item: In) -> dict:
+        """The record a reject row of ``item`` is made from."""
+        return item.record if isinstance(item, (Mentioned, Linked)) else item
+
+
+def _error_detail(error: BaseException) -> str:
+    return f"{type(error).__name__}: {error}"
+
+
+def run_stage(stage: Stage[In, Out], batch: Sequence[In]) -> StageResult[Out]:
+    """``stage.process(batch)``; when the batch fails, each item alone, and an item that
+    fails alone becomes a ``<stage>_error`` reject (retryable with ``--retry-failed``)."""
     try:
-        info = inspect_image(pair["image"], config.image)
-    except ImageRejected as error:
-        return None, make_reject(pair, "image", error.reason, error.detail)
-    try:
-        text = normalize_alt_text(pair["text"], config.text)
-    except TextRejected as error:
-        return None, make_reject(pair, "text", error.reason, error.detail)
-    raw = pair["text"].decode("utf-8") if isinstance(pair["text"], bytes) else pair["text"]
-    record = {key: pair[key] for key in ("sample_id", "source", "source_shard", "row_in_shard", "url")}
-    record.update(sha256=info.sha256, width=info.width, height=info.height,
-                  image_format=info.image_format, image=pair["image"],
-                  alt_text_raw=raw[:config.text.max_raw_chars], alt_text=text)
-    return record, None
+        return stage.process(batch)
+    except Exception as error:  # a model can fail in any way; the rows must not be lost
+        if len(batch) == 1:
+            log.warning("%s failed on one row: %s", stage.name, _error_detail(error))
+            return StageResult(rejects=[make_reject(stage.record_of(batch[0]), stage.name,
+                                                    f"{stage.name}_error", _error_detail(error))])
+        log.warning("%s failed on a batch of %d (%s); retrying row by row", stage.name, len(batch),
+                    _error_detail(error))
+    result: StageResult[Out] = StageResult()
+    for item in batch:
+        result.extend(run_stage(stage, [item]))
+    return result
 
-def link_record(record: dict, mentions: Sequence[Mention], linker, entity_text_mode: str
-                ) -> tuple[Optional[dict], Optional[dict]]:
-    """Link a record's mentions; a record with no linked entity is filtered out here."""
-    from i2e_engine.scorers.base import entity_text
 
-    if not mentions:
-        return None, make_reject(record, "ner", "no_mentions", "no entity mention found in the alt-text",
-                                 kind="filtered")
-    links = linker.link(record["alt_text"], list(mentions))
-    if not links:
-        found = ", ".join(sorted({m["text"] for m in mentions}))[:300]
-        return None, make_reject(record, "link", "no_entity_linked",
-                                 f"no mention linked above the NIL threshold: {found}", kind="filtered")
-    entities = [linker.alias_index.entity(link["entity_id"]) for link in links]
-    texts = [entity_text(e["name"], e["description"], entity_text_mode) for e in entities]
-    return {**record, "links": links, ENTITY_TEXTS: texts}, None
+ANNOTATION_KEYS = ("sample_id", "source", "source_shard", "row_in_shard", "url")
 
-def score_batch(records: Sequence[dict], scorer, limits: ImageLimits) -> list[tuple[Optional[dict], Optional[dict]]]:
-    """Score every (image, linked entity) of a batch with one image forward and one text
-    forward; returns (annotation, None) or (None, reject) per record, in order."""
-    decoded: list[tuple[dict, object, Optional[dict]]] = []
-    for record in records:
+
+class CheckStage(Stage[Pair, dict]):
+    """Read errors, image checks (size limits before decode, truncation) and alt-text
+    normalization. No model; a bad row is a reject, never an exception."""
+
+    name = "check"
+
+    def __init__(self, config: BuildConfig):
+        self.config = config
+
+    def check(self, pair: Pair) -> tuple[Optional[dict], Optional[dict]]:
+        if pair.get("read_error"):
+            return None, make_reject(pair, "read", pair["read_error"].split(":")[0], pair["read_error"])
         try:
-            decoded.append((record, decode_rgb(record["image"], limits), None))
+            info = inspect_image(pair["image"], self.config.image)
         except ImageRejected as error:
-            decoded.append((record, None, make_reject(record, "score", error.reason, error.detail)))
-    good = [(record, image) for record, image, reject in decoded if reject is None]
-    scored: dict[str, dict] = {}
-    if good:
-        texts = sorted({text for record, _ in good for text in record[ENTITY_TEXTS]})
+            return None, make_reject(pair, "image", error.reason, error.detail)
+        try:
+            text = normalize_alt_text(pair["text"], self.config.text)
+        except TextRejected as error:
+            return None, make_reject(pair, "text", error.reason, error.detail)
+        raw = pair["text"].decode("utf-8") if isinstance(pair["text"], bytes) else pair["text"]
+        record = {key: pair[key] for key in ANNOTATION_KEYS}
+        record.update(sha256=info.sha256, width=info.width, height=info.height,
+                      image_format=info.image_format, image=pair["image"],
+                      alt_text_raw=raw[:self.config.text.max_raw_chars], alt_text=text)
+        return record, None
+
+    def process(self, batch: Sequence[Pair]) -> StageResult[dict]:
+        result: StageResult[dict] = StageResult()
+        for pair in batch:
+            record, reject = self.check(pair)
+            if reject is not None:
+                result.rejects.append(reject)
+            else:
+                result.kept.append(record)
+        return result
+
+
+class NerStage(Stage[dict, Mentioned]):
+    """spaCy NER plus the KB alias phrase matcher, batched over alt-texts."""
+
+    name = "ner"
+
+    def __init__(self, config: NerConfig, kb_path: str):
+        self.config, self.kb_path = config, kb_path
+        self.extractor = None
+
+    def setup(self) -> None:
+        from i2e_engine.kb.build import shared_alias_index
+        from i2e_engine.ner import build_extractor
+
+        phrases = shared_alias_index(self.kb_path).phrases() if self.config.alias_matcher else ()
+        self.extractor = build_extractor(self.config, phrases)
+
+    def process(self, batch: Sequence[dict]) -> StageResult[Mentioned]:
+        found = self.extractor.extract([record["alt_text"] for record in batch], self.config.batch_size)
+        return StageResult(kept=[Mentioned(record, mentions) for record, mentions in zip(batch, found)])
+
+
+class LinkStage(Stage[Mentioned, Linked]):
+    """Mentions -> KB entities; a record with nothing linked is filtered here."""
+
+    name = "link"
+
+    def __init__(self, config: LinkConfig, kb_path: str, entity_text_mode: str):
+        self.config, self.kb_path, self.entity_text_mode = config, kb_path, entity_text_mode
+        self.linker = None
+
+    def setup(self) -> None:
+        from i2e_engine.kb.build import shared_alias_index
+        from i2e_engine.linking import Linker
+
+        self.linker = Linker(shared_alias_index(self.kb_path), self.config)
+
+    def link(self, item: Mentioned) -> tuple[Optional[Linked], Optional[dict]]:
+        from i2e_engine.scorers.base import entity_text
+
+        record, mentions = item.record, item.mentions
+        if not mentions:
+            return None, make_reject(record, "ner", "no_mentions", "no entity mention found in the alt-text",
+                                     kind="filtered")
+        links = self.linker.link(record["alt_text"], list(mentions))
+        if not links:
+            found = ", ".join(sorted({m["text"] for m in mentions}))[:300]
+            return None, make_reject(record, "link", "no_entity_linked",
+                                     f"no mention linked above the NIL threshold: {found}", kind="filtered")
+        entities = [self.linker.alias_index.entity(link["entity_id"]) for link in links]
+        texts = [entity_text(e["name"], e["description"], self.entity_text_mode) for e in entities]
+        return Linked(record, links, texts), None
+
+    def process(self, batch: Sequence[Mentioned]) -> StageResult[Linked]:
+        result: StageResult[Linked] = StageResult()
+        for item in batch:
+            linked, reject = self.link(item)
+            if reject is not None:
+                result.rejects.append(reject)
+            else:
+                result.kept.append(linked)
+        return result
+
+
+class ScoreStage(Stage[Linked, dict]):
+    """Image-entity scores: one image forward and one text forward per batch. Emits
+    annotation rows (the ``annotations`` table's columns)."""
+
+    name = "score"
+
+    def __init__(self, config: ScorerConfig, limits: ImageLimits):
+        self.config, self.limits = config, limits
+        self.scorer = None
+
+    def setup(self) -> None:
+        from i2e_engine.scorers.base import create_scorer
+
+        self.scorer = create_scorer(self.config)
+
+    def process(self, batch: Sequence[Linked]) -> StageResult[dict]:
+        result: StageResult[dict] = StageResult()
+        good: list[tuple[Linked, object]] = []
+        for item in batch:
+            try:
+                good.append((item, decode_rgb(item.record["image"], self.limits)))
+            except ImageRejected as error:
+                result.rejects.append(make_reject(item.record, "score", error.reason, error.detail))
+        if not good:
+            return result
+        texts = sorted({text for item, _ in good for text in item.entity_texts})
         row_of_text = {text: i for i, text in enumerate(texts)}
-        image_emb = scorer.embed_images([image for _, image in good])
-        text_emb = scorer.embed_texts(texts)
-        for (record, _), emb in zip(good, image_emb):
-            sims = text_emb[[row_of_text[t] for t in record[ENTITY_TEXTS]]] @ emb
-            annotation = {k: v for k, v in record.items() if k != ENTITY_TEXTS}
-            annotation["links"] = [{**link, "image_entity_score": float(s)}
-                                   for link, s in zip(record["links"], sims)]
-            scored[record["sample_id"]] = annotation
-    return [(None, reject) if reject else (scored[record["sample_id"]], None)
-            for record, _, reject in decoded]
+        image_emb = self.scorer.embed_images([image for _, image in good])
+        text_emb = self.scorer.embed_texts(texts)
+        for (item, _), emb in zip(good, image_emb):
+            sims = text_emb[[row_of_text[t] for t in item.entity_texts]] @ emb
+            links = [{**link, "image_entity_score": float(s)} for link, s in zip(item.links, sims)]
+            result.kept.append({**item.record, "links": links})
+        return result
+
+
+class Annotator:
+    """The four stages in order, set up together: pairs in, annotation rows and rejects out.
+
+    One Annotator per process is enough (runners share it between threads and tasks); it
+    holds no per-batch state.
+    """
+
+    def __init__(self, config: BuildConfig, kb_path: str):
+        self.config, self.kb_path = config, kb_path
+        self.check = CheckStage(config)
+        self.ner = NerStage(config.ner, kb_path)
+        self.link = LinkStage(config.link, kb_path, config.scorer.entity_text)
+        self.score = ScoreStage(config.scorer, config.image)
+        self.stages: tuple[Stage, ...] = (self.check, self.ner, self.link, self.score)
+
+    def setup(self) -> "Annotator":
+        for stage in self.stages:
+            stage.setup()
+        return self
+
+    def process(self, pairs: Sequence[Pair]) -> StageResult[dict]:
+        """Annotate one batch of pairs; every pair ends in ``kept`` or ``rejects``."""
+        rejects: list[dict] = []
+        items: Sequence = pairs
+        for stage in self.stages:
+            if not items:
+                break
+            result = run_stage(stage, items)
+            rejects.extend(result.rejects)
+            items = result.kept
+        return StageResult(kept=list(items), rejects=rejects)

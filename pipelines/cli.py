@@ -1,7 +1,8 @@
 """`i2e`: build Image-to-Entities tables, build knowledge bases, print schemas and reports.
 
-Arguments the CLI does not know are passed to Beam as pipeline options, so the same
-command runs locally (DirectRunner, the default) or on Dataflow/Flink/Spark.
+`i2e build` runs on Beam (default), Spark (`--runner spark`) or in one process
+(`--runner local`). With Beam, arguments the CLI does not know are Beam pipeline options,
+so the same command runs locally (FnApiRunner) or on Dataflow/Flink.
 """
 from __future__ import annotations
 
@@ -21,13 +22,15 @@ examples:
   i2e build data/*.parquet --output out/      # img2dataset parquet shards
   i2e build shards/ --format webdataset --min-score 0.25 --top-k 3
   i2e build coco/annotations/captions_val2017.json --output coco_out
-  i2e build gs://bucket/pairs/*.parquet --output /mnt/shared/out \\
+  i2e build /mnt/pairs/ --output /mnt/shared/out \\
       --runner=DataflowRunner --project=P --region=R --temp_location=gs://bucket/tmp
+  i2e build /mnt/pairs/ --output /mnt/shared/out --runner spark --spark-master local[4]
+  spark-submit --master yarn pipelines/spark/job.py /mnt/pairs/ --output /mnt/shared/out
 
 Rerunning the same command resumes: committed input shards are not annotated again.
 Filters (--min-score, --top-k, --keep-top-fraction, --min-images-per-entity) can be
 changed on a rerun without redoing NER or scoring.
-Any option not listed here is a Beam pipeline option (--runner, --direct_num_workers ...).
+With Beam, any option not listed here is a Beam pipeline option (--direct_num_workers ...).
 """
 
 
@@ -61,11 +64,17 @@ def _build_parser(commands) -> None:
     build.add_argument("--top-k", type=int, help="keep at most k entities per image")
     build.add_argument("--keep-top-fraction", type=float, help="keep the top fraction of all scores, e.g. 0.3")
     build.add_argument("--min-images-per-entity", type=int, default=1, help="drop entities with fewer images")
-    build.add_argument("--rows-per-shard", type=int, default=1000, help="shard size for folder/COCO inputs")
-    build.add_argument("--num-output-shards", type=int, default=0, help="parquet parts per table (0 = auto)")
-    build.add_argument("--shards-per-wave", type=int, default=16,
-                       help="input shards per annotation pipeline run; a crash loses at most one wave "
-                            "(default: %(default)s; 0 = all in one run)")
+    build.add_argument("--rows-per-shard", type=int, default=1000,
+                       help="shard size for folder/COCO inputs; a shard is the unit of work and resume")
+    build.add_argument("--batch-rows", type=int, default=256,
+                       help="pairs a worker holds at once while annotating a shard (default: %(default)s)")
+    build.add_argument("--runner", default="beam",
+                       help="beam (default; Beam's local FnApiRunner), spark (PySpark), local (one process), "
+                            "or a Beam runner name such as DataflowRunner or FlinkRunner")
+    build.add_argument("--spark-master", default="local[*]",
+                       help="Spark master for --runner spark (default: %(default)s; empty = spark-submit's)")
+    build.add_argument("--spark-conf", action="append", default=[], metavar="KEY=VALUE",
+                       help="Spark configuration for --runner spark, repeatable")
     build.add_argument("--overwrite", action="store_true", help="delete the output folder first")
     build.add_argument("--retry-failed", action="store_true",
                        help="re-annotate the committed shards whose rows failed in a model stage "
@@ -76,8 +85,7 @@ def _build_parser(commands) -> None:
 def config_from_args(args: argparse.Namespace) -> BuildConfig:
     return BuildConfig(
         inputs=list(args.inputs), input_format=args.input_format, output=args.output, kb=args.kb,
-        rows_per_shard=args.rows_per_shard, num_output_shards=args.num_output_shards,
-        shards_per_wave=args.shards_per_wave,
+        rows_per_shard=args.rows_per_shard, batch_rows=args.batch_rows,
         ner=NerConfig(model=args.ner_model, batch_size=args.ner_batch_size,
                       alias_matcher=not args.no_alias_matcher),
         link=LinkConfig(nil_threshold=args.nil_threshold),
@@ -165,7 +173,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args.command == "report":
         from pathlib import Path
 
-        from pipelines.beam.pipeline import format_summary
+        from i2e_engine.build import format_summary
 
         path = Path(args.output) / "manifest.json"
         if not path.exists():
@@ -177,12 +185,20 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args.print_config:
         print(config.to_json())
         return 0
+    from i2e_engine.build import AccountingError, format_summary
     from i2e_engine.scorers.base import ScorerWeightsMissing
-    from pipelines.beam.pipeline import ConfigChangedError, format_summary, run_build
+    from i2e_engine.workdir import ConfigChangedError
+    from pipelines.run import RUNNERS, run_build
 
+    runner = args.runner if args.runner in RUNNERS else "beam"
+    if args.runner not in RUNNERS:   # a Beam runner name: Beam's own option
+        beam_args = [*beam_args, f"--runner={args.runner}"]
+    if beam_args and runner != "beam":
+        parser.error(f"unrecognized arguments for --runner {runner}: {' '.join(beam_args)}")
     try:
-        manifest = run_build(config, beam_args, overwrite=args.overwrite, retry_failed=args.retry_failed)
-    except (ScorerWeightsMissing, ConfigChangedError, FileNotFoundError, ValueError) as error:
+        manifest = run_build(config, runner, beam_args, spark_master=args.spark_master,
+                             spark_conf=args.spark_conf, overwrite=args.overwrite, retry_failed=args.retry_failed)
+    except (ScorerWeightsMissing, ConfigChangedError, AccountingError, FileNotFoundError, ValueError) as error:
         parser.exit(2, f"i2e build: error: {error}\n")
     print(format_summary(manifest))
     return 0

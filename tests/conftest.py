@@ -31,7 +31,7 @@ def demo_build(tmp_path_factory):
     """One `i2e build` of the embedded demo for the whole session: (output folder, manifest).
     Tests that change it must work on a copy."""
     from i2e_engine.config import BuildConfig
-    from pipelines.beam.pipeline import run_build
+    from pipelines.run import run_build
 
     out = tmp_path_factory.mktemp("demo") / "out"
     manifest = run_build(BuildConfig(output=str(out)), progress=lambda _: None)

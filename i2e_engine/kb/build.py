@@ -11,6 +11,7 @@ custom KB written with ``schemas.write_table``) gets it computed on read.
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -125,6 +126,19 @@ def read_kb(path: str | Path) -> tuple[pa.Table, str]:
 def load_alias_index(path: str | Path) -> AliasIndex:
     """The alias index of the KB at ``path``: what every linking or matching worker loads."""
     return AliasIndex.from_kb_table(read_kb(path)[0])
+
+
+def shared_alias_index(path: str | Path) -> AliasIndex:
+    """One alias index per process and KB file, shared by the NER matcher, the linker and
+    the entities table writer (building it is the slow part of a worker's start). Keyed by
+    the file's path, size and modification time, so a rebuilt KB is loaded again."""
+    stat = os.stat(path)
+    return _cached_alias_index(str(path), stat.st_size, stat.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=2)
+def _cached_alias_index(path: str, size: int, mtime_ns: int) -> AliasIndex:
+    return load_alias_index(path)
 
 
 def default_kb_path(min_population: int = DEFAULT_MIN_POPULATION) -> Path:

@@ -1,1 +1,1 @@
-"""The I2E engine on Apache Beam: model handlers, PTransforms and the pipeline."""
+"""The I2E engine on Apache Beam: the pipeline and its DoFns over the engine core."""

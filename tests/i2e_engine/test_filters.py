@@ -2,7 +2,6 @@ import numpy as np
 import pytest
 
 from i2e_engine.config import FilterConfig
-from i2e_engine.dedup import choose_survivor
 from i2e_engine.filters import cutoff_for_top_fraction, drop_rare_entities, filter_links
 
 
@@ -53,18 +52,3 @@ def test_rare_entities_are_dropped():
     kept, rejects = drop_rare_entities(record, record["links"], {"e0": 3, "e1": 1}, min_images=2)
     assert [l["entity_id"] for l in kept] == ["e0"]
     assert rejects[0]["entity_id"] == "e1" and rejects[0]["reason"] == "entity_too_rare"
-
-
-def test_dedup_prefers_the_richest_annotation():
-    records = [{"sample_id": "a", "source_shard": "x", "links": [1]},
-               {"sample_id": "b", "source_shard": "x", "links": [1, 2]}]
-    survivor, rejects = choose_survivor(records)
-    assert survivor["sample_id"] == "b" and rejects[0]["sample_id"] == "a"
-
-
-def test_dedup_keeps_smallest_sample_id_and_points_at_it():
-    records = [{"sample_id": s, "source_shard": "x", "row_in_shard": i} for i, s in enumerate(["c", "a", "b"])]
-    survivor, rejects = choose_survivor(records)
-    assert survivor["sample_id"] == "a"
-    assert [r["sample_id"] for r in rejects] == ["b", "c"]
-    assert all(r["reason"] == "duplicate_sha256" and "sample a" in r["detail"] for r in rejects)

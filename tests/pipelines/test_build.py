@@ -16,7 +16,8 @@ from skimage import data
 from i2e_engine import tables
 from i2e_engine.config import BuildConfig, FilterConfig
 from i2e_engine.demo import DEMO_PAIRS, demo_rows
-from pipelines.beam.pipeline import ConfigChangedError, run_build
+from i2e_engine.workdir import ConfigChangedError
+from pipelines.run import run_build
 
 pytestmark = pytest.mark.e2e
 

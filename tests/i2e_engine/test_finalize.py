@@ -1,0 +1,73 @@
+"""The finalize plan's global decisions: exact quantile from bin counts, dedup survivors,
+per-entity counts; and the per-shard writer's accounting."""
+from __future__ import annotations
+
+import collections
+
+import numpy as np
+import pytest
+
+from i2e_engine import finalize
+from i2e_engine.config import FilterConfig
+from i2e_engine.filters import cutoff_for_top_fraction
+from i2e_engine.finalize import ExactQuantile
+
+
+def _cutoff_from_counts(scores, fraction):
+    keys = [ExactQuantile.key(s) for s in scores]
+    return finalize.quantile_cutoff(
+        fraction,
+        lambda: collections.Counter(ExactQuantile.high(k) for k in keys),
+        lambda high: collections.Counter(ExactQuantile.low(k) for k in keys if ExactQuantile.high(k) == high))
+
+
+def test_key_preserves_the_order_of_float32_values():
+    values = np.array([-1.0, -0.5, -1e-30, 0.0, 1e-30, 0.1, 0.10000001, 0.5, 1.0], dtype=np.float32)
+    keys = [ExactQuantile.key(float(v)) for v in values]
+    assert keys == sorted(keys) and len(set(keys)) == len(keys)
+    assert [ExactQuantile.value(k) for k in keys] == [float(v) for v in values]
+
+
+@pytest.mark.parametrize("fraction", [0.01, 0.3, 0.5, 0.9, 1.0])
+def test_two_pass_cutoff_equals_the_sort_of_all_scores(fraction):
+    rng = np.random.default_rng(0)
+    # float32 scores as the tables hold them, with many ties and both signs
+    scores = np.concatenate([rng.normal(0.2, 0.15, 5000), np.full(300, 0.25), rng.uniform(-1, 1, 200)])
+    scores = [float(s) for s in scores.astype(np.float32)]
+    assert _cutoff_from_counts(scores, fraction) == cutoff_for_top_fraction(scores, fraction)
+
+
+def test_cutoff_of_nothing_is_none():
+    assert _cutoff_from_counts([], 0.5) is None
+    assert finalize.quantile_cutoff(None, lambda: {1: 1}, lambda high: {}) is None
+
+
+def _row(sample_id, shard, row, n_links):
+    return {"sample_id": sample_id, "source_shard": shard, "row_in_shard": row, "n_links": n_links}
+
+
+def test_survivor_has_most_links_then_smallest_sample_id_then_row_key():
+    rows = [_row("b", "s1", 0, 1), _row("a", "s2", 5, 1), _row("c", "s0", 0, 2), _row("a", "s1", 3, 1)]
+    survivor, duplicates = finalize.dedup_group(rows)
+    assert (survivor["sample_id"], survivor["source_shard"]) == ("c", "s0")
+    assert {(d.source_shard, d.row_in_shard) for d in duplicates} == {("s1", 0), ("s2", 5), ("s1", 3)}
+    assert {d.survivor_sample_id for d in duplicates} == {"c"}
+    # the same pair twice (identical sample ids): the row key decides, and one is dropped
+    survivor, duplicates = finalize.dedup_group([_row("a", "s2", 1, 1), _row("a", "s1", 9, 1)])
+    assert (survivor["source_shard"], survivor["row_in_shard"]) == ("s1", 9)
+    assert [(d.source_shard, d.row_in_shard) for d in duplicates] == [("s2", 1)]
+
+
+def test_kept_entity_ids_apply_threshold_and_top_k():
+    row = {"sample_id": "a", "source_shard": "s", "row_in_shard": 0,
+           "links": [{"entity_id": e, "image_entity_score": s} for e, s in [("x", 0.9), ("y", 0.2), ("z", 0.5)]]}
+    assert finalize.kept_entity_ids(row, FilterConfig(min_score=0.3), None) == ["x", "z"]
+    assert finalize.kept_entity_ids(row, FilterConfig(top_k_per_image=1), 0.1) == ["x"]
+    assert finalize.kept_entity_ids(row, FilterConfig(), 0.6) == ["x"]
+
+
+def test_entity_parts_grow_slowly_and_cover_every_id():
+    assert finalize.entity_part_count(1) == 1
+    assert finalize.entity_part_count(100) == 10 and finalize.entity_part_count(10**6) == 1000
+    parts = {finalize.entity_part(f"Q{i}", 7) for i in range(1000)}
+    assert parts == set(range(7))
