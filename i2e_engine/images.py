@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import re
 import warnings
 from dataclasses import dataclass
 
@@ -21,10 +22,16 @@ class ImageLimits:
     min_side: int = 8                      # smaller images carry no usable content
 
 
+# Object reprs in library messages ("<_io.BytesIO object at 0x7f...>") differ per process;
+# a reject's detail must not, or two runs of the same input would write different rows.
+_OBJECT_REPR = re.compile(r"<[^<>]* at 0x[0-9a-fA-F]+>")
+
+
 class ImageRejected(ValueError):
     """An image that cannot be used; ``reason`` is a stable machine-readable code."""
 
     def __init__(self, reason: str, detail: str = ""):
+        detail = _OBJECT_REPR.sub("<image bytes>", detail)
         super().__init__(f"{reason}: {detail}" if detail else reason)
         self.reason = reason
         self.detail = detail

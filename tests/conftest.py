@@ -36,3 +36,15 @@ def demo_build(tmp_path_factory):
     out = tmp_path_factory.mktemp("demo") / "out"
     manifest = run_build(BuildConfig(output=str(out)), progress=lambda _: None)
     return out, manifest
+
+
+@pytest.fixture(scope="session")
+def spark():
+    """A real local Spark session (2 cores), its Python workers on this interpreter;
+    stopped when the test session ends."""
+    pytest.importorskip("pyspark", reason="pyspark is in the test extra: pip install -e '.[test]'")
+    from pipelines.spark.job import spark_session
+
+    session = spark_session("local[2]")
+    yield session
+    session.stop()

