@@ -10,7 +10,7 @@ Each measured build has a fresh output folder and runs what ``pipelines.run.run_
 runs, with the runner's own execute function called directly: ``plan_run``, then
 ``local.annotate`` + ``local.finalize_tables`` / ``pipelines.beam.pipeline.execute(plan, [])``
 / ``pipelines.spark.job.execute(plan, spark)``, then ``publish``. Wall = all three.
-``--repeats`` rounds; the runner order rotates each round (no runner runs twice in a row);
+``--repeats`` rounds of one build per runner, the runner order rotating each round;
 medians. ratio = bare wall / runner wall (target >= 0.9).
 
 Model loads: every build loads the models once per worker process, inside its wall time.
@@ -33,7 +33,8 @@ Finalize bytes: image bytes in ``_work/annotations`` (read once, by the shard wr
 the narrow rows the global steps group and count (``finalize.project_shard``; arrow and
 pickle sizes).
 
-Full-size run (about 35-45 minutes on an idle 2-core machine)::
+Full-size run (9 builds of 2,000 pairs: about 20 minutes on an idle 2-core machine, far
+longer when other work shares the cores)::
 
     .venv/bin/python benchmarks/bench_build.py --pairs 2000 --shard-rows 250 --repeats 3 --out benchmarks/out/bench_build.json
 
@@ -88,24 +89,22 @@ def run_one(runner: str, inputs: Path, out: Path, number: int, spark: Any) -> tu
     started = time.perf_counter()
     load_before = loadavg()
     plan_s, plan = timed(lambda: plan_run(build_config(inputs, out, number), progress=lambda _: None))
-    execute_start = time.time()
-    calls: dict[str, float] = {}
     if runner == "local":
-        calls["annotate_call_s"], _ = timed(lambda: local.annotate(plan))
-        calls["finalize_call_s"], _ = timed(lambda: local.finalize_tables(plan))
+        annotate_s, _ = timed(lambda: local.annotate(plan))
+        finalize_s, _ = timed(lambda: local.finalize_tables(plan))
         name = local.RUNNER
-    elif runner == "beam":
-        from pipelines.beam.pipeline import execute
-        name = execute(plan, [])
-    else:
-        from pipelines.spark.job import execute
-        name = execute(plan, spark)
-    execute_end = time.time()
+    else:   # one execute call: split it at the last shard commit
+        if runner == "beam":
+            from pipelines.beam.pipeline import execute
+        else:
+            from pipelines.spark.job import execute
+        execute_start = time.time()
+        name = execute(plan, [] if runner == "beam" else spark)
+        execute_end, committed = time.time(), last_commit(plan)
+        annotate_s, finalize_s = committed - execute_start, execute_end - committed
     publish_s, manifest = timed(lambda: publish(plan, name))
-    committed = last_commit(plan)
     return {"runner": runner, "name": name, "wall_s": time.perf_counter() - started, "plan_s": plan_s,
-            "annotate_s": committed - execute_start, "finalize_s": execute_end - committed,
-            "publish_s": publish_s, **calls,
+            "annotate_s": annotate_s, "finalize_s": finalize_s, "publish_s": publish_s,
             "shard_seconds_sum": sum(m.seconds for m in plan.work.markers().values()),
             "pairs": manifest["input_samples"], "rows": manifest["rows"], "loadavg_before": load_before}, plan
 
@@ -168,9 +167,6 @@ def report(args: argparse.Namespace, shards: int, facts: dict, loads: dict[str, 
                ("wall_s", "annotate_s", "finalize_s", "plan_s", "publish_s", "shard_seconds_sum")}
         row.update(pairs_per_s=pairs / wall, ratio=median(ratios), ratios=ratios,
                    ratio_of_medians=median(list(bare.values())) / wall)
-        if runner == "local":
-            row.update(annotate_call_s=median([b["annotate_call_s"] for b in runs]),
-                       finalize_call_s=median([b["finalize_call_s"] for b in runs]))
         summary[runner] = row
         name = {"local": "bare loop (pipelines.local)", "beam": "Beam FnApiRunner",
                 "spark": f"Spark {SPARK_MASTER}"}[runner]
@@ -185,7 +181,10 @@ def report(args: argparse.Namespace, shards: int, facts: dict, loads: dict[str, 
               "annotate / finalize: bare loop = the `local.annotate` / `local.finalize_tables` calls (annotate "
               "includes its `Annotator.setup()`); Beam and Spark = start of execute to the last shard commit / "
               "the rest of execute. Sum of annotate_shard s = the shard markers' `seconds` (no model load; on "
-              "Spark two shards run at once).", "",
+              "Spark two shards run at once).",
+              "Model loads are inside every build's wall: the bare loop and Beam (in this process) load one "
+              "Annotator per build, Spark one per Python worker (2, in parallel); every build has its own "
+              "annotation fingerprint, so no runner reuses models of an earlier build.", "",
               "Start-up and loads, not in any build's wall:", "", "| what | s |", "|---|---:|"]
     lines += [f"| {name} | {s:.2f} |" for name, s in loads.items()]
     if moved:
@@ -199,7 +198,7 @@ def report(args: argparse.Namespace, shards: int, facts: dict, loads: dict[str, 
             ("narrow_rows_pickle_bytes", "narrow rows (project_shard) pickled"),
             ("image_bytes_in_images_table", "image bytes written to the images table (once)"))]
         lines.append(f"\nproject_shard over all shards: {moved['project_shard_all_s']:.2f} s; bare "
-                     f"`local.finalize_tables`: {summary['local']['finalize_call_s']:.2f} s (median).")
+                     f"`local.finalize_tables`: {summary['local']['finalize_s']:.2f} s (median).")
     return "\n".join(lines), summary
 
 
@@ -225,7 +224,8 @@ def main() -> None:
 
     config = build_config(inputs, root / "unused", 0)
     kb_path = str(ensure_default_kb())
-    loads = {"Annotator.setup() in this process, cold": timed(Annotator(config, kb_path).setup)[0],
+    loads = {"Annotator.setup() in this process, cold (first: imports, alias index, models)":
+                 timed(Annotator(config, kb_path).setup)[0],
              "Annotator.setup() in this process, again (alias index cached)":
                  timed(Annotator(config, kb_path).setup)[0]}
     spark = None

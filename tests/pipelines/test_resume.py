@@ -1,5 +1,6 @@
 """A build killed after some shards committed resumes without redoing them, and ends with
-the same tables as an unbroken build."""
+the same tables as an unbroken build, on every runner (the driver process is killed with
+its whole process group: Beam's in-process workers, Spark's JVM and Python workers)."""
 from __future__ import annotations
 
 import os
@@ -14,7 +15,8 @@ import pytest
 from i2e_engine import tables
 from i2e_engine.config import BuildConfig
 from i2e_engine.demo import DEMO_PAIRS, skimage_data_dir
-from pipelines.beam.pipeline import run_build
+from i2e_engine.workdir import WORK_DIR, WorkDir
+from pipelines.run import run_build
 
 pytestmark = pytest.mark.e2e
 
@@ -34,30 +36,38 @@ def _content(out, table, drop=("run_id",)):
     return frame.sort_values(key).reset_index(drop=True)
 
 
-def test_killed_build_resumes_from_committed_shards(tmp_path):
+@pytest.mark.parametrize("runner", ["beam", "spark"])
+def test_killed_build_resumes_from_committed_shards(runner, tmp_path, request):
+    if runner == "spark":
+        request.getfixturevalue("spark")   # skips without pyspark; the killed run starts its own
     photos = _photo_folder(tmp_path / "photos")
-    args = [str(photos), "--rows-per-shard", "3", "--shards-per-wave", "1"]
+    shards = 6
+    args = [str(photos), "--rows-per-shard", "2", "--runner", runner, "--spark-master", "local[2]"]
     killed = tmp_path / "killed"
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     process = subprocess.Popen([sys.executable, "-m", "pipelines.cli", "build", *args, "--output", str(killed)],
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env,
                                start_new_session=True)
-    done = killed / tables.WORK_DIR / "done"
+    done = killed / WORK_DIR / "done"
     deadline = time.time() + 600
     while time.time() < deadline and not list(done.glob("*.json")) and process.poll() is None:
-        time.sleep(0.1)
+        time.sleep(0.05)
     os.killpg(process.pid, signal.SIGKILL)
     process.wait()
     committed = len(list(done.glob("*.json")))
-    assert 1 <= committed < 4, f"expected a kill after the first of 4 shards, found {committed} committed"
+    assert 1 <= committed < shards, f"expected a kill after the first of {shards} shards, found {committed}"
+    before = {shard_id: marker.run_id for shard_id, marker in WorkDir(killed).markers().items()}
 
     messages = []
-    config = BuildConfig(inputs=[str(photos)], output=str(killed), rows_per_shard=3, shards_per_wave=1)
-    run_build(config, progress=messages.append)
-    assert f"{committed} already annotated, {4 - committed} to annotate" in messages[0]
+    config = BuildConfig(inputs=[str(photos)], output=str(killed), rows_per_shard=2)
+    run_build(config, runner, spark_master="local[2]", progress=messages.append)
+    assert f"{committed} already annotated, {shards - committed} to annotate" in messages[0]
+    after = WorkDir(killed).markers()
+    assert len(after) == shards and all(after[shard_id].run_id == run for shard_id, run in before.items())
 
     unbroken = tmp_path / "unbroken"
-    run_build(BuildConfig(inputs=[str(photos)], output=str(unbroken), rows_per_shard=3), progress=lambda _: None)
+    run_build(BuildConfig(inputs=[str(photos)], output=str(unbroken), rows_per_shard=2), runner,
+              spark_master="local[2]", progress=lambda _: None)
     for table in ("images", "image_entities", "entities", "rejects"):
         # scores may differ in the last float bits: the CNN sees other batch sizes
         pd.testing.assert_frame_equal(_content(killed, table), _content(unbroken, table), rtol=1e-5)
@@ -74,7 +84,7 @@ def test_retry_failed_reannotates_only_shards_with_model_failures(tmp_path):
     out = tmp_path / "out"
     config = BuildConfig(inputs=[str(photos)], output=str(out), rows_per_shard=6)
     run_build(config, progress=lambda _: None)
-    work = out / tables.WORK_DIR
+    work = out / WORK_DIR
     first, second = sorted((work / "annotations").glob("*.parquet"))
     # turn one committed annotation of the first shard into the dead letter of a failed scorer
     annotations = schemas.read_table(first, "annotations")
