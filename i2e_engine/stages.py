@@ -215,23 +215,27 @@ class ScoreStage(Stage[Linked, dict]):
         self.scorer = create_scorer(self.config)
 
     def process(self, batch: Sequence[Linked]) -> StageResult[dict]:
+        """Decoded pixels are held for one scorer batch at a time, not the whole batch: a
+        64-megapixel image decodes to 192 MB."""
         result: StageResult[dict] = StageResult()
-        good: list[tuple[Linked, object]] = []
-        for item in batch:
-            try:
-                good.append((item, decode_rgb(item.record["image"], self.limits)))
-            except ImageRejected as error:
-                result.rejects.append(make_reject(item.record, "score", error.reason, error.detail))
-        if not good:
-            return result
-        texts = sorted({text for item, _ in good for text in item.entity_texts})
+        texts = sorted({text for item in batch for text in item.entity_texts})
         row_of_text = {text: i for i, text in enumerate(texts)}
-        image_emb = self.scorer.embed_images([image for _, image in good])
         text_emb = self.scorer.embed_texts(texts)
-        for (item, _), emb in zip(good, image_emb):
-            sims = text_emb[[row_of_text[t] for t in item.entity_texts]] @ emb
-            links = [{**link, "image_entity_score": float(s)} for link, s in zip(item.links, sims)]
-            result.kept.append({**item.record, "links": links})
+        step = self.scorer.batch_size
+        for start in range(0, len(batch), step):
+            good: list[tuple[Linked, object]] = []
+            for item in batch[start:start + step]:
+                try:
+                    good.append((item, decode_rgb(item.record["image"], self.limits)))
+                except ImageRejected as error:
+                    result.rejects.append(make_reject(item.record, "score", error.reason, error.detail))
+            if not good:
+                continue
+            image_emb = self.scorer.embed_images([image for _, image in good])
+            for (item, _), emb in zip(good, image_emb):
+                sims = text_emb[[row_of_text[t] for t in item.entity_texts]] @ emb
+                links = [{**link, "image_entity_score": float(s)} for link, s in zip(item.links, sims)]
+                result.kept.append({**item.record, "links": links})
         return result
 
 

@@ -27,7 +27,7 @@ from i2e_engine.shard import annotate_shard
 from i2e_engine.stages import Annotator
 from i2e_engine.workdir import WorkDir
 
-_ANNOTATORS: dict[str, Annotator] = {}   # per executor Python process, by fingerprint
+_ANNOTATORS: dict[str, Annotator] = {}   # per executor Python process: the current run's, by fingerprint
 
 
 def spark_session(master: Optional[str] = None, conf: Sequence[str] = ()):
@@ -59,6 +59,7 @@ def _annotate_task(shard: ShardRef, config: BuildConfig, kb_path: str, work: Wor
                    run_id: str) -> tuple[str, str]:
     annotator = _ANNOTATORS.get(fingerprint)
     if annotator is None:
+        _ANNOTATORS.clear()   # a reused worker of an earlier run frees that run's models first
         annotator = _ANNOTATORS[fingerprint] = Annotator(config, kb_path).setup()
     marker = annotate_shard(shard, annotator, work, fingerprint, run_id, config.batch_rows)
     return marker.shard_id, marker.stem
