@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import Generic, Optional, Sequence, TypeVar
+from typing import Generic, Iterable, Optional, Sequence, TypeVar
 
 from i2e_engine.config import BuildConfig, LinkConfig, NerConfig, ScorerConfig
 from i2e_engine.images import ImageLimits, ImageRejected, decode_rgb, inspect_image
@@ -34,6 +34,17 @@ class StageResult(Generic[Out]):
     """What a stage made of a batch: items for the next stage, and reject rows."""
     kept: list[Out] = field(default_factory=list)
     rejects: list[dict] = field(default_factory=list)
+
+    @classmethod
+    def of(cls, outcomes: Iterable[tuple[Optional[Out], Optional[dict]]]) -> "StageResult[Out]":
+        """From per-item (item, None) or (None, reject) outcomes."""
+        result = cls()
+        for item, reject in outcomes:
+            if reject is not None:
+                result.rejects.append(reject)
+            else:
+                result.kept.append(item)
+        return result
 
     def extend(self, other: "StageResult[Out]") -> None:
         self.kept.extend(other.kept)
@@ -126,14 +137,7 @@ class CheckStage(Stage[Pair, dict]):
         return record, None
 
     def process(self, batch: Sequence[Pair]) -> StageResult[dict]:
-        result: StageResult[dict] = StageResult()
-        for pair in batch:
-            record, reject = self.check(pair)
-            if reject is not None:
-                result.rejects.append(reject)
-            else:
-                result.kept.append(record)
-        return result
+        return StageResult.of(self.check(pair) for pair in batch)
 
 
 class NerStage(Stage[dict, Mentioned]):
@@ -189,14 +193,7 @@ class LinkStage(Stage[Mentioned, Linked]):
         return Linked(record, links, texts), None
 
     def process(self, batch: Sequence[Mentioned]) -> StageResult[Linked]:
-        result: StageResult[Linked] = StageResult()
-        for item in batch:
-            linked, reject = self.link(item)
-            if reject is not None:
-                result.rejects.append(reject)
-            else:
-                result.kept.append(linked)
-        return result
+        return StageResult.of(self.link(item) for item in batch)
 
 
 class ScoreStage(Stage[Linked, dict]):

@@ -62,3 +62,12 @@ def test_build_errors_are_one_line_not_a_traceback(tmp_path, capsys):
         main(["build", str(tmp_path / "missing"), "--output", str(tmp_path / "out")])
     assert exit_.value.code == 2
     assert "input does not exist" in capsys.readouterr().err
+
+
+def test_runner_options(capsys):
+    assert main(["build", "--batch-rows", "64", "--print-config"]) == 0
+    assert json.loads(capsys.readouterr().out)["batch_rows"] == 64
+    with pytest.raises(SystemExit) as exit_:
+        main(["build", "--runner", "spark", "--direct_num_workers=2"])
+    assert exit_.value.code == 2
+    assert "--direct_num_workers=2" in capsys.readouterr().err
