@@ -129,8 +129,8 @@ def plan_run(config: BuildConfig, overwrite: bool = False, retry_failed: bool = 
     inputs = list(config.inputs) or [str(write_demo_parquet(cache_dir() / "demo" / "skimage-demo.parquet"))]
     kb_path = str(Path(config.kb).resolve()) if config.kb else str(ensure_default_kb())
     _, kb_version = read_kb(kb_path)
-    fingerprint = annotation_fingerprint(config, kb_version)
     scorer = scorer_name(config)
+    fingerprint = annotation_fingerprint(config, kb_version, scorer)
     work = WorkDir(out)
     if retry_failed:
         reopened = work.reopen_failed_shards()
@@ -138,36 +138,43 @@ def plan_run(config: BuildConfig, overwrite: bool = False, retry_failed: bool = 
     work.check_fingerprint(fingerprint, out)
     shards = list_shards(inputs, config.input_format, config.rows_per_shard)
     markers = work.markers()
-    todo = [shard for shard in shards if shard.shard_id not in markers]
+    changed = [s for s in shards if s.shard_id in markers and markers[s.shard_id].identity != s.identity]
+    todo = [shard for shard in shards if shard.shard_id not in markers or shard in changed]
     progress(f"i2e build {run_id}: {len(shards)} input shards, {len(shards) - len(todo)} already "
-             f"annotated, {len(todo)} to annotate; KB {kb_version}; scorer {scorer}")
+             f"annotated, {len(todo)} to annotate"
+             + (f" ({len(changed)} changed since annotated)" if changed else "")
+             + f"; KB {kb_version}; scorer {scorer}")
     return RunPlan(config=config, run_id=run_id, started=started, out=out, work=work, kb_path=kb_path,
                    kb_version=kb_version, fingerprint=fingerprint, scorer=scorer, shards=shards, todo=todo)
 
 
 def _summary(plan: RunPlan, shard_stats: list[dict], entity_rows: int) -> dict:
-    """Counts summed from the writers' per-shard stats, checked against the pairs read."""
+    """Counts summed from the writers' per-shard stats, checked shard by shard against the
+    rows each source declared (or, for a tar, the rows read from it)."""
     markers = {m.stem: m for m in plan.work.markers().values()}
-    rows = collections.Counter()
-    samples = collections.Counter()
-    reasons = collections.Counter()
-    dropped = 0
+    rows, samples, reasons = collections.Counter(), collections.Counter(), collections.Counter()
+    dropped = source_rows = undeclared = 0
     for stats in shard_stats:
+        marker = markers[stats["stem"]]
+        accounted = sum(stats["samples"].values())
+        expected = marker.pairs_read if marker.source_rows is None else marker.source_rows
+        if accounted != expected or stats["rows"]["images"] != stats["samples"]["kept"]:
+            raise AccountingError(
+                f"shard {marker.shard_id}: its source holds {expected} rows but the tables account for "
+                f"{accounted} ({stats['samples']}; images {stats['rows']['images']}); tables not published")
+        source_rows += expected
+        undeclared += marker.source_rows is None
         rows.update(stats["rows"])
         samples.update(stats["samples"])
         reasons.update(stats["reasons"])
         dropped += stats["dropped_annotations"]
-    pairs_read = sum(markers[stats["stem"]].pairs_read for stats in shard_stats)
-    accounted = samples["kept"] + samples["filtered"] + samples["rejected"]
-    if accounted != pairs_read or rows["images"] != samples["kept"]:
-        raise AccountingError(f"{pairs_read} pairs were read but the tables account for {accounted} "
-                              f"(kept {samples['kept']}, filtered {samples['filtered']}, rejected "
-                              f"{samples['rejected']}; images {rows['images']}); tables not published")
     ordered = sorted(reasons.items(), key=lambda item: (-item[1], item[0]))
     return {
         "rows": {"images": rows["images"], "entities": entity_rows, "image_entities": rows["image_entities"],
                  "rejects": rows["rejects"]},
-        "input_samples": pairs_read,
+        "source_rows": source_rows,
+        "shards_counted_by_reading": undeclared,
+        "input_samples": source_rows,
         "kept_images": samples["kept"],
         "rejected_samples": samples["rejected"],
         "filtered_samples": samples["filtered"],
@@ -213,8 +220,11 @@ def format_summary(manifest: dict, out: Optional[str] = None, top: int = 10) -> 
     runner = f" on {manifest['runner']}" if manifest.get("runner") else ""
     lines = [f"run {manifest['run_id']} finished{runner} in {manifest['seconds']} s; tables in {out}"]
     lines += [f"  {table:<15} {rows:>8} rows" for table, rows in manifest["rows"].items()]
-    lines.append(f"  input samples {manifest['input_samples']} = kept {manifest['kept_images']} + filtered "
-                 f"{manifest['filtered_samples']} + rejected {manifest['rejected_samples']}")
+    counted = manifest.get("shards_counted_by_reading")
+    source = ("counted from the source" if not counted
+              else f"counted from the source; {counted} tar shard(s) by reading them")
+    lines.append(f"  input samples {manifest['input_samples']} ({source}) = kept {manifest['kept_images']} "
+                 f"+ filtered {manifest['filtered_samples']} + rejected {manifest['rejected_samples']}")
     if manifest["drops_by_reason"]:
         lines.append("  drops by reason:")
         lines += [f"    {d['stage']}/{d['reason']} ({d['kind']}): {d['rows']}" for d in manifest["drops_by_reason"][:top]]

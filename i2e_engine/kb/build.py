@@ -118,7 +118,7 @@ def build_kb(sources: Sequence[str], out_path: str | Path, *, wikidata_dump: Opt
 
 def read_kb(path: str | Path) -> tuple[pa.Table, str]:
     """A validated KB table and its version (from the metadata, else computed)."""
-    table = schemas.read_table(path, "kb")
+    table = schemas.read_table(path, "kb", require_metadata=False)   # any parquet with the kb columns
     stored = (pq.read_schema(path).metadata or {}).get(VERSION_KEY)
     return table, stored.decode() if stored else kb_version(table)
 

@@ -16,22 +16,21 @@ Auto-detection of an input path:
 - else a folder holding image files -> folder (images with ``.txt`` sidecars).
 
 Names starting with "." (and, for parquet and tar, "_") are ignored. Parquet and tar shards
-are whole files, named by file name; folder and COCO inputs are cut into
-``rows_per_shard`` slices named ``"folder:<name>[start:stop]"`` and
-``"coco:<captions file>[start:stop]"``. Two inputs with the same name get as many parent
-folders in their names as it takes to tell them apart.
+are whole files, named by their absolute path; folder and COCO inputs are cut into
+``rows_per_shard`` slices named ``"folder:<folder>[start:stop]"`` and
+``"coco:<captions file>[start:stop]"``, so two inputs never share a shard id.
 """
 from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Optional
 
 from i2e_engine.readers import coco, folder, parquet, webdataset
-from i2e_engine.readers.base import KINDS, ReaderOptions, ShardRef
+from i2e_engine.readers.base import KINDS, ReaderOptions, ShardRef, file_identity
 from i2e_engine.records import Pair
 
-__all__ = ["KINDS", "ReaderOptions", "ShardRef", "detect_format", "list_shards", "read_shard"]
+__all__ = ["KINDS", "ReaderOptions", "ShardRef", "declared_rows", "detect_format", "list_shards", "read_shard"]
 
 
 def detect_format(path: Path) -> str:
@@ -74,20 +73,6 @@ def _units(path: Path, kind: str) -> list[Path]:
     return found
 
 
-def _labels(paths: list[Path]) -> dict[Path, str]:
-    """Each path's name, lengthened by parent folders only where names collide."""
-    by_name: dict[str, list[Path]] = {}
-    for path in paths:
-        by_name.setdefault(path.name, []).append(path)
-    labels = {}
-    for group in by_name.values():
-        depth = 1
-        while len({"/".join(p.parts[-depth:]) for p in group}) < len(group):
-            depth += 1
-        labels.update({p: "/".join(p.parts[-depth:]) for p in group})
-    return labels
-
-
 def list_shards(inputs: list[str], input_format: str = "auto", rows_per_shard: int = 1000,
                 options: ReaderOptions = ReaderOptions()) -> list[ShardRef]:
     """Every shard of ``inputs``, sorted by (kind, path, start); the same inputs always give
@@ -106,17 +91,27 @@ def list_shards(inputs: list[str], input_format: str = "auto", rows_per_shard: i
         kind = detect_format(path) if input_format == "auto" else input_format
         for unit in _units(path, kind):
             units.setdefault(unit, kind)
-    labels = _labels(list(units))
     shards: list[ShardRef] = []
     for unit, kind in units.items():
         if kind in ("parquet", "webdataset"):
-            shards.append(ShardRef(kind, str(unit), 0, None, labels[unit]))
+            shards.append(ShardRef(kind, str(unit), 0, None, str(unit), identity=file_identity(unit)))
         elif kind == "folder":
-            shards.extend(folder.folder_shards(unit, rows_per_shard, labels[unit]))
+            shards.extend(folder.folder_shards(unit, rows_per_shard))
         else:
             images_dir = Path(os.path.abspath(options.coco_images_dir)) if options.coco_images_dir else None
-            shards.extend(coco.coco_shards(unit, rows_per_shard, labels[unit], images_dir))
+            shards.extend(coco.coco_shards(unit, rows_per_shard, images_dir))
     return sorted(shards, key=lambda s: (s.kind, s.path, s.start))
+
+
+def declared_rows(shard: ShardRef) -> Optional[int]:
+    """The rows the source says this shard holds, before reading it: a slice's length, a
+    parquet footer's row count; None for a tar, which tells only by being read to its end
+    (and for a parquet file whose footer is unreadable)."""
+    if shard.stop is not None:
+        return shard.stop - shard.start
+    if shard.kind == "parquet":
+        return parquet.declared_rows(shard.path)
+    return None
 
 
 def read_shard(shard: ShardRef, options: ReaderOptions = ReaderOptions()) -> Iterator[Pair]:

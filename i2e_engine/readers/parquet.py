@@ -17,7 +17,7 @@ from typing import Callable, Iterator, Optional
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from i2e_engine.readers.base import ReaderOptions, ShardRef, make_pair, shard_failure_pair
+from i2e_engine.readers.base import ReaderOptions, ShardRef, failure_pairs, make_pair
 from i2e_engine.records import Pair
 
 SUFFIXES = (".parquet",)
@@ -69,14 +69,25 @@ def _image_bytes(value: object) -> Optional[bytes]:
     return value.get("bytes") if isinstance(value, dict) else value
 
 
+def declared_rows(path: str) -> Optional[int]:
+    """The rows a parquet file says it holds (its footer), None when the footer is unreadable."""
+    try:
+        return pq.ParquetFile(path).metadata.num_rows
+    except Exception:  # noqa: BLE001 - any failure means the file cannot say
+        return None
+
+
 def read_parquet_shard(shard: ShardRef, options: ReaderOptions = ReaderOptions()) -> Iterator[Pair]:
     """Pairs of one parquet file, in row order. A missing image or text column marks every
-    row with ``missing_column:<name>``; a corrupt file ends in one ``unreadable_shard`` Pair."""
+    row with ``missing_column:<name>``; a file that fails partway ends with one
+    ``unreadable_shard`` Pair for every row its footer declares and was not delivered."""
     row = 0
+    total = None
     try:
         # Buffered page reads instead of pre-buffering whole column chunks: a row group of
         # image bytes is read a page at a time, which halves the peak for large row groups.
         parquet_file = pq.ParquetFile(shard.path, buffer_size=READ_BUFFER_BYTES, pre_buffer=False)
+        total = parquet_file.metadata.num_rows
         schema = parquet_file.schema_arrow
         image_column, image_error = _pick_column(schema, options.image_column, IMAGE_COLUMNS, _is_image_type)
         text_column, text_error = _pick_column(schema, options.text_column, TEXT_COLUMNS, _is_text_type)
@@ -100,4 +111,4 @@ def read_parquet_shard(shard: ShardRef, options: ReaderOptions = ReaderOptions()
                                     url if isinstance(url, str) else None, read_error)
                     row += 1
     except Exception as error:  # pyarrow raises ArrowInvalid, OSError and others on bad files
-        yield shard_failure_pair(shard, row, error)
+        yield from failure_pairs(shard, row, total, error)

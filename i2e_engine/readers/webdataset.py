@@ -15,7 +15,7 @@ import tarfile
 from pathlib import Path
 from typing import Iterator, Optional
 
-from i2e_engine.readers.base import ShardRef, make_pair, shard_failure_pair
+from i2e_engine.readers.base import ShardRef, failure_pairs, make_pair
 from i2e_engine.records import Pair
 
 SUFFIXES = (".tar", ".tar.gz", ".tgz")
@@ -77,4 +77,5 @@ def read_webdataset_shard(shard: ShardRef) -> Iterator[Pair]:
         if key is not None:
             yield _sample_pair(shard, row, parts)
     except Exception as error:  # tarfile, gzip and zlib raise several types on damaged streams
-        yield shard_failure_pair(shard, row, error, f"sample {key!r} incomplete" if key else "")
+        # a tar says how many samples it holds only by being read to its end
+        yield from failure_pairs(shard, row, None, error, f"sample {key!r} incomplete" if key else "")
