@@ -5,11 +5,17 @@ inputs, so it is a small frozen value (kind, path, row range) that any worker ca
 """
 from __future__ import annotations
 
+import errno
+import logging
 import os
+import time
 from dataclasses import dataclass
-from typing import Iterator, Optional
+from typing import Callable, Iterator, Optional, TypeVar
 
 from i2e_engine.records import Pair, make_sample_id
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 KINDS = ("parquet", "webdataset", "folder", "coco")
 COCO_CAPTION_MODES = ("join", "first")
@@ -79,6 +85,37 @@ def failure_pairs(shard: ShardRef, first_row: int, total: Optional[int], error: 
         yield Pair(sample_id=make_sample_id(None, f"{shard.shard_id}#{row}"), source=shard.kind,
                    source_shard=shard.shard_id, row_in_shard=row, url=None, image=None, text=None,
                    read_error=message)
+
+
+# Errors that say the storage hiccuped, not that the data is bad: worth another try.
+TRANSIENT_ERRNOS = (errno.EIO, errno.EAGAIN, errno.ETIMEDOUT, errno.ECONNRESET, errno.ECONNABORTED)
+RETRY_ATTEMPTS = 4
+RETRY_BASE_SECONDS = 0.5
+
+
+def is_transient(error: BaseException) -> bool:
+    if isinstance(error, (ConnectionError, TimeoutError)):
+        return True
+    return isinstance(error, OSError) and error.errno in TRANSIENT_ERRNOS
+
+
+def back_off(error: BaseException, attempt: int, what: str) -> None:
+    """Re-raise ``error`` unless it is transient and attempts remain; else wait 0.5, 1, 2 s."""
+    if not is_transient(error) or attempt >= RETRY_ATTEMPTS - 1:
+        raise error
+    delay = RETRY_BASE_SECONDS * 2 ** attempt
+    log.warning("reading %s failed (%s: %s); retrying in %.1f s", what, type(error).__name__, error, delay)
+    time.sleep(delay)
+
+
+def with_retries(read: Callable[[], T], what: str) -> T:
+    """``read()``, tried again with exponential backoff while it fails with a transient error."""
+    for attempt in range(RETRY_ATTEMPTS):
+        try:
+            return read()
+        except Exception as error:  # noqa: BLE001 - sorted by back_off
+            back_off(error, attempt, what)
+    raise AssertionError("unreachable")
 
 
 def file_identity(path: str | os.PathLike) -> str:

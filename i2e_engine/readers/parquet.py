@@ -17,7 +17,8 @@ from typing import Callable, Iterator, Optional
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from i2e_engine.readers.base import ReaderOptions, ShardRef, failure_pairs, make_pair
+from i2e_engine.readers.base import (RETRY_ATTEMPTS, ReaderOptions, ShardRef, back_off, failure_pairs, make_pair,
+                                     with_retries)
 from i2e_engine.records import Pair
 
 SUFFIXES = (".parquet",)
@@ -77,6 +78,28 @@ def declared_rows(path: str) -> Optional[int]:
         return None
 
 
+def _group_rows(parquet_file: pq.ParquetFile, group: int, names: tuple[Optional[str], ...], what: str
+                ) -> Iterator[tuple]:
+    """The values of ``names`` (None: a column the file lacks) for each row of one row group,
+    streamed in small batches. A transient read error restarts the group after a backoff and
+    skips the rows already delivered, so a storage hiccup neither loses nor repeats a row."""
+    delivered = 0
+    for attempt in range(RETRY_ATTEMPTS):
+        try:
+            seen = 0
+            for batch in parquet_file.iter_batches(batch_size=BATCH_ROWS, row_groups=[group],
+                                                   columns=[n for n in names if n]):
+                columns = [batch.column(n).to_pylist() if n else [None] * batch.num_rows for n in names]
+                for values in zip(*columns):
+                    seen += 1
+                    if seen > delivered:
+                        delivered += 1
+                        yield values
+            return
+        except Exception as error:  # noqa: BLE001 - transient ones are retried, others end the shard
+            back_off(error, attempt, f"{what} row group {group}")
+
+
 def read_parquet_shard(shard: ShardRef, options: ReaderOptions = ReaderOptions()) -> Iterator[Pair]:
     """Pairs of one parquet file, in row order. A missing image or text column marks every
     row with ``missing_column:<name>``; a file that fails partway ends with one
@@ -86,7 +109,8 @@ def read_parquet_shard(shard: ShardRef, options: ReaderOptions = ReaderOptions()
     try:
         # Buffered page reads instead of pre-buffering whole column chunks: a row group of
         # image bytes is read a page at a time, which halves the peak for large row groups.
-        parquet_file = pq.ParquetFile(shard.path, buffer_size=READ_BUFFER_BYTES, pre_buffer=False)
+        parquet_file = with_retries(lambda: pq.ParquetFile(shard.path, buffer_size=READ_BUFFER_BYTES,
+                                                           pre_buffer=False), shard.path)
         total = parquet_file.metadata.num_rows
         schema = parquet_file.schema_arrow
         image_column, image_error = _pick_column(schema, options.image_column, IMAGE_COLUMNS, _is_image_type)
@@ -100,15 +124,10 @@ def read_parquet_shard(shard: ShardRef, options: ReaderOptions = ReaderOptions()
                 row += 1
             return
         for group in range(parquet_file.num_row_groups):
-            batches = parquet_file.iter_batches(batch_size=BATCH_ROWS, row_groups=[group], columns=columns)
-            for batch in batches:
-                size = batch.num_rows
-                images = batch.column(image_column).to_pylist() if image_column else [None] * size
-                texts = batch.column(text_column).to_pylist() if text_column else [None] * size
-                urls = batch.column(url_column).to_pylist() if url_column else [None] * size
-                for image, text, url in zip(images, texts, urls):
-                    yield make_pair(shard, row, _image_bytes(image), text,
-                                    url if isinstance(url, str) else None, read_error)
-                    row += 1
+            for image, text, url in _group_rows(parquet_file, group, (image_column, text_column, url_column),
+                                                shard.path):
+                yield make_pair(shard, row, _image_bytes(image), text, url if isinstance(url, str) else None,
+                                read_error)
+                row += 1
     except Exception as error:  # pyarrow raises ArrowInvalid, OSError and others on bad files
         yield from failure_pairs(shard, row, total, error)

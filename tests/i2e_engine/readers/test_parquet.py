@@ -123,3 +123,34 @@ def test_corrupt_row_group_keeps_the_rows_before_it(tmp_path: Path, photos: dict
     # the footer declares every row: each one not delivered is reported, none vanishes
     assert [p["row_in_shard"] for p in pairs] == list(range(len(CAPTIONS)))
     assert all(p["read_error"].startswith("unreadable_shard: ") for p in pairs[2:])
+
+
+def test_transient_errors_are_retried_without_losing_or_repeating_rows(tmp_path: Path, photos: dict[str, bytes],
+                                                                       monkeypatch) -> None:
+    from i2e_engine.readers import base, parquet
+
+    path = tmp_path / "flaky.parquet"
+    pq.write_table(_img2dataset_table(photos), path, row_group_size=3)
+    clean = _read(path)
+    monkeypatch.setattr(base, "RETRY_BASE_SECONDS", 0.0)
+    monkeypatch.setattr(parquet, "BATCH_ROWS", 2)
+    real = pq.ParquetFile.iter_batches
+    failures = {"left": 2}
+
+    def flaky(self, *args, **kwargs):
+        for index, batch in enumerate(real(self, *args, **kwargs)):
+            if index == 1 and failures["left"]:
+                failures["left"] -= 1
+                raise ConnectionResetError("connection reset by peer")
+            yield batch
+
+    monkeypatch.setattr(pq.ParquetFile, "iter_batches", flaky)
+    pairs = _read(path)
+    assert failures["left"] == 0
+    assert [(p["row_in_shard"], p["sample_id"], p["read_error"]) for p in pairs] == \
+        [(p["row_in_shard"], p["sample_id"], p["read_error"]) for p in clean]
+
+    failures["left"] = 100   # a storage that never recovers: the unread rows are reported
+    pairs = _read(path)
+    assert [p["row_in_shard"] for p in pairs] == list(range(5))
+    assert pairs[2]["read_error"].startswith("unreadable_shard: ConnectionResetError")
