@@ -24,7 +24,7 @@ def image_entity_rows(annotation: Mapping, links: Iterable[Mapping], scorer: str
     """One row per kept link, ranked by image-entity score (1 = best)."""
     ordered = sorted(links, key=lambda l: (-l["image_entity_score"], l["entity_id"]))
     return [{**link, "image_id": annotation["sha256"], "sample_id": annotation["sample_id"],
-             "rank": rank, "scorer": scorer, "kb_version": kb_version, "run_id": run_id}
+             "source_shard": annotation["source_shard"], "row_in_shard": annotation["row_in_shard"], "rank": rank, "scorer": scorer, "kb_version": kb_version, "run_id": run_id}
             for rank, link in enumerate(ordered, start=1)]
 
 

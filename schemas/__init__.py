@@ -18,7 +18,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 SCHEMA_DIR = Path(__file__).parent
-CURRENT_VERSION = 1
+CURRENT_VERSION = 2
 TABLES = ("kb", "annotations", "images", "entities", "image_entities", "rejects")
 
 _PRIMITIVES = {

@@ -45,9 +45,10 @@ def _accounted(out, manifest):
     images = tables.read_output(out, "images").to_pandas()
     rejects = tables.read_output(out, "rejects").to_pandas()
     sample_level = rejects[rejects["entity_id"].isna()]
-    keys = list(zip(images["source_shard"], images["sample_id"]))
-    assert manifest["input_samples"] == len(images) + len(sample_level)
-    assert manifest["kept_images"] == len(images) == len(set(keys))
+    keys = list(zip(images["source_shard"], images["row_in_shard"])) + \
+        list(zip(sample_level["source_shard"], sample_level["row_in_shard"]))
+    assert manifest["input_samples"] == len(keys) == len(set(keys))   # each input row exactly once
+    assert manifest["kept_images"] == len(images)
     return images, sample_level
 
 
@@ -89,7 +90,9 @@ def test_exact_duplicate_pairs_are_two_rows_one_kept(tmp_path):
     assert len(kept_cat) == 1
     # the two copies share a sample id (same content) but are told apart by their row key
     assert duplicate["sample_id"].iloc[0] == kept_cat["sample_id"].iloc[0]
-    assert set(duplicate["row_in_shard"]) | {0, 1} == {0, 1} and len(duplicate["row_in_shard"]) == 1
+    assert {duplicate["row_in_shard"].iloc[0], kept_cat["row_in_shard"].iloc[0]} == {0, 1}
+    pairs = tables.read_output(out, "image_entities").to_pandas()
+    assert set(pairs["row_in_shard"]) == set(images["row_in_shard"])
 
 
 def test_parquet_damaged_in_the_middle_accounts_for_every_row(tmp_path):

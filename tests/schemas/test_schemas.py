@@ -9,8 +9,22 @@ def test_every_table_loads_with_version_metadata():
     for table in schemas.TABLES:
         schema = schemas.get_schema(table)
         assert schema.metadata[b"i2e.table"] == table.encode()
-        assert schema.metadata[b"i2e.schema_version"] == b"1"
+        assert schema.metadata[b"i2e.schema_version"] == str(schemas.CURRENT_VERSION).encode()
         assert len(schema) >= 5
+
+
+def test_v2_carries_the_input_row_key_into_the_output_tables():
+    for table in ("annotations", "images", "image_entities", "rejects"):
+        assert {"source_shard", "row_in_shard"} <= set(schemas.column_names(table)), table
+    assert "row_in_shard" not in schemas.column_names("images", version=1)
+
+
+def test_files_written_under_v1_are_read_with_v1(tmp_path):
+    row = {"sample_id": "s", "source_shard": "a", "row_in_shard": 1, "stage": "image", "kind": "rejected",
+           "reason": "image_empty", "entity_id": None, "detail": "", "run_id": "r"}
+    path = tmp_path / "old.parquet"
+    schemas.write_table(schemas.from_records([row], "rejects", version=1), path, "rejects", version=1)
+    assert schemas.read_table(path, "rejects").num_rows == 1
 
 
 def test_nested_types_are_built_from_data():
