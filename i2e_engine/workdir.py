@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import zlib
 from dataclasses import asdict, dataclass, field
 from importlib import metadata
@@ -22,6 +21,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 import schemas
+from i2e_engine import storage, tables
 from i2e_engine.config import BuildConfig
 
 WORK_DIR = "_work"
@@ -102,75 +102,67 @@ class ShardMarker:
 
 
 class ShardWriter:
-    """Streams one shard's annotation and reject rows into temporary parquet files, batch by
-    batch (memory holds one batch), and commits them with their marker."""
+    """Streams one shard's annotation and reject rows into parquet, batch by batch (memory
+    holds one batch); the files appear at their names when committed, the marker last."""
 
     def __init__(self, work: "WorkDir", shard_id: str):
         self.work, self.shard_id = work, shard_id
         self.stem = shard_file_stem(shard_id)
-        self._writers: dict[str, pq.ParquetWriter] = {}
-        self._tmp: dict[str, Path] = {}
+        self._sinks: dict[str, storage.ParquetSink] = {}
         self.rows = {"annotations": 0, "rejects": 0}
 
-    def _writer(self, table: str) -> pq.ParquetWriter:
-        if table not in self._writers:
-            final = self.work.path(table, self.stem)
-            final.parent.mkdir(parents=True, exist_ok=True)
-            self._tmp[table] = final.with_name(f".{final.name}.{os.getpid()}.tmp")
-            self._writers[table] = pq.ParquetWriter(self._tmp[table], schemas.get_schema(table))
-        return self._writers[table]
+    def _sink(self, table: str) -> storage.ParquetSink:
+        if table not in self._sinks:
+            self._sinks[table] = storage.ParquetSink(self.work.path(table, self.stem), schemas.get_schema(table))
+        return self._sinks[table]
 
     def write(self, table: str, rows: list[dict]) -> None:
         """Validate and append rows of ``annotations`` or ``rejects``."""
-        writer = self._writer(table)
+        sink = self._sink(table)
         if rows:
-            writer.write_table(schemas.from_records(rows, table))
+            sink.write(schemas.from_records(rows, table))
             self.rows[table] += len(rows)
 
     def commit(self, marker: ShardMarker) -> ShardMarker:
         for table in ("annotations", "rejects"):
-            self._writer(table).close()   # an empty shard still gets files with the schema
-            os.replace(self._tmp[table], self.work.path(table, self.stem))
+            self._sink(table).close()   # an empty shard still gets files with the schema
         self.work.write_marker(marker)
         return marker
 
     def abort(self) -> None:
-        for table, writer in self._writers.items():
-            writer.close()
-            self._tmp[table].unlink(missing_ok=True)
+        for sink in self._sinks.values():
+            sink.abort()
 
 
 class WorkDir:
-    """The ``_work`` folder of one output: committed shards and their markers."""
+    """The ``_work`` folder of one output (any URI): committed shards and their markers."""
 
-    def __init__(self, output: str | Path):
-        self.root = Path(output) / WORK_DIR
+    def __init__(self, output: str):
+        self.root = storage.join(storage.normalize(output), WORK_DIR)
 
-    def path(self, table: str, stem: str) -> Path:
-        return self.root / table / f"{stem}.parquet"
+    def path(self, table: str, stem: str) -> str:
+        return storage.join(self.root, table, f"{stem}.parquet")
 
-    def marker_path(self, stem: str) -> Path:
-        return self.root / "done" / f"{stem}.json"
+    def marker_path(self, stem: str) -> str:
+        return storage.join(self.root, "done", f"{stem}.json")
 
     def write_marker(self, marker: ShardMarker) -> None:
-        path = self.marker_path(marker.stem)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(asdict(marker), sort_keys=True))
-        os.replace(tmp, path)
+        storage.write_text(self.marker_path(marker.stem), json.dumps(asdict(marker), sort_keys=True))
 
     def markers(self) -> dict[str, ShardMarker]:
-        """Committed shards by shard id."""
+        """Committed shards by shard id (their markers are read concurrently on object storage)."""
+        done = storage.join(self.root, "done")
+        if not storage.isdir(done):
+            return {}
         found = {}
-        for path in sorted((self.root / "done").glob("*.json")):
-            data = json.loads(path.read_text())
+        for path, data in storage.read_many(storage.find(done, (".json",))).items():
             try:
-                marker = ShardMarker(**data)
+                marker = ShardMarker(**json.loads(data))
             except TypeError as error:
                 raise ConfigChangedError(f"{path} was written by an older engine ({error}); "
                                          "use a new --output, or --overwrite to start over") from error
             found[marker.shard_id] = marker
-        return found
+        return dict(sorted(found.items()))
 
     def check_fingerprint(self, fingerprint: str, output: str | Path) -> None:
         stale = sorted(sid for sid, m in self.markers().items() if m.fingerprint != fingerprint)
@@ -184,16 +176,13 @@ class WorkDir:
         run annotates those shards again (and only those)."""
         reopened = []
         for shard_id, marker in self.markers().items():
-            rejects = self.path("rejects", marker.stem)
-            reasons = set(schemas.read_table(rejects, "rejects", columns=["reason"]).column("reason").to_pylist()) \
-                if rejects.exists() else set()
-            if reasons & set(RETRYABLE_REASONS):
+            if any(reason.split("/")[-1] in RETRYABLE_REASONS for reason in marker.reasons):
                 reopened.append(shard_id)
-                self.marker_path(marker.stem).unlink()
+                storage.remove(self.marker_path(marker.stem))
         return reopened
 
     def read_rejects(self, stem: str) -> pa.Table:
-        return schemas.read_table(self.path("rejects", stem), "rejects")
+        return tables.read_file(self.path("rejects", stem), "rejects")
 
-    def annotations_file(self, stem: str) -> Optional[pq.ParquetFile]:
-        return pq.ParquetFile(self.path("annotations", stem))
+    def annotations_file(self, stem: str) -> pq.ParquetFile:
+        return storage.parquet_file(self.path("annotations", stem))

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 import pyarrow as pa
+import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 SCHEMA_DIR = Path(__file__).parent
@@ -135,9 +136,13 @@ def from_records(records: Iterable[dict], name: str, version: int = CURRENT_VERS
 
 
 def write_table(table: pa.Table, path: str | Path, name: str, version: int = CURRENT_VERSION,
-                row_group_size: int = 1024) -> None:
-    """Validate and write ``table`` atomically (temporary name, then rename)."""
+                row_group_size: int = 1024, filesystem: pafs.FileSystem | None = None) -> None:
+    """Validate and write ``table`` atomically: a local file under a temporary name, then
+    renamed; on another ``filesystem`` (object storage: one PUT) at its name."""
     table = validate(table, name, version)
+    if filesystem is not None:
+        pq.write_table(table, str(path), row_group_size=row_group_size, filesystem=filesystem)
+        return
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
@@ -146,16 +151,18 @@ def write_table(table: pa.Table, path: str | Path, name: str, version: int = CUR
 
 
 def read_table(path: str | Path, name: str, columns: list[str] | None = None,
-               require_metadata: bool = True) -> pa.Table:
-    """Read a parquet file or folder of ``name`` tables and validate it against its schema.
+               require_metadata: bool = True, filesystem: pafs.FileSystem | None = None) -> pa.Table:
+    """Read a parquet file of ``name`` (local, or a path on ``filesystem``) and validate it
+    against its schema.
 
     The schema version is taken from the file's metadata, so old files are read with
     the schema they were written with. A file without this project's table metadata is
     refused unless ``require_metadata`` is False (for user-made inputs such as a KB, which
     are then validated against the current version).
     """
-    dataset_schema = pq.read_schema(path) if Path(path).is_file() else None
-    table = pq.read_table(path, columns=columns)
+    parquet = pq.ParquetFile(str(path), filesystem=filesystem) if filesystem is not None else pq.ParquetFile(path)
+    table = parquet.read(columns=columns)
+    dataset_schema = parquet.schema_arrow
     metadata = (dataset_schema or table.schema).metadata or {}
     found = metadata.get(b"i2e.table", b"").decode()
     if not found and require_metadata:

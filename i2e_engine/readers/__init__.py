@@ -27,50 +27,71 @@ from pathlib import Path
 from typing import Iterator, Optional
 
 from i2e_engine.readers import coco, folder, parquet, webdataset
-from i2e_engine.readers.base import KINDS, ReaderOptions, ShardRef, file_identity
+from i2e_engine import storage
+from i2e_engine.readers.base import KINDS, ReaderOptions, ShardRef
 from i2e_engine.records import Pair
 
 __all__ = ["KINDS", "ReaderOptions", "ShardRef", "declared_rows", "detect_format", "list_shards", "read_shard"]
 
 
-def detect_format(path: Path) -> str:
-    """The reader kind for one input path; ValueError if it is absent or unrecognised."""
-    if not path.exists():
-        raise ValueError(f"input does not exist: {path}")
-    if path.is_file():
-        name = path.name.lower()
+def detect_format(uri: str) -> str:
+    """The reader kind for one input (a local path or a URI); ValueError if it is absent or
+    unrecognised. Folder and COCO inputs are read from local paths only."""
+    if not storage.exists(uri):
+        raise ValueError(f"input does not exist: {uri}")
+    if storage.isfile(uri):
+        name = storage.name(uri).lower()
         if name.endswith(parquet.SUFFIXES):
             return "parquet"
         if name.endswith(webdataset.SUFFIXES):
             return "webdataset"
         if name.endswith(".json"):
             return "coco"
-        raise ValueError(f"cannot read {path}: expected .parquet, .tar, a COCO captions .json "
+        raise ValueError(f"cannot read {uri}: expected .parquet, .tar, a COCO captions .json "
                          "or a folder of those or of images")
-    if webdataset.find_tar_files(path):
+    if webdataset.find_tar_files(uri):
         return "webdataset"
-    if parquet.find_parquet_files(path):
+    if parquet.find_parquet_files(uri):
         return "parquet"
-    if coco.find_captions_files(path):
+    if storage.is_local(uri) and coco.find_captions_files(Path(uri)):
         return "coco"
-    if folder.list_images(path):
+    if storage.is_local(uri) and folder.list_images(Path(uri)):
         return "folder"
-    raise ValueError(f"cannot read {path}: no tar, parquet, annotations/captions_*.json or image files in it")
+    raise ValueError(f"cannot read {uri}: no tar, parquet, annotations/captions_*.json or image files in it"
+                     + ("" if storage.is_local(uri) else " (folder and COCO inputs must be local paths)"))
 
 
-def _units(path: Path, kind: str) -> list[Path]:
+def _units(uri: str, kind: str) -> list[str]:
     """The files (or, for a folder input, the folder) that one input contributes."""
+    if kind in ("folder", "coco") and not storage.is_local(uri):
+        raise ValueError(f"{kind} inputs are read from local paths; got {uri} (on object storage, "
+                         "use img2dataset parquet or webdataset shards)")
     if kind == "folder":
-        if not path.is_dir():
-            raise ValueError(f"input_format 'folder' needs a folder, got {path}")
-        return [path]
-    if path.is_file():
-        return [path]
-    found = {"parquet": parquet.find_parquet_files, "webdataset": webdataset.find_tar_files,
-             "coco": coco.find_captions_files}[kind](path)
+        if not storage.isdir(uri):
+            raise ValueError(f"input_format 'folder' needs a folder, got {uri}")
+        return [uri]
+    if storage.isfile(uri):
+        return [uri]
+    if kind == "coco":
+        found = [str(p) for p in coco.find_captions_files(Path(uri))]
+    else:
+        found = {"parquet": parquet.find_parquet_files, "webdataset": webdataset.find_tar_files}[kind](uri)
     if not found:
-        raise ValueError(f"no {kind} input found under {path}")
+        raise ValueError(f"no {kind} input found under {uri}")
     return found
+
+
+def _expand(raw: str) -> list[str]:
+    """An input as URIs: a glob ("s3://bucket/crawl/*.parquet") is expanded on its store."""
+    if any(c in raw for c in "*?["):
+        found = storage.glob(raw)
+        if not found:
+            raise ValueError(f"input does not exist: no file matches {raw}")
+        return found
+    uri = storage.normalize(raw)
+    if not storage.exists(uri):
+        raise ValueError(f"input does not exist: {raw}")
+    return [uri]
 
 
 def list_shards(inputs: list[str], input_format: str = "auto", rows_per_shard: int = 1000,
@@ -83,23 +104,21 @@ def list_shards(inputs: list[str], input_format: str = "auto", rows_per_shard: i
         raise ValueError(f"rows_per_shard must be >= 1, got {rows_per_shard}")
     if not inputs:
         raise ValueError("no inputs given")
-    units: dict[Path, str] = {}
+    units: dict[str, str] = {}
     for raw in inputs:
-        path = Path(os.path.abspath(raw))
-        if not path.exists():
-            raise ValueError(f"input does not exist: {raw}")
-        kind = detect_format(path) if input_format == "auto" else input_format
-        for unit in _units(path, kind):
-            units.setdefault(unit, kind)
+        for uri in _expand(str(raw)):
+            kind = detect_format(uri) if input_format == "auto" else input_format
+            for unit in _units(uri, kind):
+                units.setdefault(unit, kind)
     shards: list[ShardRef] = []
     for unit, kind in units.items():
         if kind in ("parquet", "webdataset"):
-            shards.append(ShardRef(kind, str(unit), 0, None, str(unit), identity=file_identity(unit)))
+            shards.append(ShardRef(kind, unit, 0, None, unit, identity=storage.identity(unit)))
         elif kind == "folder":
-            shards.extend(folder.folder_shards(unit, rows_per_shard))
+            shards.extend(folder.folder_shards(Path(unit), rows_per_shard))
         else:
             images_dir = Path(os.path.abspath(options.coco_images_dir)) if options.coco_images_dir else None
-            shards.extend(coco.coco_shards(unit, rows_per_shard, images_dir))
+            shards.extend(coco.coco_shards(Path(unit), rows_per_shard, images_dir))
     return sorted(shards, key=lambda s: (s.kind, s.path, s.start))
 
 

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import errno
 import logging
-import os
 import time
 from dataclasses import dataclass
 from typing import Callable, Iterator, Optional, TypeVar
@@ -116,12 +115,6 @@ def with_retries(read: Callable[[], T], what: str) -> T:
         except Exception as error:  # noqa: BLE001 - sorted by back_off
             back_off(error, attempt, what)
     raise AssertionError("unreachable")
-
-
-def file_identity(path: str | os.PathLike) -> str:
-    """A file's version as its size and modification time."""
-    stat = os.stat(path)
-    return f"{stat.st_size}:{stat.st_mtime_ns}"
 
 
 def row_slices(count: int, rows_per_shard: int) -> list[tuple[int, int]]:

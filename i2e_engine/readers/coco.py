@@ -17,8 +17,8 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Iterator, Optional
 
-from i2e_engine.readers.base import (COCO_CAPTION_MODES, ShardRef, failure_pairs, file_identity, make_pair,
-                                     row_slices)
+from i2e_engine import storage
+from i2e_engine.readers.base import COCO_CAPTION_MODES, ShardRef, failure_pairs, make_pair, row_slices
 from i2e_engine.records import Pair
 
 CAPTIONS_GLOB = "captions_*.json"
@@ -125,7 +125,7 @@ def coco_shards(captions_file: Path, rows_per_shard: int, images_dir: Optional[P
         raise ValueError(f"image folder {folder} of {captions_file} not found; "
                          "pass ReaderOptions(coco_images_dir=...)")
     return [ShardRef("coco", str(captions_file), start, stop, f"coco:{captions_file}[{start}:{stop}]",
-                     images_dir=str(folder.absolute()), identity=file_identity(captions_file))
+                     images_dir=str(folder.absolute()), identity=storage.identity(str(captions_file)))
             for start, stop in row_slices(len(index.rows), rows_per_shard)]
 
 

@@ -11,12 +11,12 @@ field (how Hugging Face datasets store an Image feature); text as string or bina
 """
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Callable, Iterator, Optional
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from i2e_engine import storage
 from i2e_engine.readers.base import (RETRY_ATTEMPTS, ReaderOptions, ShardRef, back_off, failure_pairs, make_pair,
                                      with_retries)
 from i2e_engine.records import Pair
@@ -28,12 +28,10 @@ BATCH_ROWS = 256
 READ_BUFFER_BYTES = 1 << 20
 
 
-def find_parquet_files(folder: Path) -> list[Path]:
-    """Parquet files under ``folder``, sorted; names starting with "." or "_" are skipped,
-    as Spark and Hive writers keep their markers and temporary files there."""
-    return sorted(p for p in folder.rglob("*")
-                  if p.is_file() and p.name.lower().endswith(SUFFIXES)
-                  and not any(part.startswith((".", "_")) for part in p.relative_to(folder).parts))
+def find_parquet_files(folder: str) -> list[str]:
+    """Parquet files under ``folder`` (any URI), sorted; names starting with "." or "_" are
+    skipped, as Spark and Hive writers keep their markers and temporary files there."""
+    return storage.find(folder, SUFFIXES, skip_prefixes=(".", "_"))
 
 
 def _is_binary(dtype: pa.DataType) -> bool:
@@ -73,7 +71,7 @@ def _image_bytes(value: object) -> Optional[bytes]:
 def declared_rows(path: str) -> Optional[int]:
     """The rows a parquet file says it holds (its footer), None when the footer is unreadable."""
     try:
-        return pq.ParquetFile(path).metadata.num_rows
+        return storage.parquet_file(path).metadata.num_rows
     except Exception:  # noqa: BLE001 - any failure means the file cannot say
         return None
 
@@ -109,8 +107,8 @@ def read_parquet_shard(shard: ShardRef, options: ReaderOptions = ReaderOptions()
     try:
         # Buffered page reads instead of pre-buffering whole column chunks: a row group of
         # image bytes is read a page at a time, which halves the peak for large row groups.
-        parquet_file = with_retries(lambda: pq.ParquetFile(shard.path, buffer_size=READ_BUFFER_BYTES,
-                                                           pre_buffer=False), shard.path)
+        parquet_file = with_retries(lambda: storage.parquet_file(shard.path, buffer_size=READ_BUFFER_BYTES,
+                                                                 pre_buffer=False), shard.path)
         total = parquet_file.metadata.num_rows
         schema = parquet_file.schema_arrow
         image_column, image_error = _pick_column(schema, options.image_column, IMAGE_COLUMNS, _is_image_type)
