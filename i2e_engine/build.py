@@ -158,6 +158,10 @@ def _summary(plan: RunPlan, shard_stats: list[dict], entity_rows: int) -> dict:
     """Counts summed from the writers' per-shard stats, checked shard by shard against the
     rows each source declared (or, for a tar, the rows read from it)."""
     markers = {m.stem: m for m in plan.work.markers().values()}
+    unwritten = sorted(set(plan.committed_stems()) - {stats["stem"] for stats in shard_stats})
+    if unwritten:
+        raise AccountingError(f"{len(unwritten)} committed shards have no table parts (e.g. {unwritten[0]}); "
+                              "tables not published")
     rows, samples, reasons = collections.Counter(), collections.Counter(), collections.Counter()
     dropped = source_rows = undeclared = 0
     for stats in shard_stats:
