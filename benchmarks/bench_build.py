@@ -81,7 +81,7 @@ def build_config(inputs: Path, out: Path, number: int) -> BuildConfig:
 
 def last_commit(plan: RunPlan) -> float:
     """When the last shard marker was written (epoch seconds)."""
-    return max(plan.work.marker_path(m.stem).stat().st_mtime for m in plan.work.markers().values())
+    return max(Path(plan.work.marker_path(m.stem)).stat().st_mtime for m in plan.work.markers().values())
 
 
 def run_one(runner: str, inputs: Path, out: Path, number: int, spark: Any) -> tuple[dict, RunPlan]:
@@ -120,11 +120,11 @@ def finalize_bytes(plan: RunPlan) -> dict:
     project_s, narrow = timed(lambda: [row for s in stems for row in finalize.project_shard(plan.work, s)])
     return {"annotation_rows": len(narrow),
             "image_bytes_in_annotations": sum(image_bytes(plan.work.path("annotations", s)) for s in stems),
-            "annotations_files_on_disk_bytes": sum(plan.work.path("annotations", s).stat().st_size for s in stems),
+            "annotations_files_on_disk_bytes": sum(Path(plan.work.path("annotations", s)).stat().st_size for s in stems),
             "narrow_rows_arrow_bytes": pa.Table.from_pylist(narrow).nbytes if narrow else 0,
             "narrow_rows_pickle_bytes": len(pickle.dumps(narrow)),
             "project_shard_all_s": project_s,
-            "image_bytes_in_images_table": sum(image_bytes(p) for p in (plan.out / "images").glob("*.parquet"))}
+            "image_bytes_in_images_table": sum(image_bytes(p) for p in (Path(plan.out) / "images").glob("*.parquet"))}
 
 
 def spark_start() -> tuple[Any, dict[str, float]]:

@@ -16,7 +16,6 @@ import collections
 import json
 import os
 import platform
-import shutil
 import time
 import uuid
 from dataclasses import dataclass
@@ -25,9 +24,9 @@ from pathlib import Path
 from typing import Callable, Optional
 
 import schemas
-from i2e_engine import tables
+from i2e_engine import storage, tables
 from i2e_engine.config import BuildConfig
-from i2e_engine.finalize import Decisions, entity_part_count, read_stats
+from i2e_engine.finalize import Decisions, Target, entity_part_count, read_stats
 from i2e_engine.readers import ShardRef, list_shards
 from i2e_engine.stages import Annotator
 from i2e_engine.workdir import WorkDir, annotation_fingerprint
@@ -79,7 +78,7 @@ class RunPlan:
     config: BuildConfig
     run_id: str
     started: float
-    out: Path
+    out: str
     work: WorkDir
     kb_path: str
     kb_version: str
@@ -89,8 +88,15 @@ class RunPlan:
     todo: list[ShardRef]
 
     @property
-    def staging(self) -> Path:
-        return self.out / f".staging-{self.run_id}"
+    def staging(self) -> str:
+        return storage.join(self.out, f".staging-{self.run_id}")
+
+    @property
+    def target(self) -> Target:
+        """Local disk: the tables are staged and swapped in by renames. Object storage has no
+        cheap rename, so parts are written in place with the run id in their names."""
+        tables_root = self.staging if storage.is_local(self.out) else self.out
+        return Target(tables=tables_root, stats=storage.join(self.staging, "_stats"), run_id=self.run_id)
 
     def annotator(self) -> Annotator:
         """A fresh, not yet set up, annotator for this run (workers call ``setup()``)."""
@@ -121,16 +127,16 @@ def plan_run(config: BuildConfig, overwrite: bool = False, retry_failed: bool = 
 
     started = time.time()
     run_id = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(started)) + "-" + uuid.uuid4().hex[:6]
-    out = Path(config.output).resolve()
-    if overwrite and out.exists():
-        shutil.rmtree(out)
-    for leftover in out.glob(".staging-*"):  # from a run killed while finalizing
-        shutil.rmtree(leftover)
+    out = storage.normalize(config.output)
+    if overwrite:
+        storage.remove(out)
+    for leftover in storage.listdir(out, prefix=".staging-"):  # from a run killed while finalizing
+        storage.remove(leftover)
     inputs = list(config.inputs) or [str(write_demo_parquet(cache_dir() / "demo" / "skimage-demo.parquet"))]
-    kb_path = str(Path(config.kb).resolve()) if config.kb else str(ensure_default_kb())
+    kb_path = publish_kb(storage.normalize(config.kb) if config.kb else str(ensure_default_kb()), out)
     _, kb_version = read_kb(kb_path)
-    fingerprint = annotation_fingerprint(config, kb_version)
     scorer = scorer_name(config)
+    fingerprint = annotation_fingerprint(config, kb_version, scorer)
     work = WorkDir(out)
     if retry_failed:
         reopened = work.reopen_failed_shards()
@@ -138,36 +144,47 @@ def plan_run(config: BuildConfig, overwrite: bool = False, retry_failed: bool = 
     work.check_fingerprint(fingerprint, out)
     shards = list_shards(inputs, config.input_format, config.rows_per_shard)
     markers = work.markers()
-    todo = [shard for shard in shards if shard.shard_id not in markers]
+    changed = [s for s in shards if s.shard_id in markers and markers[s.shard_id].identity != s.identity]
+    todo = [shard for shard in shards if shard.shard_id not in markers or shard in changed]
     progress(f"i2e build {run_id}: {len(shards)} input shards, {len(shards) - len(todo)} already "
-             f"annotated, {len(todo)} to annotate; KB {kb_version}; scorer {scorer}")
+             f"annotated, {len(todo)} to annotate"
+             + (f" ({len(changed)} changed since annotated)" if changed else "")
+             + f"; KB {kb_version}; scorer {scorer}")
     return RunPlan(config=config, run_id=run_id, started=started, out=out, work=work, kb_path=kb_path,
                    kb_version=kb_version, fingerprint=fingerprint, scorer=scorer, shards=shards, todo=todo)
 
 
 def _summary(plan: RunPlan, shard_stats: list[dict], entity_rows: int) -> dict:
-    """Counts summed from the writers' per-shard stats, checked against the pairs read."""
+    """Counts summed from the writers' per-shard stats, checked shard by shard against the
+    rows each source declared (or, for a tar, the rows read from it)."""
     markers = {m.stem: m for m in plan.work.markers().values()}
-    rows = collections.Counter()
-    samples = collections.Counter()
-    reasons = collections.Counter()
-    dropped = 0
+    unwritten = sorted(set(plan.committed_stems()) - {stats["stem"] for stats in shard_stats})
+    if unwritten:
+        raise AccountingError(f"{len(unwritten)} committed shards have no table parts (e.g. {unwritten[0]}); "
+                              "tables not published")
+    rows, samples, reasons = collections.Counter(), collections.Counter(), collections.Counter()
+    dropped = source_rows = undeclared = 0
     for stats in shard_stats:
+        marker = markers[stats["stem"]]
+        accounted = sum(stats["samples"].values())
+        expected = marker.pairs_read if marker.source_rows is None else marker.source_rows
+        if accounted != expected or stats["rows"]["images"] != stats["samples"]["kept"]:
+            raise AccountingError(
+                f"shard {marker.shard_id}: its source holds {expected} rows but the tables account for "
+                f"{accounted} ({stats['samples']}; images {stats['rows']['images']}); tables not published")
+        source_rows += expected
+        undeclared += marker.source_rows is None
         rows.update(stats["rows"])
         samples.update(stats["samples"])
         reasons.update(stats["reasons"])
         dropped += stats["dropped_annotations"]
-    pairs_read = sum(markers[stats["stem"]].pairs_read for stats in shard_stats)
-    accounted = samples["kept"] + samples["filtered"] + samples["rejected"]
-    if accounted != pairs_read or rows["images"] != samples["kept"]:
-        raise AccountingError(f"{pairs_read} pairs were read but the tables account for {accounted} "
-                              f"(kept {samples['kept']}, filtered {samples['filtered']}, rejected "
-                              f"{samples['rejected']}; images {rows['images']}); tables not published")
     ordered = sorted(reasons.items(), key=lambda item: (-item[1], item[0]))
     return {
         "rows": {"images": rows["images"], "entities": entity_rows, "image_entities": rows["image_entities"],
                  "rejects": rows["rejects"]},
-        "input_samples": pairs_read,
+        "source_rows": source_rows,
+        "shards_counted_by_reading": undeclared,
+        "input_samples": source_rows,
         "kept_images": samples["kept"],
         "rejected_samples": samples["rejected"],
         "filtered_samples": samples["filtered"],
@@ -177,17 +194,39 @@ def _summary(plan: RunPlan, shard_stats: list[dict], entity_rows: int) -> dict:
     }
 
 
+def publish_kb(kb_path: str, out: str) -> str:
+    """The KB every worker reads: as given, or, when the output is on object storage and the
+    KB on this machine's disk, a copy published next to the output (``<output>/_kb/``)."""
+    if storage.is_local(kb_path) and not storage.is_local(out):
+        published = storage.join(out, "_kb", storage.name(kb_path))
+        if not storage.exists(published):
+            storage.write_bytes(published, storage.read_bytes(kb_path))
+        return published
+    return kb_path
+
+
 def publish(plan: RunPlan, runner: str) -> dict:
-    """Check the accounting of the staged tables, swap them in, write the manifest."""
-    staging, out = plan.staging, plan.out
-    summary = _summary(plan, *read_stats(staging))
+    """Check the accounting of the written tables, put them in place, write the manifest.
+
+    Local disk: each table's staged folder replaces the old one by a rename. Object storage:
+    the new parts are already in place; the parts of earlier runs are deleted, then the
+    manifest is written, so a reader during publishing may briefly see both versions."""
+    target, out = plan.target, plan.out
+    summary = _summary(plan, *read_stats(target))
     for table in tables.OUTPUT_TABLES:
-        if not (staging / table).exists():  # an empty table still gets its schema on disk
-            tables.write_rows([], table, staging / table / "part-empty.parquet")
-        if (out / table).exists():
-            shutil.rmtree(out / table)
-        (staging / table).rename(out / table)
-    shutil.rmtree(staging)
+        folder = storage.join(target.tables, table)
+        mine = [p for p in (storage.find(folder, (".parquet",)) if storage.isdir(folder) else [])
+                if p.endswith(f"-{plan.run_id}.parquet")]
+        if not mine:  # an empty table still gets its schema on disk
+            tables.write_rows([], table, target.part(table, "part-empty"))
+        if storage.is_local(out):
+            storage.remove(storage.join(out, table))
+            storage.move(folder, storage.join(out, table))
+        else:
+            for part in storage.find(folder, (".parquet",)):
+                if not part.endswith(f"-{plan.run_id}.parquet"):
+                    storage.remove(part)
+    storage.remove(plan.staging)
     manifest = {
         "run_id": plan.run_id,
         "runner": runner,
@@ -200,11 +239,8 @@ def publish(plan: RunPlan, runner: str) -> dict:
         "annotated_this_run": len(plan.todo),
         **summary,
     }
-    path = out / "manifest.json"
-    tmp = path.with_name(".manifest.json.tmp")
-    tmp.write_text(json.dumps(manifest, indent=2) + "\n")
-    tmp.replace(path)
-    return {**manifest, "output": str(out)}
+    storage.write_text(storage.join(out, "manifest.json"), json.dumps(manifest, indent=2) + "\n")
+    return {**manifest, "output": out}
 
 
 def format_summary(manifest: dict, out: Optional[str] = None, top: int = 10) -> str:
@@ -213,8 +249,11 @@ def format_summary(manifest: dict, out: Optional[str] = None, top: int = 10) -> 
     runner = f" on {manifest['runner']}" if manifest.get("runner") else ""
     lines = [f"run {manifest['run_id']} finished{runner} in {manifest['seconds']} s; tables in {out}"]
     lines += [f"  {table:<15} {rows:>8} rows" for table, rows in manifest["rows"].items()]
-    lines.append(f"  input samples {manifest['input_samples']} = kept {manifest['kept_images']} + filtered "
-                 f"{manifest['filtered_samples']} + rejected {manifest['rejected_samples']}")
+    counted = manifest.get("shards_counted_by_reading")
+    source = ("counted from the source" if not counted
+              else f"counted from the source; {counted} tar shard(s) by reading them")
+    lines.append(f"  input samples {manifest['input_samples']} ({source}) = kept {manifest['kept_images']} "
+                 f"+ filtered {manifest['filtered_samples']} + rejected {manifest['rejected_samples']}")
     if manifest["drops_by_reason"]:
         lines.append("  drops by reason:")
         lines += [f"    {d['stage']}/{d['reason']} ({d['kind']}): {d['rows']}" for d in manifest["drops_by_reason"][:top]]
@@ -222,5 +261,6 @@ def format_summary(manifest: dict, out: Optional[str] = None, top: int = 10) -> 
     if len(entities):
         best = entities.sort_values(["image_count", "name"], ascending=[False, True]).head(top)
         lines.append("  top entities: " + ", ".join(f"{n} ({c})" for n, c in zip(best["name"], best["image_count"])))
-    lines.append(f"  manifest: {Path(out) / 'manifest.json'}; schemas: `i2e schema <table>` (v{schemas.CURRENT_VERSION})")
+    lines.append(f"  manifest: {storage.join(out, 'manifest.json')}; schemas: `i2e schema <table>` "
+                 f"(v{schemas.CURRENT_VERSION})")
     return "\n".join(lines)

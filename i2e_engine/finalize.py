@@ -26,24 +26,20 @@ from __future__ import annotations
 import collections
 import json
 import math
-import os
 import struct
 import zlib
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Callable, Iterable, Iterator, Mapping, Optional
 
 import numpy as np
-import pyarrow.parquet as pq
 
 import schemas
-from i2e_engine import filters, tables
+from i2e_engine import filters, storage, tables
 from i2e_engine.config import FilterConfig
 from i2e_engine.records import make_reject
 from i2e_engine.shard import reason_key
 from i2e_engine.workdir import WorkDir
 
-STATS_DIR = "_stats"
 READ_BATCH_ROWS = 256
 
 # ----------------------------------------------------------------------------- 1. project
@@ -217,23 +213,35 @@ class ShardOutputStats:
     reasons: dict[str, int] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class Target:
+    """Where a run's finalize writes. Table parts go under ``tables`` with the run id in
+    their names: a staging folder swapped in at publish on a local disk, the output itself
+    on object storage (where the older parts are deleted at publish). Writer stats go under
+    ``stats``."""
+    tables: str
+    stats: str
+    run_id: str
+
+    def part(self, table: str, name: str) -> str:
+        return storage.join(self.tables, table, f"{name}-{self.run_id}.parquet")
+
+
 class _PartWriter:
     """Appends validated rows of one table to a parquet part, batch by batch."""
 
-    def __init__(self, staging: Path, table: str, name: str):
-        self.path = staging / table / name
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+    def __init__(self, target: Target, table: str, name: str):
         self.table = table
-        self._writer = pq.ParquetWriter(self.path, schemas.get_schema(table))
+        self._sink = storage.ParquetSink(target.part(table, name), schemas.get_schema(table))
         self.rows = 0
 
     def write(self, rows: list[dict]) -> None:
         if rows:
-            self._writer.write_table(schemas.from_records(rows, self.table))
+            self._sink.write(schemas.from_records(rows, self.table))
             self.rows += len(rows)
 
     def close(self) -> None:
-        self._writer.close()
+        self._sink.close()
 
 
 def _finish_record(record: dict, duplicate_of: Optional[str], decisions: Decisions
@@ -252,16 +260,14 @@ def _finish_record(record: dict, duplicate_of: Optional[str], decisions: Decisio
     return kept, rejects
 
 
-def write_shard_tables(work: WorkDir, stem: str, staging: str | Path, duplicates: Mapping[int, str],
+def write_shard_tables(work: WorkDir, stem: str, target: Target, duplicates: Mapping[int, str],
                        decisions: Decisions) -> ShardOutputStats:
-    """Write one committed shard's part of images / image_entities / rejects under
-    ``staging``; ``duplicates`` maps its row_in_shard to the survivor's sample id.
+    """Write one committed shard's part of images / image_entities / rejects to ``target``;
+    ``duplicates`` maps its row_in_shard to the survivor's sample id.
 
     Streams the annotations a batch at a time, so memory holds one batch of image bytes.
     """
-    staging = Path(staging)
-    name = f"part-{stem}.parquet"
-    images, pairs, rejects = (_PartWriter(staging, t, name) for t in ("images", "image_entities", "rejects"))
+    images, pairs, rejects = (_PartWriter(target, t, f"part-{stem}") for t in ("images", "image_entities", "rejects"))
     stats = ShardOutputStats(stem)
     reasons: collections.Counter[str] = collections.Counter()
     shard_rejects = work.read_rejects(stem).to_pylist()   # one shard's dead letter, already stamped
@@ -294,16 +300,12 @@ def write_shard_tables(work: WorkDir, stem: str, staging: str | Path, duplicates
         writer.close()
         stats.rows[writer.table] = writer.rows
     stats.reasons = dict(sorted(reasons.items()))
-    _write_stats(staging, "shards", stem, asdict(stats))
+    _write_stats(target, "shards", stem, asdict(stats))
     return stats
 
 
-def _write_stats(staging: Path, kind: str, name: str, stats: dict) -> None:
-    path = staging / STATS_DIR / kind / f"{name}.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(stats, sort_keys=True))
-    os.replace(tmp, path)
+def _write_stats(target: Target, kind: str, name: str, stats: dict) -> None:
+    storage.write_text(storage.join(target.stats, kind, f"{name}.json"), json.dumps(stats, sort_keys=True))
 
 
 def entity_part_count(num_shards: int) -> int:
@@ -317,22 +319,23 @@ def entity_part(entity_id: str, num_parts: int) -> int:
 
 
 def write_entity_part(part: int, num_parts: int, counts: Iterable[tuple[str, int]], kb_path: str,
-                      kb_version: str, staging: str | Path) -> int:
+                      kb_version: str, target: Target) -> int:
     """Write the entities of one part (entity id, kept images), described from the KB."""
     from i2e_engine.kb.build import shared_alias_index
 
     index = shared_alias_index(kb_path)
     rows = [tables.entity_row({"entity_id": entity_id, **index.entity(entity_id)}, count, kb_version)
             for entity_id, count in sorted(counts)]
-    path = Path(staging) / "entities" / f"part-{part:05d}-of-{num_parts:05d}.parquet"
-    tables.write_rows(rows, "entities", path)
-    _write_stats(Path(staging), "entities", f"{part:05d}", {"entities": len(rows)})
+    tables.write_rows(rows, "entities", target.part("entities", f"part-{part:05d}-of-{num_parts:05d}"))
+    _write_stats(target, "entities", f"{part:05d}", {"entities": len(rows)})
     return len(rows)
 
 
-def read_stats(staging: str | Path) -> tuple[list[dict], int]:
+def read_stats(target: Target) -> tuple[list[dict], int]:
     """(per-shard stats, entity rows) written by the shard and entity writers."""
-    root = Path(staging) / STATS_DIR
-    shards = [json.loads(p.read_text()) for p in sorted((root / "shards").glob("*.json"))]
-    entities = sum(json.loads(p.read_text())["entities"] for p in (root / "entities").glob("*.json"))
-    return shards, entities
+    def read(kind: str) -> list[dict]:
+        folder = storage.join(target.stats, kind)
+        found = storage.find(folder, (".json",)) if storage.isdir(folder) else []
+        return [json.loads(data) for _, data in sorted(storage.read_many(found).items())]
+
+    return read("shards"), sum(stats["entities"] for stats in read("entities"))

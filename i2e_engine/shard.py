@@ -11,9 +11,9 @@ import collections
 import itertools
 import logging
 import time
-from typing import Iterable, Iterator, Sequence, TypeVar
+from typing import Iterable, Iterator, TypeVar
 
-from i2e_engine.readers import ReaderOptions, ShardRef, read_shard
+from i2e_engine.readers import ReaderOptions, ShardRef, declared_rows, read_shard
 from i2e_engine.stages import Annotator
 from i2e_engine.workdir import ShardMarker, ShardWriter, WorkDir
 
@@ -42,6 +42,7 @@ def annotate_shard(shard: ShardRef, annotator: Annotator, work: WorkDir, fingerp
     process. Rerunning a committed shard replaces its files with the same content.
     """
     started = time.time()
+    source_rows = declared_rows(shard)
     writer = ShardWriter(work, shard.shard_id)
     reasons: collections.Counter[str] = collections.Counter()
     pairs_read = 0
@@ -57,15 +58,11 @@ def annotate_shard(shard: ShardRef, annotator: Annotator, work: WorkDir, fingerp
         writer.abort()
         raise
     marker = writer.commit(ShardMarker(
-        shard_id=shard.shard_id, stem=writer.stem, fingerprint=fingerprint, run_id=run_id,
-        pairs_read=pairs_read, annotations=writer.rows["annotations"], rejects=writer.rows["rejects"],
+        shard_id=shard.shard_id, stem=writer.stem, identity=shard.identity, fingerprint=fingerprint,
+        run_id=run_id, source_rows=source_rows, pairs_read=pairs_read, annotations=writer.rows["annotations"], rejects=writer.rows["rejects"],
         seconds=round(time.time() - started, 3), reasons=dict(sorted(reasons.items()))))
     PROGRESS.info("committed shard %s: %d pairs, %d annotated, %d dropped in %.1f s", shard.shard_id,
                   pairs_read, marker.annotations, marker.rejects, marker.seconds)
     return marker
 
 
-def annotate_shards(shards: Sequence[ShardRef], annotator: Annotator, work: WorkDir, fingerprint: str,
-                    run_id: str, batch_rows: int = DEFAULT_BATCH_ROWS) -> list[ShardMarker]:
-    """The bare loop: every shard in this process, one after the other."""
-    return [annotate_shard(shard, annotator, work, fingerprint, run_id, batch_rows) for shard in shards]

@@ -2,13 +2,13 @@
 ``schemas/``; this module only fills them."""
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Iterable, Mapping, Optional
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 import schemas
+from i2e_engine import storage
 
 OUTPUT_TABLES = ("images", "entities", "image_entities", "rejects")
 
@@ -24,7 +24,7 @@ def image_entity_rows(annotation: Mapping, links: Iterable[Mapping], scorer: str
     """One row per kept link, ranked by image-entity score (1 = best)."""
     ordered = sorted(links, key=lambda l: (-l["image_entity_score"], l["entity_id"]))
     return [{**link, "image_id": annotation["sha256"], "sample_id": annotation["sample_id"],
-             "rank": rank, "scorer": scorer, "kb_version": kb_version, "run_id": run_id}
+             "source_shard": annotation["source_shard"], "row_in_shard": annotation["row_in_shard"], "rank": rank, "scorer": scorer, "kb_version": kb_version, "run_id": run_id}
             for rank, link in enumerate(ordered, start=1)]
 
 
@@ -34,17 +34,33 @@ def entity_row(entity: Mapping, image_count: int, kb_version: str) -> dict:
             "source": entity["source"], "image_count": int(image_count), "kb_version": kb_version}
 
 
-def write_rows(rows: list[dict], table: str, path: str | Path) -> Path:
-    """Validate ``rows`` against ``table``'s schema and write them atomically to ``path``."""
-    schemas.write_table(schemas.from_records(rows, table), path, table)
-    return Path(path)
+def _filesystem(uri: str):
+    """(path, pyarrow filesystem or None for a local path) as ``schemas`` takes them."""
+    if storage.is_local(uri):
+        return storage.normalize(uri), None
+    filesystem, path = storage.arrow_filesystem(uri)
+    return path, filesystem
 
 
-def read_output(out: str | Path, table: str, columns: Optional[list[str]] = None) -> pa.Table:
-    """Read one output table (all its parts) with schema validation."""
-    directory = Path(out) / table
-    parts = sorted(directory.glob("*.parquet"))
+def write_rows(rows: list[dict], table: str, uri: str) -> str:
+    """Validate ``rows`` against ``table``'s schema and write them atomically to ``uri``."""
+    path, filesystem = _filesystem(str(uri))
+    schemas.write_table(schemas.from_records(rows, table), path, table, filesystem=filesystem)
+    return str(uri)
+
+
+def read_file(uri: str, table: str, columns: Optional[list[str]] = None, require_metadata: bool = True) -> pa.Table:
+    """One parquet file of ``table`` from any URI, validated."""
+    path, filesystem = _filesystem(str(uri))
+    return schemas.read_table(path, table, columns=columns, require_metadata=require_metadata,
+                              filesystem=filesystem)
+
+
+def read_output(out: str, table: str, columns: Optional[list[str]] = None) -> pa.Table:
+    """Read one output table (all its parts, from any URI) with schema validation."""
+    directory = storage.join(out, table)
+    parts = storage.find(directory, (".parquet",)) if storage.isdir(directory) else []
     if not parts:
         empty = schemas.get_schema(table).empty_table()
         return empty if columns is None else empty.select(columns)
-    return pa.concat_tables([schemas.read_table(p, table, columns=columns) for p in parts])
+    return pa.concat_tables([read_file(p, table, columns=columns) for p in parts])

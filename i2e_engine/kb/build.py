@@ -26,6 +26,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 import schemas
+from i2e_engine import storage, tables
 from i2e_engine.kb.alias_index import AliasIndex
 from i2e_engine.kb.geonames import DEFAULT_MIN_POPULATION, geonames_table
 from i2e_engine.kb.vital import vital_table
@@ -68,14 +69,21 @@ def _drop_duplicate_ids(table: pa.Table) -> pa.Table:
     return table
 
 
-def _write_versioned(table: pa.Table, path: Path, version: str) -> None:
-    """Write atomically (unique temporary name, then rename) with the version in the metadata.
+def _write_versioned(table: pa.Table, uri: str | Path, version: str) -> None:
+    """Write atomically (unique temporary name, then rename; one PUT on object storage) with
+    the version in the metadata.
 
     ``schemas.write_table`` cannot add key-value metadata, so this validates with
     ``schemas.validate`` and writes the same way, keeping the schema's own metadata.
     """
     table = schemas.validate(table, "kb")
     table = table.replace_schema_metadata({**(table.schema.metadata or {}), VERSION_KEY: version.encode()})
+    if not storage.is_local(str(uri)):
+        buffer = pa.BufferOutputStream()
+        pq.write_table(table, buffer, row_group_size=16_384)
+        storage.write_bytes(str(uri), buffer.getvalue().to_pybytes())
+        return
+    path = Path(storage.normalize(str(uri)))
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
@@ -111,15 +119,15 @@ def build_kb(sources: Sequence[str], out_path: str | Path, *, wikidata_dump: Opt
             tables.append(wikidata_table(wikidata_dump, language=language, limit=limit))
     table = _drop_duplicate_ids(pa.concat_tables(tables))
     version = kb_version(table)
-    _write_versioned(table, Path(out_path), version)
+    _write_versioned(table, out_path, version)
     log.info("wrote KB %s (%d entities, version %s)", out_path, table.num_rows, version)
     return table
 
 
-def read_kb(path: str | Path) -> tuple[pa.Table, str]:
-    """A validated KB table and its version (from the metadata, else computed)."""
-    table = schemas.read_table(path, "kb")
-    stored = (pq.read_schema(path).metadata or {}).get(VERSION_KEY)
+def read_kb(uri: str | Path) -> tuple[pa.Table, str]:
+    """A validated KB table (from any URI) and its version (from the metadata, else computed)."""
+    table = tables.read_file(str(uri), "kb", require_metadata=False)   # any parquet with the kb columns
+    stored = (storage.parquet_file(str(uri)).schema_arrow.metadata or {}).get(VERSION_KEY)
     return table, stored.decode() if stored else kb_version(table)
 
 
@@ -128,16 +136,16 @@ def load_alias_index(path: str | Path) -> AliasIndex:
     return AliasIndex.from_kb_table(read_kb(path)[0])
 
 
-def shared_alias_index(path: str | Path) -> AliasIndex:
+def shared_alias_index(uri: str | Path) -> AliasIndex:
     """One alias index per process and KB file, shared by the NER matcher, the linker and
     the entities table writer (building it is the slow part of a worker's start). Keyed by
-    the file's path, size and modification time, so a rebuilt KB is loaded again."""
-    stat = os.stat(path)
-    return _cached_alias_index(str(path), stat.st_size, stat.st_mtime_ns)
+    the file's URI and version (size and modification time or ETag), so a rebuilt KB is
+    loaded again."""
+    return _cached_alias_index(str(uri), storage.identity(str(uri)))
 
 
 @functools.lru_cache(maxsize=2)
-def _cached_alias_index(path: str, size: int, mtime_ns: int) -> AliasIndex:
+def _cached_alias_index(path: str, identity: str) -> AliasIndex:
     return load_alias_index(path)
 
 

@@ -16,76 +16,82 @@ Auto-detection of an input path:
 - else a folder holding image files -> folder (images with ``.txt`` sidecars).
 
 Names starting with "." (and, for parquet and tar, "_") are ignored. Parquet and tar shards
-are whole files, named by file name; folder and COCO inputs are cut into
-``rows_per_shard`` slices named ``"folder:<name>[start:stop]"`` and
-``"coco:<captions file>[start:stop]"``. Two inputs with the same name get as many parent
-folders in their names as it takes to tell them apart.
+are whole files, named by their absolute path; folder and COCO inputs are cut into
+``rows_per_shard`` slices named ``"folder:<folder>[start:stop]"`` and
+``"coco:<captions file>[start:stop]"``, so two inputs never share a shard id.
 """
 from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Optional
 
 from i2e_engine.readers import coco, folder, parquet, webdataset
+from i2e_engine import storage
 from i2e_engine.readers.base import KINDS, ReaderOptions, ShardRef
 from i2e_engine.records import Pair
 
-__all__ = ["KINDS", "ReaderOptions", "ShardRef", "detect_format", "list_shards", "read_shard"]
+__all__ = ["KINDS", "ReaderOptions", "ShardRef", "declared_rows", "detect_format", "list_shards", "read_shard"]
 
 
-def detect_format(path: Path) -> str:
-    """The reader kind for one input path; ValueError if it is absent or unrecognised."""
-    if not path.exists():
-        raise ValueError(f"input does not exist: {path}")
-    if path.is_file():
-        name = path.name.lower()
+def detect_format(uri: str) -> str:
+    """The reader kind for one input (a local path or a URI); ValueError if it is absent or
+    unrecognised. Folder and COCO inputs are read from local paths only."""
+    if not storage.exists(uri):
+        raise ValueError(f"input does not exist: {uri}")
+    if storage.isfile(uri):
+        name = storage.name(uri).lower()
         if name.endswith(parquet.SUFFIXES):
             return "parquet"
         if name.endswith(webdataset.SUFFIXES):
             return "webdataset"
         if name.endswith(".json"):
             return "coco"
-        raise ValueError(f"cannot read {path}: expected .parquet, .tar, a COCO captions .json "
+        raise ValueError(f"cannot read {uri}: expected .parquet, .tar, a COCO captions .json "
                          "or a folder of those or of images")
-    if webdataset.find_tar_files(path):
+    if webdataset.find_tar_files(uri):
         return "webdataset"
-    if parquet.find_parquet_files(path):
+    if parquet.find_parquet_files(uri):
         return "parquet"
-    if coco.find_captions_files(path):
+    if storage.is_local(uri) and coco.find_captions_files(Path(uri)):
         return "coco"
-    if folder.list_images(path):
+    if storage.is_local(uri) and folder.list_images(Path(uri)):
         return "folder"
-    raise ValueError(f"cannot read {path}: no tar, parquet, annotations/captions_*.json or image files in it")
+    raise ValueError(f"cannot read {uri}: no tar, parquet, annotations/captions_*.json or image files in it"
+                     + ("" if storage.is_local(uri) else " (folder and COCO inputs must be local paths)"))
 
 
-def _units(path: Path, kind: str) -> list[Path]:
+def _units(uri: str, kind: str) -> list[str]:
     """The files (or, for a folder input, the folder) that one input contributes."""
+    if kind in ("folder", "coco") and not storage.is_local(uri):
+        raise ValueError(f"{kind} inputs are read from local paths; got {uri} (on object storage, "
+                         "use img2dataset parquet or webdataset shards)")
     if kind == "folder":
-        if not path.is_dir():
-            raise ValueError(f"input_format 'folder' needs a folder, got {path}")
-        return [path]
-    if path.is_file():
-        return [path]
-    found = {"parquet": parquet.find_parquet_files, "webdataset": webdataset.find_tar_files,
-             "coco": coco.find_captions_files}[kind](path)
+        if not storage.isdir(uri):
+            raise ValueError(f"input_format 'folder' needs a folder, got {uri}")
+        return [uri]
+    if storage.isfile(uri):
+        return [uri]
+    if kind == "coco":
+        found = [str(p) for p in coco.find_captions_files(Path(uri))]
+    else:
+        found = {"parquet": parquet.find_parquet_files, "webdataset": webdataset.find_tar_files}[kind](uri)
     if not found:
-        raise ValueError(f"no {kind} input found under {path}")
+        raise ValueError(f"no {kind} input found under {uri}")
     return found
 
 
-def _labels(paths: list[Path]) -> dict[Path, str]:
-    """Each path's name, lengthened by parent folders only where names collide."""
-    by_name: dict[str, list[Path]] = {}
-    for path in paths:
-        by_name.setdefault(path.name, []).append(path)
-    labels = {}
-    for group in by_name.values():
-        depth = 1
-        while len({"/".join(p.parts[-depth:]) for p in group}) < len(group):
-            depth += 1
-        labels.update({p: "/".join(p.parts[-depth:]) for p in group})
-    return labels
+def _expand(raw: str) -> list[str]:
+    """An input as URIs: a glob ("s3://bucket/crawl/*.parquet") is expanded on its store."""
+    if any(c in raw for c in "*?["):
+        found = storage.glob(raw)
+        if not found:
+            raise ValueError(f"input does not exist: no file matches {raw}")
+        return found
+    uri = storage.normalize(raw)
+    if not storage.exists(uri):
+        raise ValueError(f"input does not exist: {raw}")
+    return [uri]
 
 
 def list_shards(inputs: list[str], input_format: str = "auto", rows_per_shard: int = 1000,
@@ -98,25 +104,33 @@ def list_shards(inputs: list[str], input_format: str = "auto", rows_per_shard: i
         raise ValueError(f"rows_per_shard must be >= 1, got {rows_per_shard}")
     if not inputs:
         raise ValueError("no inputs given")
-    units: dict[Path, str] = {}
+    units: dict[str, str] = {}
     for raw in inputs:
-        path = Path(os.path.abspath(raw))
-        if not path.exists():
-            raise ValueError(f"input does not exist: {raw}")
-        kind = detect_format(path) if input_format == "auto" else input_format
-        for unit in _units(path, kind):
-            units.setdefault(unit, kind)
-    labels = _labels(list(units))
+        for uri in _expand(str(raw)):
+            kind = detect_format(uri) if input_format == "auto" else input_format
+            for unit in _units(uri, kind):
+                units.setdefault(unit, kind)
     shards: list[ShardRef] = []
     for unit, kind in units.items():
         if kind in ("parquet", "webdataset"):
-            shards.append(ShardRef(kind, str(unit), 0, None, labels[unit]))
+            shards.append(ShardRef(kind, unit, 0, None, unit, identity=storage.identity(unit)))
         elif kind == "folder":
-            shards.extend(folder.folder_shards(unit, rows_per_shard, labels[unit]))
+            shards.extend(folder.folder_shards(Path(unit), rows_per_shard))
         else:
             images_dir = Path(os.path.abspath(options.coco_images_dir)) if options.coco_images_dir else None
-            shards.extend(coco.coco_shards(unit, rows_per_shard, labels[unit], images_dir))
+            shards.extend(coco.coco_shards(Path(unit), rows_per_shard, images_dir))
     return sorted(shards, key=lambda s: (s.kind, s.path, s.start))
+
+
+def declared_rows(shard: ShardRef) -> Optional[int]:
+    """The rows the source says this shard holds, before reading it: a slice's length, a
+    parquet footer's row count; None for a tar, which tells only by being read to its end
+    (and for a parquet file whose footer is unreadable)."""
+    if shard.stop is not None:
+        return shard.stop - shard.start
+    if shard.kind == "parquet":
+        return parquet.declared_rows(shard.path)
+    return None
 
 
 def read_shard(shard: ShardRef, options: ReaderOptions = ReaderOptions()) -> Iterator[Pair]:

@@ -5,10 +5,16 @@ inputs, so it is a small frozen value (kind, path, row range) that any worker ca
 """
 from __future__ import annotations
 
+import errno
+import logging
+import time
 from dataclasses import dataclass
-from typing import Optional
+from typing import Callable, Iterator, Optional, TypeVar
 
 from i2e_engine.records import Pair, make_sample_id
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 KINDS = ("parquet", "webdataset", "folder", "coco")
 COCO_CAPTION_MODES = ("join", "first")
@@ -19,10 +25,13 @@ class ShardRef:
     """One deterministic unit of input work.
 
     ``start``/``stop`` slice the rows of folder and COCO inputs; file-based shards (parquet,
-    webdataset) are whole files, with ``start=0, stop=None``. ``shard_id`` is stable and
-    human-readable ("00000.parquet", "coco:captions_val2017.json[0:1000]"): completion
-    markers and reject rows refer to it. ``images_dir`` is the image folder of a COCO shard,
-    resolved at listing so that a shard read on another worker needs nothing else.
+    webdataset) are whole files, with ``start=0, stop=None``. ``shard_id`` names the input
+    by its full path, so two inputs never share one ("/data/a/00000.parquet",
+    "coco:/data/captions_val2017.json[0:1000]"); with the row index it is the key of every
+    row in every table. ``identity`` is the content's version at listing (size and
+    modification time of the file, or of the slice's files): committed work is reused only
+    for the same identity. ``images_dir`` is the image folder of a COCO shard, resolved at
+    listing so that a shard read on another worker needs nothing else.
     """
     kind: str
     path: str
@@ -30,6 +39,7 @@ class ShardRef:
     stop: Optional[int]
     shard_id: str
     images_dir: Optional[str] = None
+    identity: str = ""
 
 
 @dataclass(frozen=True)
@@ -56,22 +66,55 @@ def make_pair(shard: ShardRef, row: int, image: Optional[bytes], text: Optional[
     """A Pair of ``shard``. When nothing at all could be read, the id falls back to the row's
     position, so that failed rows of one shard do not all share one sample id."""
     if image is None and text is None:
-        sample_id = make_sample_id(None, f"{shard.path}#{row}")
+        sample_id = make_sample_id(None, f"{shard.shard_id}#{row}")
     else:
         sample_id = make_sample_id(image, text)
     return Pair(sample_id=sample_id, source=shard.kind, source_shard=shard.shard_id,
                 row_in_shard=row, url=url, image=image, text=text, read_error=read_error)
 
 
-def shard_failure_pair(shard: ShardRef, row: int, error: BaseException, detail: str = "") -> Pair:
-    """The one Pair that reports a shard that could not be read (further); ``row`` is the
-    first row that was not delivered."""
+def failure_pairs(shard: ShardRef, first_row: int, total: Optional[int], error: BaseException,
+                  detail: str = "") -> Iterator[Pair]:
+    """Pairs that report a shard which could not be read (further): one per unread row when
+    the source said how many rows it holds (``total``), else one for the rest of the shard."""
     message = f"unreadable_shard: {type(error).__name__}: {error}"
     if detail:
         message += f" ({detail})"
-    return Pair(sample_id=make_sample_id(None, shard.path), source=shard.kind,
-                source_shard=shard.shard_id, row_in_shard=row, url=None, image=None, text=None,
-                read_error=message)
+    for row in range(first_row, max(first_row + 1, total or 0)):
+        yield Pair(sample_id=make_sample_id(None, f"{shard.shard_id}#{row}"), source=shard.kind,
+                   source_shard=shard.shard_id, row_in_shard=row, url=None, image=None, text=None,
+                   read_error=message)
+
+
+# Errors that say the storage hiccuped, not that the data is bad: worth another try.
+TRANSIENT_ERRNOS = (errno.EIO, errno.EAGAIN, errno.ETIMEDOUT, errno.ECONNRESET, errno.ECONNABORTED)
+RETRY_ATTEMPTS = 4
+RETRY_BASE_SECONDS = 0.5
+
+
+def is_transient(error: BaseException) -> bool:
+    if isinstance(error, (ConnectionError, TimeoutError)):
+        return True
+    return isinstance(error, OSError) and error.errno in TRANSIENT_ERRNOS
+
+
+def back_off(error: BaseException, attempt: int, what: str) -> None:
+    """Re-raise ``error`` unless it is transient and attempts remain; else wait 0.5, 1, 2 s."""
+    if not is_transient(error) or attempt >= RETRY_ATTEMPTS - 1:
+        raise error
+    delay = RETRY_BASE_SECONDS * 2 ** attempt
+    log.warning("reading %s failed (%s: %s); retrying in %.1f s", what, type(error).__name__, error, delay)
+    time.sleep(delay)
+
+
+def with_retries(read: Callable[[], T], what: str) -> T:
+    """``read()``, tried again with exponential backoff while it fails with a transient error."""
+    for attempt in range(RETRY_ATTEMPTS):
+        try:
+            return read()
+        except Exception as error:  # noqa: BLE001 - sorted by back_off
+            back_off(error, attempt, what)
+    raise AssertionError("unreachable")
 
 
 def row_slices(count: int, rows_per_shard: int) -> list[tuple[int, int]]:

@@ -17,7 +17,8 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Iterator, Optional
 
-from i2e_engine.readers.base import COCO_CAPTION_MODES, ShardRef, make_pair, row_slices, shard_failure_pair
+from i2e_engine import storage
+from i2e_engine.readers.base import COCO_CAPTION_MODES, ShardRef, failure_pairs, make_pair, row_slices
 from i2e_engine.records import Pair
 
 CAPTIONS_GLOB = "captions_*.json"
@@ -113,8 +114,7 @@ def summarize_coco(captions_file: str | Path) -> CocoSummary:
     return _load_index(str(captions_file)).summary
 
 
-def coco_shards(captions_file: Path, rows_per_shard: int, label: str,
-                images_dir: Optional[Path] = None) -> list[ShardRef]:
+def coco_shards(captions_file: Path, rows_per_shard: int, images_dir: Optional[Path] = None) -> list[ShardRef]:
     """Shards of one captions file; raises ValueError if it is not one or has no image folder."""
     try:
         index = _load_index(str(captions_file))
@@ -124,8 +124,8 @@ def coco_shards(captions_file: Path, rows_per_shard: int, label: str,
     if not folder.is_dir():
         raise ValueError(f"image folder {folder} of {captions_file} not found; "
                          "pass ReaderOptions(coco_images_dir=...)")
-    return [ShardRef("coco", str(captions_file), start, stop, f"coco:{label}[{start}:{stop}]",
-                     images_dir=str(folder.absolute()))
+    return [ShardRef("coco", str(captions_file), start, stop, f"coco:{captions_file}[{start}:{stop}]",
+                     images_dir=str(folder.absolute()), identity=storage.identity(str(captions_file)))
             for start, stop in row_slices(len(index.rows), rows_per_shard)]
 
 
@@ -137,7 +137,7 @@ def read_coco_shard(shard: ShardRef, captions: str = "join") -> Iterator[Pair]:
     try:
         rows = _load_index(shard.path).rows[shard.start:shard.stop]
     except Exception as error:  # the file vanished, changed into garbage, or lost its structure
-        yield shard_failure_pair(shard, 0, error)
+        yield from failure_pairs(shard, 0, shard.stop - shard.start, error)
         return
     folder = Path(shard.images_dir) if shard.images_dir else default_images_dir(Path(shard.path))
     for row, item in enumerate(rows):

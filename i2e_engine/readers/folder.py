@@ -11,7 +11,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Iterator
 
-from i2e_engine.readers.base import ShardRef, make_pair, row_slices, shard_failure_pair
+import hashlib
+
+from i2e_engine.readers.base import ShardRef, failure_pairs, make_pair, row_slices
 from i2e_engine.records import Pair
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff")
@@ -26,12 +28,24 @@ def list_images(folder: Path) -> list[Path]:
     return sorted(found, key=lambda p: p.relative_to(folder).as_posix())
 
 
-def folder_shards(folder: Path, rows_per_shard: int, label: str) -> list[ShardRef]:
+def _slice_identity(folder: Path, images: list[Path]) -> str:
+    """The version of a slice: names, sizes and modification times of its images and sidecars."""
+    digest = hashlib.sha256()
+    for path in images:
+        for file in (path, path.with_suffix(SIDECAR_SUFFIX)):
+            stat = file.stat() if file.exists() else None
+            digest.update(f"{file.relative_to(folder).as_posix()}:{stat and stat.st_size}:"
+                          f"{stat and stat.st_mtime_ns}\n".encode())
+    return digest.hexdigest()[:16]
+
+
+def folder_shards(folder: Path, rows_per_shard: int) -> list[ShardRef]:
     """Shards of ``folder``: its sorted images cut into ``rows_per_shard`` slices."""
     images = list_images(folder)
     if not images:
         raise ValueError(f"no image files ({', '.join(IMAGE_SUFFIXES)}) under {folder}")
-    return [ShardRef("folder", str(folder), start, stop, f"folder:{label}[{start}:{stop}]")
+    return [ShardRef("folder", str(folder), start, stop, f"folder:{folder}[{start}:{stop}]",
+                     identity=_slice_identity(folder, images[start:stop]))
             for start, stop in row_slices(len(images), rows_per_shard)]
 
 
@@ -43,7 +57,7 @@ def read_folder_shard(shard: ShardRef) -> Iterator[Pair]:
             raise FileNotFoundError(f"no folder at {folder}")
         images = list_images(folder)[shard.start:shard.stop]
     except OSError as error:
-        yield shard_failure_pair(shard, 0, error)
+        yield from failure_pairs(shard, 0, _slice_rows(shard), error)
         return
     for row, path in enumerate(images):
         url = path.absolute().as_uri()
@@ -62,7 +76,11 @@ def read_folder_shard(shard: ShardRef) -> Iterator[Pair]:
             yield make_pair(shard, row, image, None, url, f"unreadable_text: {type(error).__name__}: {error}")
             continue
         yield make_pair(shard, row, image, text, url)
-    if shard.stop is not None and len(images) < shard.stop - shard.start:
+    if len(images) < _slice_rows(shard):
         # the folder lost files since listing: the rows read may have shifted, so say so
-        yield shard_failure_pair(shard, len(images), FileNotFoundError(
-            f"{shard.stop - shard.start - len(images)} image(s) of this slice are gone since listing"))
+        yield from failure_pairs(shard, len(images), _slice_rows(shard), FileNotFoundError(
+            f"{_slice_rows(shard) - len(images)} image(s) of this slice are gone since listing"))
+
+
+def _slice_rows(shard: ShardRef) -> int:
+    return shard.stop - shard.start

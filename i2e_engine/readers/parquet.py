@@ -11,13 +11,14 @@ field (how Hugging Face datasets store an Image feature); text as string or bina
 """
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Callable, Iterator, Optional
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from i2e_engine.readers.base import ReaderOptions, ShardRef, make_pair, shard_failure_pair
+from i2e_engine import storage
+from i2e_engine.readers.base import (RETRY_ATTEMPTS, ReaderOptions, ShardRef, back_off, failure_pairs, make_pair,
+                                     with_retries)
 from i2e_engine.records import Pair
 
 SUFFIXES = (".parquet",)
@@ -27,12 +28,10 @@ BATCH_ROWS = 256
 READ_BUFFER_BYTES = 1 << 20
 
 
-def find_parquet_files(folder: Path) -> list[Path]:
-    """Parquet files under ``folder``, sorted; names starting with "." or "_" are skipped,
-    as Spark and Hive writers keep their markers and temporary files there."""
-    return sorted(p for p in folder.rglob("*")
-                  if p.is_file() and p.name.lower().endswith(SUFFIXES)
-                  and not any(part.startswith((".", "_")) for part in p.relative_to(folder).parts))
+def find_parquet_files(folder: str) -> list[str]:
+    """Parquet files under ``folder`` (any URI), sorted; names starting with "." or "_" are
+    skipped, as Spark and Hive writers keep their markers and temporary files there."""
+    return storage.find(folder, SUFFIXES, skip_prefixes=(".", "_"))
 
 
 def _is_binary(dtype: pa.DataType) -> bool:
@@ -69,14 +68,48 @@ def _image_bytes(value: object) -> Optional[bytes]:
     return value.get("bytes") if isinstance(value, dict) else value
 
 
+def declared_rows(path: str) -> Optional[int]:
+    """The rows a parquet file says it holds (its footer), None when the footer is unreadable."""
+    try:
+        return storage.parquet_file(path).metadata.num_rows
+    except Exception:  # noqa: BLE001 - any failure means the file cannot say
+        return None
+
+
+def _group_rows(parquet_file: pq.ParquetFile, group: int, names: tuple[Optional[str], ...], what: str
+                ) -> Iterator[tuple]:
+    """The values of ``names`` (None: a column the file lacks) for each row of one row group,
+    streamed in small batches. A transient read error restarts the group after a backoff and
+    skips the rows already delivered, so a storage hiccup neither loses nor repeats a row."""
+    delivered = 0
+    for attempt in range(RETRY_ATTEMPTS):
+        try:
+            seen = 0
+            for batch in parquet_file.iter_batches(batch_size=BATCH_ROWS, row_groups=[group],
+                                                   columns=[n for n in names if n]):
+                columns = [batch.column(n).to_pylist() if n else [None] * batch.num_rows for n in names]
+                for values in zip(*columns):
+                    seen += 1
+                    if seen > delivered:
+                        delivered += 1
+                        yield values
+            return
+        except Exception as error:  # noqa: BLE001 - transient ones are retried, others end the shard
+            back_off(error, attempt, f"{what} row group {group}")
+
+
 def read_parquet_shard(shard: ShardRef, options: ReaderOptions = ReaderOptions()) -> Iterator[Pair]:
     """Pairs of one parquet file, in row order. A missing image or text column marks every
-    row with ``missing_column:<name>``; a corrupt file ends in one ``unreadable_shard`` Pair."""
+    row with ``missing_column:<name>``; a file that fails partway ends with one
+    ``unreadable_shard`` Pair for every row its footer declares and was not delivered."""
     row = 0
+    total = None
     try:
         # Buffered page reads instead of pre-buffering whole column chunks: a row group of
         # image bytes is read a page at a time, which halves the peak for large row groups.
-        parquet_file = pq.ParquetFile(shard.path, buffer_size=READ_BUFFER_BYTES, pre_buffer=False)
+        parquet_file = with_retries(lambda: storage.parquet_file(shard.path, buffer_size=READ_BUFFER_BYTES,
+                                                                 pre_buffer=False), shard.path)
+        total = parquet_file.metadata.num_rows
         schema = parquet_file.schema_arrow
         image_column, image_error = _pick_column(schema, options.image_column, IMAGE_COLUMNS, _is_image_type)
         text_column, text_error = _pick_column(schema, options.text_column, TEXT_COLUMNS, _is_text_type)
@@ -89,15 +122,10 @@ def read_parquet_shard(shard: ShardRef, options: ReaderOptions = ReaderOptions()
                 row += 1
             return
         for group in range(parquet_file.num_row_groups):
-            batches = parquet_file.iter_batches(batch_size=BATCH_ROWS, row_groups=[group], columns=columns)
-            for batch in batches:
-                size = batch.num_rows
-                images = batch.column(image_column).to_pylist() if image_column else [None] * size
-                texts = batch.column(text_column).to_pylist() if text_column else [None] * size
-                urls = batch.column(url_column).to_pylist() if url_column else [None] * size
-                for image, text, url in zip(images, texts, urls):
-                    yield make_pair(shard, row, _image_bytes(image), text,
-                                    url if isinstance(url, str) else None, read_error)
-                    row += 1
+            for image, text, url in _group_rows(parquet_file, group, (image_column, text_column, url_column),
+                                                shard.path):
+                yield make_pair(shard, row, _image_bytes(image), text, url if isinstance(url, str) else None,
+                                read_error)
+                row += 1
     except Exception as error:  # pyarrow raises ArrowInvalid, OSError and others on bad files
-        yield shard_failure_pair(shard, row, error)
+        yield from failure_pairs(shard, row, total, error)

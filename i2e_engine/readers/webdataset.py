@@ -12,21 +12,19 @@ from __future__ import annotations
 import json
 import posixpath
 import tarfile
-from pathlib import Path
 from typing import Iterator, Optional
 
-from i2e_engine.readers.base import ShardRef, make_pair, shard_failure_pair
+from i2e_engine import storage
+from i2e_engine.readers.base import ShardRef, failure_pairs, make_pair
 from i2e_engine.records import Pair
 
 SUFFIXES = (".tar", ".tar.gz", ".tgz")
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp")
 
 
-def find_tar_files(folder: Path) -> list[Path]:
-    """Tar shards under ``folder``, sorted; hidden and "_"-prefixed names are skipped."""
-    return sorted(p for p in folder.rglob("*")
-                  if p.is_file() and p.name.lower().endswith(SUFFIXES)
-                  and not any(part.startswith((".", "_")) for part in p.relative_to(folder).parts))
+def find_tar_files(folder: str) -> list[str]:
+    """Tar shards under ``folder`` (any URI), sorted; hidden and "_"-prefixed names are skipped."""
+    return storage.find(folder, SUFFIXES, skip_prefixes=(".", "_"))
 
 
 def _split_member_name(name: str) -> tuple[str, str]:
@@ -63,7 +61,7 @@ def read_webdataset_shard(shard: ShardRef) -> Iterator[Pair]:
     key: Optional[str] = None
     parts: dict[str, bytes] = {}
     try:
-        with tarfile.open(shard.path, mode="r|*") as archive:
+        with storage.open_file(shard.path) as handle, tarfile.open(fileobj=handle, mode="r|*") as archive:
             for member in archive:
                 if not member.isfile():
                     continue
@@ -77,4 +75,5 @@ def read_webdataset_shard(shard: ShardRef) -> Iterator[Pair]:
         if key is not None:
             yield _sample_pair(shard, row, parts)
     except Exception as error:  # tarfile, gzip and zlib raise several types on damaged streams
-        yield shard_failure_pair(shard, row, error, f"sample {key!r} incomplete" if key else "")
+        # a tar says how many samples it holds only by being read to its end
+        yield from failure_pairs(shard, row, None, error, f"sample {key!r} incomplete" if key else "")

@@ -42,24 +42,24 @@ def _cutoff(survivors, keep_fraction):
     keys = survivors | "Score keys" >> beam.FlatMap(lambda row: row["score_keys"])
     high = beam.pvalue.AsDict(keys | "High bins" >> beam.Map(ExactQuantile.high)
                               | "Count high bins" >> beam.combiners.Count.PerElement())
-    target = (survivors.pipeline | "Quantile pass 1" >> beam.Create([None])
+    located = (survivors.pipeline | "Quantile pass 1" >> beam.Create([None])
               | "Locate cutoff bin" >> beam.Map(lambda _, counts: finalize.cutoff_bin(keep_fraction, counts), high))
-    target_side = beam.pvalue.AsSingleton(target)
+    located_side = beam.pvalue.AsSingleton(target)
     low = beam.pvalue.AsDict(
         keys | "Keys in cutoff bin" >> beam.Filter(
-            lambda key, t: t is not None and ExactQuantile.high(key) == t[0], target_side)
+            lambda key, t: t is not None and ExactQuantile.high(key) == t[0], located_side)
         | "Low bins" >> beam.Map(ExactQuantile.low)
         | "Count low bins" >> beam.combiners.Count.PerElement())
-    return target | "Cutoff value" >> beam.Map(finalize.cutoff_value, low)
+    return located | "Cutoff value" >> beam.Map(finalize.cutoff_value, low)
 
 
 def execute(plan: RunPlan, beam_args: Sequence[str] = ()) -> str:
-    """Annotate ``plan.todo`` and write the tables into ``plan.staging``; returns the runner's name."""
+    """Annotate ``plan.todo`` and write the tables into ``plan.target``; returns the runner's name."""
     options = pipeline_options(beam_args)
     cfg = plan.config.filter
     markers = plan.work.markers()
     committed = [(s.shard_id, markers[s.shard_id].stem) for s in plan.shards if s.shard_id in markers]
-    work, staging, parts = plan.work, str(plan.staging), plan.entity_parts()
+    work, target, parts = plan.work, plan.target, plan.entity_parts()
     with beam.Pipeline(options=options) as pipeline:
         annotated = (pipeline | "Shards to annotate" >> beam.Create(plan.todo)
                      | "Spread shards" >> beam.Reshuffle()
@@ -80,13 +80,13 @@ def execute(plan: RunPlan, beam_args: Sequence[str] = ()) -> str:
         _ = ({"stem": shards, "duplicates": deduped[DUPLICATES]}
              | "Join decisions to shards" >> beam.CoGroupByKey()
              | "Write shard tables" >> beam.ParDo(
-                 WriteShardDoFn(work, staging, plan.decisions(None, {})),
+                 WriteShardDoFn(work, target, plan.decisions(None, {})),
                  beam.pvalue.AsSingleton(cutoff), beam.pvalue.AsDict(counts)))
         _ = (counts
              | "Entities kept" >> beam.Filter(lambda item: finalize.keeps_entity(item[1], cfg))
              | "Entity part" >> beam.Map(lambda item: (finalize.entity_part(item[0], parts), item))
              | "Group entity parts" >> beam.GroupByKey()
              | "Write entities" >> beam.MapTuple(lambda part, items: finalize.write_entity_part(
-                 part, parts, items, plan.kb_path, plan.kb_version, staging)))
+                 part, parts, items, plan.kb_path, plan.kb_version, target)))
     runner = options.view_as(beam.options.pipeline_options.StandardOptions).runner or LOCAL_RUNNER
     return f"beam:{runner if isinstance(runner, str) else type(runner).__name__}"

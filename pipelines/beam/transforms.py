@@ -14,7 +14,7 @@ from apache_beam.utils.shared import Shared
 
 from i2e_engine import finalize
 from i2e_engine.config import BuildConfig
-from i2e_engine.finalize import Decisions
+from i2e_engine.finalize import Decisions, Target
 from i2e_engine.shard import annotate_shard
 from i2e_engine.stages import Annotator
 from i2e_engine.workdir import WorkDir
@@ -71,15 +71,15 @@ class DedupDoFn(beam.DoFn):
 class WriteShardDoFn(beam.DoFn):
     """(shard_id, {stem: [stem], duplicates: [(row, survivor)]}) -> the shard's table parts."""
 
-    def __init__(self, work: WorkDir, staging: str, decisions: Decisions):
-        self._work, self._staging, self._decisions = work, staging, decisions
+    def __init__(self, work: WorkDir, target: Target, decisions: Decisions):
+        self._work, self._target, self._decisions = work, target, decisions
         self._images = Metrics.counter(NAMESPACE, "images_written")
 
     def process(self, element, cutoff, entity_counts):
         _, joined = element
         decisions = dataclasses.replace(self._decisions, cutoff=cutoff, entity_counts=entity_counts)
         for stem in joined["stem"]:
-            stats = finalize.write_shard_tables(self._work, stem, self._staging, dict(joined["duplicates"]),
+            stats = finalize.write_shard_tables(self._work, stem, self._target, dict(joined["duplicates"]),
                                                 decisions)
             self._images.inc(stats.rows["images"])
             yield stem

@@ -21,7 +21,7 @@ from typing import Optional, Sequence
 from i2e_engine import finalize
 from i2e_engine.build import RunPlan
 from i2e_engine.config import BuildConfig
-from i2e_engine.finalize import Decisions
+from i2e_engine.finalize import Decisions, Target
 from i2e_engine.readers import ShardRef
 from i2e_engine.shard import annotate_shard
 from i2e_engine.stages import Annotator
@@ -81,20 +81,20 @@ def _narrow_schema():
     ])
 
 
-def _write_task(row, work: WorkDir, staging: str, decisions: Decisions, counts_broadcast) -> str:
+def _write_task(row, work: WorkDir, target: Target, decisions: Decisions, counts_broadcast) -> str:
     duplicates = {d["row_in_shard"]: d["survivor_sample_id"] for d in (row["duplicates"] or [])}
     decisions = dataclasses.replace(decisions, entity_counts=counts_broadcast.value)
-    finalize.write_shard_tables(work, row["stem"], staging, duplicates, decisions)
+    finalize.write_shard_tables(work, row["stem"], target, duplicates, decisions)
     return row["stem"]
 
 
 def execute(plan: RunPlan, spark) -> str:
-    """Annotate ``plan.todo`` and write the tables into ``plan.staging``; returns the runner's name."""
+    """Annotate ``plan.todo`` and write the tables into ``plan.target``; returns the runner's name."""
     from pyspark.sql import Window
     from pyspark.sql import functions as F
 
     sc = spark.sparkContext
-    config, work, staging, cfg = plan.config, plan.work, str(plan.staging), plan.config.filter
+    config, work, target, cfg = plan.config, plan.work, plan.target, plan.config.filter
     if plan.todo:
         sc.setJobDescription(f"i2e annotate {len(plan.todo)} shards")
         (sc.parallelize(plan.todo, len(plan.todo))
@@ -137,13 +137,13 @@ def execute(plan: RunPlan, spark) -> str:
     jobs = shards.join(duplicates, shards.shard_id == duplicates.source_shard, "left").select("stem", "duplicates")
     decisions = plan.decisions(cutoff, {})
     jobs.repartition(slices, "stem").rdd.map(
-        lambda row: _write_task(row, work, staging, decisions, counts_broadcast)).collect()
+        lambda row: _write_task(row, work, target, decisions, counts_broadcast)).collect()
 
     parts = plan.entity_parts()
     kept_entities = [(finalize.entity_part(e, parts), (e, c)) for e, c in counts.items() if finalize.keeps_entity(c, cfg)]
     if kept_entities:
         (sc.parallelize(kept_entities, min(parts, len(kept_entities))).groupByKey()
-         .map(lambda part: finalize.write_entity_part(part[0], parts, part[1], plan.kb_path, plan.kb_version, staging))
+         .map(lambda part: finalize.write_entity_part(part[0], parts, part[1], plan.kb_path, plan.kb_version, target))
          .collect())
     ranked.unpersist()
     counts_broadcast.destroy()

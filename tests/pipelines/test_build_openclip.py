@@ -13,6 +13,7 @@ from i2e_engine import tables
 from i2e_engine.config import BuildConfig, ScorerConfig
 from i2e_engine.scorers import ScorerWeightsMissing
 from i2e_engine.scorers.openclip import OpenClipScorer
+from i2e_engine.workdir import ConfigChangedError
 from pipelines.run import run_build
 
 pytestmark = pytest.mark.e2e
@@ -50,3 +51,25 @@ def test_missing_checkpoint_fails_before_any_work(tmp_path):
     with pytest.raises(ScorerWeightsMissing, match="does not exist"):
         run_build(config, progress=lambda _: None)
     assert not (tmp_path / "out" / "images").exists()
+
+
+def test_a_checkpoint_replaced_at_the_same_path_is_never_reused_silently(tiny_checkpoint, tmp_path):
+    """The fingerprint holds the checkpoint's content hash: new weights at the old path make
+    the rerun refuse the old annotations, and --overwrite annotates with the new weights."""
+    weights = tmp_path / "weights.pt"
+    weights.write_bytes(tiny_checkpoint.read_bytes())
+    out = tmp_path / "out"
+    config = BuildConfig(output=str(out), scorer=ScorerConfig(name="open_clip", arch=TINY, pretrained=str(weights)))
+    run_build(config, "local", progress=lambda _: None)
+    before = tables.read_output(out, "image_entities").to_pandas()
+
+    torch.manual_seed(1)
+    other = OpenClipScorer(TINY, pretrained=None, allow_random_init=True, device="cpu")
+    torch.save({k: torch.randn_like(v) for k, v in other.model.state_dict().items()}, weights)
+    with pytest.raises(ConfigChangedError):
+        run_build(config, "local", progress=lambda _: None)
+    run_build(config, "local", overwrite=True, progress=lambda _: None)
+    after = tables.read_output(out, "image_entities").to_pandas()
+    assert set(after["scorer"]) != set(before["scorer"])
+    merged = before.merge(after, on=["image_id", "entity_id"], suffixes=("_old", "_new"))
+    assert len(merged) and (merged["image_entity_score_old"] != merged["image_entity_score_new"]).any()

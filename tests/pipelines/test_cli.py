@@ -10,7 +10,7 @@ def test_schema_prints_every_table(capsys):
     assert main(["schema"]) == 0
     text = capsys.readouterr().out
     for table in schemas.TABLES:
-        assert f"{table} (schema v1)" in text
+        assert f"{table} (schema v{schemas.CURRENT_VERSION})" in text
 
 
 def test_print_config_reflects_flags(capsys):

@@ -73,36 +73,36 @@ def test_killed_build_resumes_from_committed_shards(runner, tmp_path, request):
         pd.testing.assert_frame_equal(_content(killed, table), _content(unbroken, table), rtol=1e-5)
 
 
-def test_retry_failed_reannotates_only_shards_with_model_failures(tmp_path):
-    """A model failure leaves a `score_error` reject in a committed shard; --retry-failed
-    redoes that shard (the row is kept this time) and leaves the others alone."""
-    import pyarrow.parquet as pq
-
-    import schemas
+def test_retry_failed_reannotates_only_shards_with_model_failures(tmp_path, monkeypatch):
+    """A model failure on one row leaves a `score_error` reject in its committed shard;
+    --retry-failed redoes that shard (the row is kept this time) and leaves the others alone."""
+    from i2e_engine.stages import ScoreStage
 
     photos = _photo_folder(tmp_path / "photos")
     out = tmp_path / "out"
     config = BuildConfig(inputs=[str(photos)], output=str(out), rows_per_shard=6)
-    run_build(config, progress=lambda _: None)
-    work = out / WORK_DIR
-    first, second = sorted((work / "annotations").glob("*.parquet"))
-    # turn one committed annotation of the first shard into the dead letter of a failed scorer
-    annotations = schemas.read_table(first, "annotations")
-    lost = annotations.slice(0, 1).to_pylist()[0]
-    schemas.write_table(annotations.slice(1), first, "annotations")
-    rejects = schemas.read_table(work / "rejects" / first.name, "rejects").to_pylist()
-    rejects.append({"sample_id": lost["sample_id"], "source_shard": lost["source_shard"],
-                    "row_in_shard": lost["row_in_shard"], "stage": "score", "kind": "rejected",
-                    "reason": "score_error", "entity_id": None, "detail": "CUDA out of memory", "run_id": "r0"})
-    tables.write_rows(rejects, "rejects", work / "rejects" / first.name)
-    untouched = second.stat().st_mtime_ns
+    real = ScoreStage.process
 
+    def out_of_memory_on_coffee(self, batch):
+        if any("coffee" in item.record["alt_text"] for item in batch):
+            raise RuntimeError("CUDA out of memory")
+        return real(self, batch)
+
+    monkeypatch.setattr(ScoreStage, "process", out_of_memory_on_coffee)
+    run_build(config, progress=lambda _: None)
+    failed = tables.read_output(out, "rejects").to_pandas().query("reason == 'score_error'")
+    assert len(failed) == 1 and "CUDA out of memory" in failed["detail"].iloc[0]
+    work = out / WORK_DIR
+    first, second = sorted((work / "annotations").glob("*.parquet"), key=lambda p: p.stat().st_mtime_ns)
+    untouched = {p: p.stat().st_mtime_ns for p in (first, second)}
+
+    monkeypatch.setattr(ScoreStage, "process", real)
     messages = []
     run_build(config, progress=messages.append, retry_failed=True)
     assert messages[0] == "retrying 1 shards with failed rows"
     assert "1 already annotated, 1 to annotate" in messages[1]
-    assert second.stat().st_mtime_ns == untouched
+    redone = [p for p, mtime in untouched.items() if p.stat().st_mtime_ns != mtime]
+    assert len(redone) == 1
     images = tables.read_output(out, "images").to_pandas()
-    assert lost["sample_id"] in set(images["sample_id"])
+    assert failed["sample_id"].iloc[0] in set(images["sample_id"])
     assert "score_error" not in set(tables.read_output(out, "rejects").to_pandas()["reason"])
-    assert pq.ParquetFile(first).metadata.num_rows == annotations.num_rows

@@ -29,7 +29,7 @@ def _read_all(shards: list) -> list[dict]:
 
 def test_sidecars_and_sorted_order(photo_folder: Path, photos: dict[str, bytes]) -> None:
     [shard] = list_shards([str(photo_folder)])
-    assert shard.kind == "folder" and shard.shard_id == "folder:photos[0:3]"
+    assert shard.kind == "folder" and shard.shard_id == f"folder:{photo_folder}[0:3]"
     pairs = list(read_shard(shard))
     assert [p["image"] for p in pairs] == [photos["coffee"], photos["chelsea"], photos["astronaut"]]
     assert [p["text"] for p in pairs] == [b"Caf\xe9", b"Chelsea the cat", None]
@@ -40,12 +40,13 @@ def test_sidecars_and_sorted_order(photo_folder: Path, photos: dict[str, bytes])
 
 def test_slices_cover_every_image_exactly_once(photo_folder: Path) -> None:
     shards = list_shards([str(photo_folder)], rows_per_shard=2)
-    assert [s.shard_id for s in shards] == ["folder:photos[0:2]", "folder:photos[2:3]"]
+    first, second = f"folder:{photo_folder}[0:2]", f"folder:{photo_folder}[2:3]"
+    assert [s.shard_id for s in shards] == [first, second]
     sliced = _read_all(shards)
     [whole] = list_shards([str(photo_folder)], rows_per_shard=1000)
     assert [p["sample_id"] for p in sliced] == [p["sample_id"] for p in read_shard(whole)]
     assert [(p["source_shard"], p["row_in_shard"]) for p in sliced] == [
-        ("folder:photos[0:2]", 0), ("folder:photos[0:2]", 1), ("folder:photos[2:3]", 0)]
+        (first, 0), (first, 1), (second, 0)]
     assert [p["sample_id"] for p in sliced] == [p["sample_id"] for p in _read_all(shards)]
 
 
@@ -60,5 +61,7 @@ def test_folder_that_lost_files_after_listing_says_so(photo_folder: Path) -> Non
 def test_folder_gone_after_listing(photo_folder: Path) -> None:
     [shard] = list_shards([str(photo_folder)])
     photo_folder.rename(photo_folder.with_name("elsewhere"))
-    [pair] = list(read_shard(shard))
-    assert pair["read_error"].startswith("unreadable_shard: FileNotFoundError")
+    pairs = list(read_shard(shard))
+    assert [p["row_in_shard"] for p in pairs] == [0, 1, 2]   # one reject for every listed row
+    assert all(p["read_error"].startswith("unreadable_shard: FileNotFoundError") for p in pairs)
+    assert len({p["sample_id"] for p in pairs}) == 3

@@ -9,7 +9,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from i2e_engine.readers import ShardRef, list_shards, read_shard
+from i2e_engine.readers import ShardRef, declared_rows, list_shards, read_shard
 
 
 def _parquet(path: Path, images: list[bytes], prefix: str) -> None:
@@ -65,9 +65,9 @@ def test_img2dataset_webdataset_output_reads_the_tars_not_the_metadata_parquet(
     pq.write_table(pa.table({"key": ["k"], "url": ["u"]}), tmp_path / "out" / "00000.parquet")
     (tmp_path / "out" / "00000_stats.json").write_text("{}")
     shards = list_shards([str(tmp_path / "out")])
-    assert [(s.kind, s.shard_id) for s in shards] == [("webdataset", "00000.tar")]
+    assert [(s.kind, s.shard_id) for s in shards] == [("webdataset", str(tmp_path / "out" / "00000.tar"))]
     forced = list_shards([str(tmp_path / "out")], input_format="parquet")
-    assert [(s.kind, s.shard_id) for s in forced] == [("parquet", "00000.parquet")]
+    assert [(s.kind, s.shard_id) for s in forced] == [("parquet", str(tmp_path / "out" / "00000.parquet"))]
 
 
 def test_parquet_folder_skips_markers_and_hidden_files(tmp_path: Path, photos: dict[str, bytes]) -> None:
@@ -75,7 +75,7 @@ def test_parquet_folder_skips_markers_and_hidden_files(tmp_path: Path, photos: d
         _parquet(tmp_path / "ds" / name, [photos["coffee"]], name)
     (tmp_path / "ds" / "_SUCCESS").write_text("")
     shards = list_shards([str(tmp_path / "ds")])
-    assert [s.shard_id for s in shards] == ["part-0.parquet", "part-1.parquet"]
+    assert [s.shard_id for s in shards] == [str(tmp_path / "ds" / n) for n in ("part-0.parquet", "part-1.parquet")]
 
 
 def test_listing_is_deterministic_deduplicated_and_ids_unique(tmp_path: Path, photos: dict[str, bytes]) -> None:
@@ -85,7 +85,9 @@ def test_listing_is_deterministic_deduplicated_and_ids_unique(tmp_path: Path, ph
     inputs = [str(tmp_path / "a"), str(tmp_path / "c"), str(tmp_path / "c" / "00001.parquet")]
     shards = list_shards(inputs)
     assert shards == list_shards(list(reversed(inputs)))
-    assert [s.shard_id for s in shards] == ["a/b/00000.parquet", "00001.parquet", "c/b/00000.parquet"]
+    assert [s.shard_id for s in shards] == [str(tmp_path / p) for p in
+                                            ("a/b/00000.parquet", "c/00001.parquet", "c/b/00000.parquet")]
+    assert all(s.identity for s in shards) and len({s.identity for s in shards}) == 3
 
 
 def test_mixed_inputs_cover_every_row_exactly_once(tmp_path: Path, photos: dict[str, bytes]) -> None:
@@ -97,9 +99,28 @@ def test_mixed_inputs_cover_every_row_exactly_once(tmp_path: Path, photos: dict[
         (images / f"{index}_{name}.txt").write_text(f"{name} number {index}")
     shards = list_shards([str(images), str(tmp_path / "pq")], rows_per_shard=4)
     assert [(s.kind, s.shard_id) for s in shards] == [
-        ("folder", "folder:imgs[0:4]"), ("folder", "folder:imgs[4:6]"), ("parquet", "00000.parquet")]
+        ("folder", f"folder:{images}[0:4]"), ("folder", f"folder:{images}[4:6]"),
+        ("parquet", str(tmp_path / "pq" / "00000.parquet"))]
     pairs = [p for s in shards for p in read_shard(s)]
     assert len(pairs) == 9
     assert len({(p["source_shard"], p["row_in_shard"]) for p in pairs}) == 9
     assert len({p["sample_id"] for p in pairs}) == 9
     assert all(p["read_error"] is None for p in pairs)
+
+
+def test_a_file_of_the_same_name_elsewhere_is_another_shard(tmp_path: Path, photos: dict[str, bytes]) -> None:
+    """img2dataset names the first shard of every crawl 00000.parquet: ids must not collide."""
+    _parquet(tmp_path / "a" / "00000.parquet", [photos["chelsea"]], "a")
+    _parquet(tmp_path / "b" / "00000.parquet", [photos["coffee"]], "b")
+    [a], [b] = list_shards([str(tmp_path / "a")]), list_shards([str(tmp_path / "b")])
+    assert a.shard_id != b.shard_id
+
+
+def test_identity_changes_with_the_content(tmp_path: Path, photos: dict[str, bytes]) -> None:
+    path = tmp_path / "00000.parquet"
+    _parquet(path, [photos["chelsea"]], "a")
+    [before] = list_shards([str(path)])
+    _parquet(path, [photos["coffee"], photos["chelsea"]], "b")
+    [after] = list_shards([str(path)])
+    assert before.shard_id == after.shard_id and before.identity != after.identity
+    assert declared_rows(after) == 2

@@ -35,7 +35,7 @@ def test_img2dataset_file_over_several_row_groups(tmp_path: Path, photos: dict[s
     assert [p["text"] for p in pairs] == CAPTIONS
     assert [p["image"] for p in pairs] == table.column("jpg").to_pylist()
     assert [p["url"] for p in pairs] == [f"https://example.org/{i}.jpg" for i in range(5)]
-    assert all(p["source"] == "parquet" and p["source_shard"] == "00000.parquet" for p in pairs)
+    assert all(p["source"] == "parquet" and p["source_shard"] == str(path) for p in pairs)
     assert all(p["read_error"] is None for p in pairs)
     assert [p["sample_id"] for p in pairs] == [make_sample_id(p["image"], p["text"]) for p in pairs]
 
@@ -106,8 +106,8 @@ def test_corrupt_file_yields_one_unreadable_shard_pair(tmp_path: Path, photos: d
     path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])   # footer gone
     [pair] = _read(path)
     assert pair["read_error"].startswith("unreadable_shard: ")
-    assert pair["sample_id"] == make_sample_id(None, str(path))
-    assert (pair["row_in_shard"], pair["source_shard"], pair["image"]) == (0, "broken.parquet", None)
+    assert pair["sample_id"] == make_sample_id(None, f"{path}#0")
+    assert (pair["row_in_shard"], pair["source_shard"], pair["image"]) == (0, str(path), None)
 
 
 def test_corrupt_row_group_keeps_the_rows_before_it(tmp_path: Path, photos: dict[str, bytes]) -> None:
@@ -120,5 +120,37 @@ def test_corrupt_row_group_keeps_the_rows_before_it(tmp_path: Path, photos: dict
     pairs = _read(path)
     assert [p["text"] for p in pairs[:2]] == CAPTIONS[:2]
     assert all(p["read_error"] is None for p in pairs[:2])
-    assert len(pairs) == 3
-    assert pairs[2]["row_in_shard"] == 2 and pairs[2]["read_error"].startswith("unreadable_shard: ")
+    # the footer declares every row: each one not delivered is reported, none vanishes
+    assert [p["row_in_shard"] for p in pairs] == list(range(len(CAPTIONS)))
+    assert all(p["read_error"].startswith("unreadable_shard: ") for p in pairs[2:])
+
+
+def test_transient_errors_are_retried_without_losing_or_repeating_rows(tmp_path: Path, photos: dict[str, bytes],
+                                                                       monkeypatch) -> None:
+    from i2e_engine.readers import base, parquet
+
+    path = tmp_path / "flaky.parquet"
+    pq.write_table(_img2dataset_table(photos), path, row_group_size=3)
+    clean = _read(path)
+    monkeypatch.setattr(base, "RETRY_BASE_SECONDS", 0.0)
+    monkeypatch.setattr(parquet, "BATCH_ROWS", 2)
+    real = pq.ParquetFile.iter_batches
+    failures = {"left": 2}
+
+    def flaky(self, *args, **kwargs):
+        for index, batch in enumerate(real(self, *args, **kwargs)):
+            if index == 1 and failures["left"]:
+                failures["left"] -= 1
+                raise ConnectionResetError("connection reset by peer")
+            yield batch
+
+    monkeypatch.setattr(pq.ParquetFile, "iter_batches", flaky)
+    pairs = _read(path)
+    assert failures["left"] == 0
+    assert [(p["row_in_shard"], p["sample_id"], p["read_error"]) for p in pairs] == \
+        [(p["row_in_shard"], p["sample_id"], p["read_error"]) for p in clean]
+
+    failures["left"] = 100   # a storage that never recovers: the unread rows are reported
+    pairs = _read(path)
+    assert [p["row_in_shard"] for p in pairs] == list(range(5))
+    assert pairs[2]["read_error"].startswith("unreadable_shard: ConnectionResetError")

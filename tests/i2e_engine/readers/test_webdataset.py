@@ -50,7 +50,7 @@ def test_samples_grouped_by_key_with_text_as_bytes(tmp_path: Path, members: list
     assert [p["text"] for p in pairs] == [b"Chelsea the cat", "Café crème ☕".encode(), b"Eileen Collins"]
     assert [p["url"] for p in pairs] == ["https://e.org/cat.jpg", "https://e.org/coffee.jpg", None]
     assert [p["row_in_shard"] for p in pairs] == [0, 1, 2]
-    assert all(p["source"] == "webdataset" and p["source_shard"] == "00000.tar" for p in pairs)
+    assert all(p["source"] == "webdataset" and p["source_shard"] == str(path) for p in pairs)
     assert all(p["read_error"] is None for p in pairs)
     assert [p["sample_id"] for p in pairs] == [make_sample_id(p["image"], p["text"]) for p in pairs]
     assert [p["sample_id"] for p in pairs] == [p["sample_id"] for p in _read(path)]
@@ -102,7 +102,7 @@ def test_truncated_tar_yields_complete_samples_then_one_error(tmp_path: Path, me
     assert all(p["read_error"] is None for p in pairs[:2])
     assert pairs[2]["read_error"].startswith("unreadable_shard: ")
     assert "'000000002' incomplete" in pairs[2]["read_error"]
-    assert pairs[2]["sample_id"] == make_sample_id(None, str(path))
+    assert pairs[2]["sample_id"] == make_sample_id(None, f"{path}#2")
 
 
 def test_file_that_is_not_a_tar(tmp_path: Path) -> None:
