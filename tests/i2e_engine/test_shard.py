@@ -3,6 +3,8 @@ or rejects, a row that breaks a stage becomes its own reject, and a failed shard
 nothing committed."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -43,7 +45,7 @@ def test_every_pair_is_committed_once_with_its_marker(annotator, demo_shard, tmp
     assert marker.reasons == {"image/rejected/image_empty": 1, "image/rejected/image_truncated": 1,
                               "text/rejected/text_empty": 1}
     assert work.markers()[demo_shard.shard_id] == marker
-    assert not list(work.root.rglob("*.tmp"))
+    assert not list(Path(work.root).rglob("*.tmp"))
 
 
 def test_a_row_that_breaks_a_stage_is_rejected_alone(annotator, demo_shard, tmp_path, monkeypatch):
@@ -74,7 +76,7 @@ def test_a_failed_shard_commits_nothing(annotator, demo_shard, tmp_path, monkeyp
     with pytest.raises(KeyboardInterrupt):
         annotate_shard(demo_shard, annotator, work, "fp", "run1")
     assert work.markers() == {}
-    assert not [p for p in work.root.rglob("*") if p.is_file()]
+    assert not [p for p in Path(work.root).rglob("*") if p.is_file()]
 
 
 def test_run_stage_retries_a_failed_batch_row_by_row():
