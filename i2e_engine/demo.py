@@ -56,10 +56,18 @@ def demo_rows() -> list[dict]:
 
 
 def write_demo_parquet(path: str | Path) -> Path:
-    """Write the demo corpus as img2dataset-style parquet (jpg, caption, url)."""
+    """Write the demo corpus as img2dataset-style parquet (jpg, caption, url). An existing
+    file with the same content is left alone: its size and modification time are the
+    input's version, and a rewrite would make a rerun annotate the demo again."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     table = pa.Table.from_pylist(demo_rows(), schema=pa.schema(
         [("jpg", pa.binary()), ("caption", pa.string()), ("url", pa.string())]))
-    pq.write_table(table, path)
+    buffer = pa.BufferOutputStream()
+    pq.write_table(table, buffer)
+    data = buffer.getvalue().to_pybytes()
+    if not path.exists() or path.read_bytes() != data:
+        tmp = path.with_name(f".{path.name}.tmp")
+        tmp.write_bytes(data)
+        tmp.replace(path)
     return path

@@ -43,8 +43,8 @@ def _cutoff(survivors, keep_fraction):
     high = beam.pvalue.AsDict(keys | "High bins" >> beam.Map(ExactQuantile.high)
                               | "Count high bins" >> beam.combiners.Count.PerElement())
     located = (survivors.pipeline | "Quantile pass 1" >> beam.Create([None])
-              | "Locate cutoff bin" >> beam.Map(lambda _, counts: finalize.cutoff_bin(keep_fraction, counts), high))
-    located_side = beam.pvalue.AsSingleton(target)
+               | "Locate cutoff bin" >> beam.Map(lambda _, counts: finalize.cutoff_bin(keep_fraction, counts), high))
+    located_side = beam.pvalue.AsSingleton(located)
     low = beam.pvalue.AsDict(
         keys | "Keys in cutoff bin" >> beam.Filter(
             lambda key, t: t is not None and ExactQuantile.high(key) == t[0], located_side)
