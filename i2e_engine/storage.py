@@ -79,6 +79,11 @@ def isfile(uri: str) -> bool:
     return fs.isfile(path)
 
 
+def size(uri: str) -> int:
+    fs, path = filesystem(uri)
+    return int(fs.size(path))
+
+
 def identity(uri: str) -> str:
     """A file's version: size plus ETag on object storage, or size and modification time."""
     if is_local(uri):

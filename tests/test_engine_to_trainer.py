@@ -22,3 +22,24 @@ def test_trainer_reads_the_engines_tables(demo_build):
                            seed=0, num_labels=index.labels.shape[1])
     assert decoded["valid"].all()
     assert decoded["pixels"].shape == (n, 64, 64, 3) and decoded["pixels"].std() > 10
+
+
+def test_trainer_reads_the_tables_from_object_storage(demo_build, s3):
+    """The same index and pixels from a bucket (moto's S3 server on localhost) as from disk."""
+    out, _ = demo_build
+    for table in ("images", "entities", "image_entities"):
+        for part in sorted((out / table).glob("*.parquet")):
+            s3.put(str(part), f"outputs/tables/{table}/{part.name}")
+    s3.put(str(out / "manifest.json"), "outputs/tables/manifest.json")
+    local = build_index(out, max_labels=4, text_template="name, description")
+    remote = build_index("s3://outputs/tables", max_labels=4, text_template="name, description")
+    assert remote.files[0].startswith("s3://outputs/tables/images/")
+    assert remote.entity_ids == local.entity_ids and (remote.labels == local.labels).all()
+    assert remote.manifest("s3://outputs/tables")["engine_manifest"]["run_id"] == \
+        local.manifest(out)["engine_manifest"]["run_id"]
+    n = len(remote.row_idx)
+    batch = {"sample": np.arange(n), "epoch": np.zeros(n, dtype=np.int64), "file": remote.file_idx,
+             "row": remote.row_idx, **{f"label_{k}": remote.labels[:, k] for k in range(remote.labels.shape[1])}}
+    decoded = decode_batch(batch, remote.files, image_size=32, augment=False, crop_scale=(0.5, 1.0),
+                           seed=0, num_labels=remote.labels.shape[1])
+    assert decoded["valid"].all()

@@ -35,7 +35,9 @@ import pyarrow.parquet as pq
 from PIL import Image
 
 import schemas
+from i2e_engine import storage
 from i2e_engine.images import decode_rgb
+from i2e_engine.tables import read_file
 
 IMAGES, ENTITIES, IMAGE_ENTITIES = "images", "entities", "image_entities"
 for _table, _cols in ((IMAGES, ("image_id", "image")), (ENTITIES, ("entity_id", "name", "description")),
@@ -44,12 +46,13 @@ for _table, _cols in ((IMAGES, ("image_id", "image")), (ENTITIES, ("entity_id", 
     assert not _missing, f"schemas/{_table} lacks {_missing}; the trainer needs them"
 
 
-def table_files(tables: str | Path, name: str) -> list[Path]:
-    root = Path(tables)
-    folder, single = root / name, root / f"{name}.parquet"
-    if folder.is_dir():
-        files = sorted(p for p in folder.rglob("*.parquet") if not p.name.startswith("."))
-    elif single.is_file():
+def table_files(tables: str | Path, name: str) -> list[str]:
+    """The parquet parts of one table under ``tables`` (a local path or any URI)."""
+    root = storage.normalize(tables)
+    folder, single = storage.join(root, name), storage.join(root, f"{name}.parquet")
+    if storage.isdir(folder):
+        files = storage.find(folder, (".parquet",))
+    elif storage.isfile(single):
         files = [single]
     else:
         files = []
@@ -90,15 +93,15 @@ class DataIndex:
         return hashlib.sha256("\n".join(self.entity_ids).encode()).hexdigest()[:16]
 
     def manifest(self, tables: str | Path) -> dict:
-        root = Path(tables)
-        out = {"tables": str(root.resolve()), "image_files": [
-            {"path": f, "bytes": Path(f).stat().st_size} for f in self.files],
+        root = storage.normalize(tables)
+        out = {"tables": root, "image_files": [
+            {"path": f, "bytes": storage.size(f)} for f in self.files],
             "num_samples": self.num_samples, "num_classes": self.num_classes,
             "classes_fingerprint": self.classes_fingerprint(), **self.stats}
-        engine_manifest = root / "manifest.json"
-        if engine_manifest.is_file():
+        engine_manifest = storage.join(root, "manifest.json")
+        if storage.isfile(engine_manifest):
             try:
-                out["engine_manifest"] = json.loads(engine_manifest.read_text())
+                out["engine_manifest"] = json.loads(storage.read_text(engine_manifest))
             except json.JSONDecodeError:
                 out["engine_manifest"] = "unreadable"
         return out
@@ -108,18 +111,18 @@ def build_index(tables: str | Path, max_labels: int = 4, text_template: str = "n
     files = table_files(tables, IMAGES)
     ids, file_idx, row_idx = [], [], []
     for i, path in enumerate(files):
-        t = schemas.read_table(path, IMAGES, columns=["image_id"])
+        t = read_file(path, IMAGES, columns=["image_id"])
         ids.extend(t.column("image_id").to_pylist())
         file_idx.append(np.full(t.num_rows, i, dtype=np.int32))
         row_idx.append(np.arange(t.num_rows, dtype=np.int64))
     file_idx = np.concatenate(file_idx) if file_idx else np.zeros(0, np.int32)
     row_idx = np.concatenate(row_idx) if row_idx else np.zeros(0, np.int64)
 
-    ent = pa.concat_tables([schemas.read_table(p, ENTITIES, columns=["entity_id", "name", "description"])
+    ent = pa.concat_tables([read_file(p, ENTITIES, columns=["entity_id", "name", "description"])
                             for p in table_files(tables, ENTITIES)]).to_pandas()
     ent = ent.drop_duplicates("entity_id").sort_values("entity_id", kind="stable").reset_index(drop=True)
     class_of = {e: i for i, e in enumerate(ent["entity_id"])}
-    links = pa.concat_tables([schemas.read_table(p, IMAGE_ENTITIES, columns=["image_id", "entity_id", "rank"])
+    links = pa.concat_tables([read_file(p, IMAGE_ENTITIES, columns=["image_id", "entity_id", "rank"])
                               for p in table_files(tables, IMAGE_ENTITIES)]).to_pandas()
     n_links = len(links)
     links["cls"] = links["entity_id"].map(class_of)
@@ -197,7 +200,7 @@ def _parquet(path: str) -> tuple[pq.ParquetFile, np.ndarray]:
     if path not in _PARQUET_CACHE:
         if len(_PARQUET_CACHE) > 64:
             _PARQUET_CACHE.clear()
-        pf = pq.ParquetFile(path)
+        pf = storage.parquet_file(path)
         if pf.schema_arrow.field("image").type != _IMAGE_TYPE:
             raise schemas.SchemaError(f"{path}: column 'image' is not {_IMAGE_TYPE}")
         starts = np.cumsum([0] + [pf.metadata.row_group(i).num_rows for i in range(pf.num_row_groups)])

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -21,40 +20,6 @@ from i2e_engine.demo import demo_rows
 from pipelines.run import run_build
 
 pytestmark = pytest.mark.e2e
-s3fs = pytest.importorskip("s3fs", reason="s3fs is in the test extra")
-pytest.importorskip("moto.server", reason="moto[server] is in the test extra")
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-@pytest.fixture()
-def s3(monkeypatch, tmp_path):
-    """A moto S3 server on localhost and the AWS environment pointing at it."""
-    port = _free_port()
-    server = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    env = {"AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}", "AWS_ACCESS_KEY_ID": "testing",
-           "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
-    for key, value in env.items():
-        monkeypatch.setenv(key, value)
-    monkeypatch.setenv("I2E_CACHE", os.environ.get("I2E_CACHE", str(tmp_path / "cache")))
-    deadline = time.time() + 60
-    while time.time() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            break
-        except OSError:
-            time.sleep(0.2)
-    fs = s3fs.S3FileSystem()
-    fs.mkdir("inputs")
-    fs.mkdir("outputs")
-    yield fs
-    server.terminate()
-    server.wait(timeout=30)
 
 
 def _upload_shards(fs, shards: int) -> list[dict]:
