@@ -22,7 +22,8 @@ examples:
   i2e build data/*.parquet --output out/      # img2dataset parquet shards
   i2e build shards/ --format webdataset --min-score 0.25 --top-k 3
   i2e build coco/annotations/captions_val2017.json --output coco_out
-  i2e build /mnt/pairs/ --output /mnt/shared/out \\
+  i2e build "s3://bucket/crawl/*.parquet" --output s3://bucket/i2e   # AWS_ENDPOINT_URL for MinIO etc.
+  i2e build "gs://bucket/pairs/*.parquet" --output gs://bucket/out --kb gs://bucket/kb.parquet \\
       --runner=DataflowRunner --project=P --region=R --temp_location=gs://bucket/tmp
   i2e build /mnt/pairs/ --output /mnt/shared/out --runner spark --spark-master local[4]
   spark-submit --master yarn pipelines/spark/job.py /mnt/pairs/ --output /mnt/shared/out
@@ -43,10 +44,12 @@ def _build_parser(commands) -> None:
                     "rejects parquet tables plus manifest.json.")
     build.add_argument("inputs", nargs="*", help="parquet files or folders, webdataset .tar shards, a folder of "
                        "images with .txt sidecars, or a COCO captions JSON; none = the embedded demo")
-    build.add_argument("--output", "-o", default="i2e_out", help="output folder (default: %(default)s)")
+    build.add_argument("--output", "-o", default="i2e_out",
+                       help="output folder: a path or a URI such as s3://bucket/out (default: %(default)s)")
     build.add_argument("--format", dest="input_format", default="auto",
                        choices=["auto", "parquet", "webdataset", "folder", "coco"], help="input format (default: auto)")
-    build.add_argument("--kb", help="KB parquet from `i2e kb build` (default: the offline KB, built once and cached)")
+    build.add_argument("--kb", help="KB parquet (path or URI) from `i2e kb build` (default: the offline KB, built once, "
+                                    "cached, and published next to a remote output)")
     build.add_argument("--scorer", default="offline", choices=["offline", "open_clip"],
                        help="image-entity scorer (default: offline EfficientNet-Lite0 x MiniLM bridge)")
     build.add_argument("--arch", default="ViT-B-32", help="open_clip architecture (default: %(default)s)")
