@@ -6,6 +6,14 @@ from i2e_engine import tables
 from trainer.data import build_index, decode_batch
 
 
+def _decode_every_row(index, image_size: int) -> dict:
+    n = len(index.row_idx)
+    batch = {"sample": np.arange(n), "epoch": np.zeros(n, dtype=np.int64), "file": index.file_idx,
+             "row": index.row_idx, **{f"label_{k}": index.labels[:, k] for k in range(index.labels.shape[1])}}
+    return decode_batch(batch, index.files, image_size=image_size, augment=False, crop_scale=(0.5, 1.0),
+                        seed=0, num_labels=index.labels.shape[1])
+
+
 def test_trainer_reads_the_engines_tables(demo_build):
     out, manifest = demo_build
     index = build_index(out, max_labels=4, text_template="name, description")
@@ -15,13 +23,9 @@ def test_trainer_reads_the_engines_tables(demo_build):
     assert index.stats["annotation_rows"] == manifest["rows"]["image_entities"]
     assert (index.labels[:, 0] >= 0).all()  # every kept image has at least one entity
 
-    n = len(index.row_idx)
-    batch = {"sample": np.arange(n), "epoch": np.zeros(n, dtype=np.int64), "file": index.file_idx,
-             "row": index.row_idx, **{f"label_{k}": index.labels[:, k] for k in range(index.labels.shape[1])}}
-    decoded = decode_batch(batch, index.files, image_size=64, augment=False, crop_scale=(0.5, 1.0),
-                           seed=0, num_labels=index.labels.shape[1])
+    decoded = _decode_every_row(index, 64)
     assert decoded["valid"].all()
-    assert decoded["pixels"].shape == (n, 64, 64, 3) and decoded["pixels"].std() > 10
+    assert decoded["pixels"].shape == (len(index.row_idx), 64, 64, 3) and decoded["pixels"].std() > 10
 
 
 def test_trainer_reads_the_tables_from_object_storage(demo_build, s3):
@@ -37,9 +41,4 @@ def test_trainer_reads_the_tables_from_object_storage(demo_build, s3):
     assert remote.entity_ids == local.entity_ids and (remote.labels == local.labels).all()
     assert remote.manifest("s3://outputs/tables")["engine_manifest"]["run_id"] == \
         local.manifest(out)["engine_manifest"]["run_id"]
-    n = len(remote.row_idx)
-    batch = {"sample": np.arange(n), "epoch": np.zeros(n, dtype=np.int64), "file": remote.file_idx,
-             "row": remote.row_idx, **{f"label_{k}": remote.labels[:, k] for k in range(remote.labels.shape[1])}}
-    decoded = decode_batch(batch, remote.files, image_size=32, augment=False, crop_scale=(0.5, 1.0),
-                           seed=0, num_labels=remote.labels.shape[1])
-    assert decoded["valid"].all()
+    assert _decode_every_row(remote, 32)["valid"].all()
