@@ -5,7 +5,7 @@ never move between workers. Finalize runs in three steps, and runners only place
 
 1. **Project** (per committed shard, parallel): :func:`project_shard` reads an annotations
    file without its ``image`` column and yields :class:`NarrowRow` dicts (row key, sha256,
-   entity ids, image-entity scores): about 200 bytes a row.
+   entity ids, image-entity scores): about 360 bytes a row (BENCHMARKS.md).
 2. **Decide** (global; the only steps that move data between workers, and only narrow rows,
    keys and counts):
    - *dedup survivors*: rows grouped by ``sha256``; the survivor is the first in

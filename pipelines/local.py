@@ -2,7 +2,7 @@
 
 It is the reference the other runners are compared with (parity tests, the benchmark's
 bare baseline) and a quick way to build small inputs. It is single-machine by design: the
-finalize plan's narrow rows of every shard are held in this process's memory (about 200
+finalize plan's narrow rows of every shard are held in this process's memory (about 360
 bytes an image), which is fine for millions of rows, not for 10^9; use Beam or Spark there.
 """
 from __future__ import annotations
