@@ -116,7 +116,7 @@ def image_bytes(path: Path) -> int:
 
 def finalize_bytes(plan: RunPlan) -> dict:
     """Image bytes the shard writers read vs the narrow rows the global steps move."""
-    stems = plan.committed_stems()
+    stems = [stem for _, stem in plan.committed()]
     project_s, narrow = timed(lambda: [row for s in stems for row in finalize.project_shard(plan.work, s)])
     return {"annotation_rows": len(narrow),
             "image_bytes_in_annotations": sum(image_bytes(plan.work.path("annotations", s)) for s in stems),

@@ -4,7 +4,7 @@ A runner does exactly this::
 
     plan = plan_run(config, ...)            # resolve inputs, KB, fingerprint; what to annotate
     <annotate plan.todo>                    # annotate_shard per shard, on workers
-    <finalize plan.committed_stems()>       # project, decide, write (see finalize.py)
+    <finalize plan.committed()>             # project, decide, write (see finalize.py)
     manifest = publish(plan, runner_name)   # check the accounting, swap the tables in, manifest
 
 Everything else (which shards are done, the fingerprint, the staging folder, the manifest)
@@ -29,7 +29,7 @@ from i2e_engine.config import BuildConfig
 from i2e_engine.finalize import Decisions, Target, entity_part_count, read_stats
 from i2e_engine.readers import ShardRef, list_shards
 from i2e_engine.stages import Annotator
-from i2e_engine.workdir import WorkDir, annotation_fingerprint
+from i2e_engine.workdir import ShardMarker, WorkDir, annotation_fingerprint, check_fingerprint
 
 Progress = Callable[[str], None]
 
@@ -102,10 +102,12 @@ class RunPlan:
         """A fresh, not yet set up, annotator for this run (workers call ``setup()``)."""
         return Annotator(self.config, self.kb_path)
 
-    def committed_stems(self) -> list[str]:
-        """File stems of the committed shards among this run's inputs, in shard order."""
-        markers = self.work.markers()
-        return [markers[s.shard_id].stem for s in self.shards if s.shard_id in markers]
+    def committed(self, markers: Optional[dict[str, ShardMarker]] = None) -> list[tuple[str, str]]:
+        """(shard id, file stem) of this run's inputs whose current version is committed, in
+        shard order. A marker of an older version of an input does not count."""
+        markers = self.work.markers() if markers is None else markers
+        return [(s.shard_id, markers[s.shard_id].stem) for s in self.shards
+                if s.shard_id in markers and markers[s.shard_id].identity == s.identity]
 
     def entity_parts(self) -> int:
         return entity_part_count(len(self.shards))
@@ -141,24 +143,27 @@ def plan_run(config: BuildConfig, overwrite: bool = False, retry_failed: bool = 
     if retry_failed:
         reopened = work.reopen_failed_shards()
         progress(f"retrying {len(reopened)} shards with failed rows")
-    work.check_fingerprint(fingerprint, out)
-    shards = list_shards(inputs, config.input_format, config.rows_per_shard)
     markers = work.markers()
-    changed = [s for s in shards if s.shard_id in markers and markers[s.shard_id].identity != s.identity]
-    todo = [shard for shard in shards if shard.shard_id not in markers or shard in changed]
-    progress(f"i2e build {run_id}: {len(shards)} input shards, {len(shards) - len(todo)} already "
-             f"annotated, {len(todo)} to annotate"
-             + (f" ({len(changed)} changed since annotated)" if changed else "")
+    check_fingerprint(markers, fingerprint, out)
+    shards = list_shards(inputs, config.input_format, config.rows_per_shard)
+    plan = RunPlan(config=config, run_id=run_id, started=started, out=out, work=work, kb_path=kb_path,
+                   kb_version=kb_version, fingerprint=fingerprint, scorer=scorer, shards=shards, todo=[])
+    done = {shard_id for shard_id, _ in plan.committed(markers)}
+    plan.todo = [shard for shard in shards if shard.shard_id not in done]
+    changed = sum(shard.shard_id in markers for shard in plan.todo)
+    progress(f"i2e build {run_id}: {len(shards)} input shards, {len(done)} already "
+             f"annotated, {len(plan.todo)} to annotate"
+             + (f" ({changed} changed since annotated)" if changed else "")
              + f"; KB {kb_version}; scorer {scorer}")
-    return RunPlan(config=config, run_id=run_id, started=started, out=out, work=work, kb_path=kb_path,
-                   kb_version=kb_version, fingerprint=fingerprint, scorer=scorer, shards=shards, todo=todo)
+    return plan
 
 
 def _summary(plan: RunPlan, shard_stats: list[dict], entity_rows: int) -> dict:
     """Counts summed from the writers' per-shard stats, checked shard by shard against the
     rows each source declared (or, for a tar, the rows read from it)."""
-    markers = {m.stem: m for m in plan.work.markers().values()}
-    unwritten = sorted(set(plan.committed_stems()) - {stats["stem"] for stats in shard_stats})
+    by_id = plan.work.markers()
+    markers = {m.stem: m for m in by_id.values()}
+    unwritten = sorted({stem for _, stem in plan.committed(by_id)} - {stats["stem"] for stats in shard_stats})
     if unwritten:
         raise AccountingError(f"{len(unwritten)} committed shards have no table parts (e.g. {unwritten[0]}); "
                               "tables not published")

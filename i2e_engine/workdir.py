@@ -101,12 +101,21 @@ class ShardMarker:
     reasons: dict[str, int] = field(default_factory=dict)   # "stage/kind/reason" -> rows
 
 
+def check_fingerprint(markers: dict[str, "ShardMarker"], fingerprint: str, output: str) -> None:
+    """Refuse to mix annotations made under another fingerprint with this run's."""
+    stale = sorted(sid for sid, m in markers.items() if m.fingerprint != fingerprint)
+    if stale:
+        raise ConfigChangedError(
+            f"{output} holds {len(stale)} shards annotated with another configuration or KB "
+            f"(e.g. {stale[0]!r}); use a new --output, or --overwrite to start over")
+
+
 class ShardWriter:
     """Streams one shard's annotation and reject rows into parquet, batch by batch (memory
     holds one batch); the files appear at their names when committed, the marker last."""
 
     def __init__(self, work: "WorkDir", shard_id: str):
-        self.work, self.shard_id = work, shard_id
+        self.work = work
         self.stem = shard_file_stem(shard_id)
         self._sinks: dict[str, storage.ParquetSink] = {}
         self.rows = {"annotations": 0, "rejects": 0}
@@ -163,13 +172,6 @@ class WorkDir:
                                          "use a new --output, or --overwrite to start over") from error
             found[marker.shard_id] = marker
         return dict(sorted(found.items()))
-
-    def check_fingerprint(self, fingerprint: str, output: str | Path) -> None:
-        stale = sorted(sid for sid, m in self.markers().items() if m.fingerprint != fingerprint)
-        if stale:
-            raise ConfigChangedError(
-                f"{output} holds {len(stale)} shards annotated with another configuration or KB "
-                f"(e.g. {stale[0]!r}); use a new --output, or --overwrite to start over")
 
     def reopen_failed_shards(self) -> list[str]:
         """Remove the marker of every committed shard with a retryable reject, so the next

@@ -29,9 +29,9 @@ def annotate(plan: RunPlan) -> None:
 def finalize_tables(plan: RunPlan) -> None:
     """Project, decide and write the tables to the run's target."""
     work, cfg = plan.work, plan.config.filter
-    stems = plan.committed_stems()
+    committed = plan.committed()
     by_sha: dict[str, list[dict]] = collections.defaultdict(list)
-    for stem in stems:
+    for _, stem in committed:
         for row in finalize.project_shard(work, stem):
             by_sha[row["sha256"]].append(row)
     survivors, duplicates = [], collections.defaultdict(dict)
@@ -47,9 +47,8 @@ def finalize_tables(plan: RunPlan) -> None:
         lambda high: collections.Counter(ExactQuantile.low(k) for k in keys if ExactQuantile.high(k) == high))
     counts = collections.Counter(e for row in survivors for e in finalize.kept_entity_ids(row, cfg, cutoff))
     decisions = plan.decisions(cutoff, counts)
-    shard_of_stem = {m.stem: m.shard_id for m in work.markers().values()}
-    for stem in stems:
-        finalize.write_shard_tables(work, stem, plan.target, duplicates.get(shard_of_stem[stem], {}), decisions)
+    for shard_id, stem in committed:
+        finalize.write_shard_tables(work, stem, plan.target, duplicates.get(shard_id, {}), decisions)
     parts = plan.entity_parts()
     by_part = collections.defaultdict(list)
     for entity_id, count in counts.items():

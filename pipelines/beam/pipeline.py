@@ -57,8 +57,7 @@ def execute(plan: RunPlan, beam_args: Sequence[str] = ()) -> str:
     """Annotate ``plan.todo`` and write the tables into ``plan.target``; returns the runner's name."""
     options = pipeline_options(beam_args)
     cfg = plan.config.filter
-    markers = plan.work.markers()
-    committed = [(s.shard_id, markers[s.shard_id].stem) for s in plan.shards if s.shard_id in markers]
+    committed = plan.committed()
     work, target, parts = plan.work, plan.target, plan.entity_parts()
     with beam.Pipeline(options=options) as pipeline:
         annotated = (pipeline | "Shards to annotate" >> beam.Create(plan.todo)

@@ -100,8 +100,7 @@ def execute(plan: RunPlan, spark) -> str:
         (sc.parallelize(plan.todo, len(plan.todo))
          .map(lambda shard: _annotate_task(shard, config, plan.kb_path, work, plan.fingerprint, plan.run_id))
          .collect())
-    markers = work.markers()
-    committed = [(s.shard_id, markers[s.shard_id].stem) for s in plan.shards if s.shard_id in markers]
+    committed = plan.committed()
     sc.setJobDescription("i2e finalize")
     slices = max(1, len(committed))
     narrow = spark.createDataFrame(

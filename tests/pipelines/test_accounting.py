@@ -65,13 +65,14 @@ def test_a_second_input_with_the_same_file_name_is_not_mistaken_for_the_first(tm
     assert set(images["alt_text_raw"]) <= {r["caption"] for r in _good_rows(4, 8)}
 
 
-def test_a_changed_file_is_annotated_again(tmp_path):
+@pytest.mark.parametrize("runner", ["local", "beam"])
+def test_a_changed_file_is_annotated_again(tmp_path, runner):
     path = _write(tmp_path / "in" / "00000.parquet", _good_rows(0, 3))
     out = tmp_path / "out"
     _build([path], out)
     _write(path, _good_rows(3, 7))
     messages = []
-    manifest = run_build(BuildConfig(inputs=[str(path)], output=str(out)), "local", progress=messages.append)
+    manifest = run_build(BuildConfig(inputs=[str(path)], output=str(out)), runner, progress=messages.append)
     assert "1 to annotate (1 changed since annotated)" in messages[0]
     images, _ = _accounted(out, manifest)
     assert set(images["alt_text_raw"]) <= {r["caption"] for r in _good_rows(3, 7)}
