@@ -13,20 +13,27 @@ from i2e_engine.records import make_reject
 STAGE = "filter"
 
 
-def cutoff_for_top_fraction(scores: Sequence[float], keep_fraction: float) -> float:
-    """The score at or above which the top ``keep_fraction`` of ``scores`` lie.
-
-    ``scores`` may be every score or a fine, evenly spaced quantile summary of them (what a
-    distributed runner computes); ties at the cutoff are kept.
-    """
+def cutoff_index(total: int, keep_fraction: float) -> Optional[int]:
+    """Index, in ascending order of ``total`` scores, of the score at or above which the top
+    ``keep_fraction`` lie (ties at it are kept); None when there are no scores. The one rule
+    behind the cutoff, whether computed from all scores or from counts per bin."""
     if not 0.0 < keep_fraction <= 1.0:
         raise ValueError(f"keep_fraction must be in (0, 1], got {keep_fraction}")
+    if total == 0:
+        return None
+    return total - int(np.ceil(keep_fraction * total - 1e-9))
+
+
+def cutoff_for_top_fraction(scores: Sequence[float], keep_fraction: float) -> float:
+    """The score at or above which the top ``keep_fraction`` of ``scores`` lie, by sorting
+    them (``finalize.ExactQuantile`` finds the same value from counts, on any runner).
+
+    ``scores`` may be every score or a fine, evenly spaced quantile summary of them; ties at
+    the cutoff are kept.
+    """
     values = np.sort(np.asarray(scores, dtype=np.float64))
-    if values.size == 0:
-        return float("-inf")
-    keep = int(np.ceil(keep_fraction * values.size - 1e-9))
-    index = values.size - keep
-    return float(values[index])
+    index = cutoff_index(values.size, keep_fraction)
+    return float("-inf") if index is None else float(values[index])
 
 
 def _drop(record: dict, links: list[dict], reason: str, detail: str) -> list[dict]:

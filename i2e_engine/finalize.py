@@ -31,7 +31,6 @@ import zlib
 from dataclasses import asdict, dataclass, field
 from typing import Callable, Iterable, Iterator, Mapping, Optional
 
-import numpy as np
 
 import schemas
 from i2e_engine import filters, storage, tables
@@ -128,16 +127,6 @@ class ExactQuantile:
         return key & ((1 << cls.BITS) - 1)
 
     @staticmethod
-    def target_index(total: int, keep_fraction: float) -> Optional[int]:
-        """Index, in ascending order, of the cutoff value (None when there are no scores);
-        the same rule as :func:`filters.cutoff_for_top_fraction`."""
-        if not 0.0 < keep_fraction <= 1.0:
-            raise ValueError(f"keep_fraction must be in (0, 1], got {keep_fraction}")
-        if total == 0:
-            return None
-        return total - int(np.ceil(keep_fraction * total - 1e-9))
-
-    @staticmethod
     def locate(counts: Mapping[int, int], index: int) -> tuple[int, int]:
         """(bin, index inside the bin) of the ``index``-th smallest key, from counts per bin."""
         seen = 0
@@ -152,7 +141,7 @@ class ExactQuantile:
 
 def cutoff_bin(keep_fraction: float, high_counts: Mapping[int, int]) -> Optional[tuple[int, int]]:
     """Pass 1's result: (high bin, index inside it) of the cutoff, None when nothing was scored."""
-    index = ExactQuantile.target_index(sum(high_counts.values()), keep_fraction)
+    index = filters.cutoff_index(sum(high_counts.values()), keep_fraction)
     return None if index is None else ExactQuantile.locate(high_counts, index)
 
 

@@ -48,11 +48,6 @@ def name(uri: str) -> str:
     return posixpath.basename(str(uri).rstrip("/"))
 
 
-def parent(uri: str) -> str:
-    uri = str(uri)
-    return os.path.dirname(_local(uri)) if is_local(uri) else uri.rstrip("/").rsplit("/", 1)[0]
-
-
 def filesystem(uri: str | os.PathLike) -> tuple[fsspec.AbstractFileSystem, str]:
     """(fsspec filesystem, path inside it) for a URI."""
     return url_to_fs(str(uri))
@@ -150,17 +145,18 @@ def read_many(uris: list[str]) -> dict[str, bytes]:
     return {uri: contents[path] for uri, path in zip(uris, paths)}
 
 
-def makedirs(uri: str) -> None:
-    if is_local(uri):
-        os.makedirs(_local(uri), exist_ok=True)
+def _temp_beside(path: str) -> str:
+    """A hidden, unique temporary name in ``path``'s folder (created), for temp + rename."""
+    folder = os.path.dirname(path) or "."
+    os.makedirs(folder, exist_ok=True)
+    return os.path.join(folder, f".{os.path.basename(path)}.{uuid.uuid4().hex[:8]}.tmp")
 
 
 def write_bytes(uri: str, data: bytes) -> None:
     """Write a whole file atomically: temp + rename locally, one PUT on object storage."""
     if is_local(uri):
         path = _local(uri)
-        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-        tmp = os.path.join(os.path.dirname(path), f".{os.path.basename(path)}.{uuid.uuid4().hex[:8]}.tmp")
+        tmp = _temp_beside(path)
         with open(tmp, "wb") as handle:
             handle.write(data)
         os.replace(tmp, path)
@@ -209,10 +205,7 @@ class ParquetSink:
     def __init__(self, uri: str, schema: pa.Schema):
         self.uri = uri
         if is_local(uri):
-            path = _local(uri)
-            os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-            self._tmp: Optional[str] = os.path.join(os.path.dirname(path),
-                                                    f".{os.path.basename(path)}.{uuid.uuid4().hex[:8]}.tmp")
+            self._tmp: Optional[str] = _temp_beside(_local(uri))
             self._writer = pq.ParquetWriter(self._tmp, schema)
         else:
             self._tmp = None

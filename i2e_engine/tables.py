@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Iterable, Mapping, Optional
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 import schemas
 from i2e_engine import storage
