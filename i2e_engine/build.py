@@ -2,8 +2,10 @@
 
 A runner does exactly this::
 
-    plan = plan_run(config, ...)            # resolve inputs, KB, fingerprint; what to annotate
-    <annotate plan.todo>                    # annotate_shard per shard, on workers
+    plan = plan_run(config, ...)            # resolve inputs, KB, fingerprint, evaluation hashes
+    <hash plan.shards>                      # hash_shard per shard, on workers (no model)
+    <dedup plan>                            # i2e_engine.dedup.plan: decisions per shard
+    <annotate plan.shards>                  # annotate_shard per shard with its decisions
     <finalize plan.committed()>             # project, decide, write (see finalize.py)
     manifest = publish(plan, runner_name)   # check the accounting, swap the tables in, manifest
 
@@ -26,9 +28,11 @@ from typing import Callable, Optional
 import schemas
 from i2e_engine import storage, tables
 from i2e_engine.config import BuildConfig
+from i2e_engine.dedup.decontaminate import EvalIndex, hash_eval_images
+from i2e_engine.dedup.index import HashIndex
 from i2e_engine.finalize import Decisions, Target, entity_part_count, read_stats
 from i2e_engine.readers import ShardRef, list_shards
-from i2e_engine.stages import Annotator
+from i2e_engine.stages import Annotator, CheckStage
 from i2e_engine.workdir import ShardMarker, WorkDir, annotation_fingerprint, check_fingerprint
 
 Progress = Callable[[str], None]
@@ -85,7 +89,9 @@ class RunPlan:
     fingerprint: str
     scorer: str
     shards: list[ShardRef]
-    todo: list[ShardRef]
+    todo: list[ShardRef]                  # not annotated at their current version (for progress)
+    hash_index: HashIndex
+    eval_index: Optional[EvalIndex]       # evaluation images to decontaminate against
 
     @property
     def staging(self) -> str:
@@ -101,6 +107,10 @@ class RunPlan:
     def annotator(self) -> Annotator:
         """A fresh, not yet set up, annotator for this run (workers call ``setup()``)."""
         return Annotator(self.config, self.kb_path)
+
+    def check_stage(self) -> CheckStage:
+        """The hash pass's stage (no model to set up)."""
+        return CheckStage(self.config)
 
     def committed(self, markers: Optional[dict[str, ShardMarker]] = None) -> list[tuple[str, str]]:
         """(shard id, file stem) of this run's inputs whose current version is committed, in
@@ -146,8 +156,12 @@ def plan_run(config: BuildConfig, overwrite: bool = False, retry_failed: bool = 
     markers = work.markers()
     check_fingerprint(markers, fingerprint, out)
     shards = list_shards(inputs, config.input_format, config.rows_per_shard)
+    hash_index = HashIndex(config.dedup.near_radius, config.dedup.index_blocks)
+    eval_index = (hash_eval_images(config.dedup.decontaminate, config.image, hash_index, progress)
+                  if config.dedup.decontaminate else None)
     plan = RunPlan(config=config, run_id=run_id, started=started, out=out, work=work, kb_path=kb_path,
-                   kb_version=kb_version, fingerprint=fingerprint, scorer=scorer, shards=shards, todo=[])
+                   kb_version=kb_version, fingerprint=fingerprint, scorer=scorer, shards=shards, todo=[],
+                   hash_index=hash_index, eval_index=eval_index)
     done = {shard_id for shard_id, _ in plan.committed(markers)}
     plan.todo = [shard for shard in shards if shard.shard_id not in done]
     changed = sum(shard.shard_id in markers for shard in plan.todo)
@@ -186,7 +200,7 @@ def _summary(plan: RunPlan, shard_stats: list[dict], entity_rows: int) -> dict:
     ordered = sorted(reasons.items(), key=lambda item: (-item[1], item[0]))
     return {
         "rows": {"images": rows["images"], "entities": entity_rows, "image_entities": rows["image_entities"],
-                 "rejects": rows["rejects"]},
+                 "rejects": rows["rejects"], "duplicates": rows["duplicates"]},
         "source_rows": source_rows,
         "shards_counted_by_reading": undeclared,
         "input_samples": source_rows,
@@ -241,7 +255,7 @@ def publish(plan: RunPlan, runner: str) -> dict:
         "versions": _versions(plan.config, plan.kb_version, plan.scorer),
         "config": plan.config.to_dict(),
         "input_shards": len(plan.shards),
-        "annotated_this_run": len(plan.todo),
+        "annotated_this_run": sum(m.run_id == plan.run_id for m in plan.work.markers().values()),
         **summary,
     }
     storage.write_text(storage.join(out, "manifest.json"), json.dumps(manifest, indent=2) + "\n")

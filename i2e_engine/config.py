@@ -56,6 +56,20 @@ class FilterConfig:
 
 
 @dataclass
+class DedupConfig:
+    # Near copies: Hamming bits between perceptual hashes; 4 finds JPEG q30, half-size,
+    # 5%-cropped and grayscale copies of real photos and no distinct photo (BENCHMARKS.md).
+    near_radius: int = 4
+    index_blocks: int = 8           # the multi-index splits hashes into this many blocks
+    merge_alt_texts: int = 8        # a survivor reads up to this many of its copies' alt-texts
+    semantic: bool = False          # SemDeDup on the scorer's image embeddings, after scoring
+    semantic_threshold: float = 0.95        # cosine similarity at which two images are one
+    semantic_clusters: Optional[int] = None  # k-means clusters; None -> about sqrt(images)
+    seed: int = 0                   # k-means seed (same seed, same input -> same drops)
+    decontaminate: list[str] = field(default_factory=list)  # folders/URIs of evaluation images
+
+
+@dataclass
 class BuildConfig:
     inputs: list[str] = field(default_factory=list)  # empty -> the embedded scikit-image demo
     input_format: str = "auto"      # auto | parquet | webdataset | folder | coco
@@ -69,6 +83,7 @@ class BuildConfig:
     link: LinkConfig = field(default_factory=LinkConfig)
     scorer: ScorerConfig = field(default_factory=ScorerConfig)
     filter: FilterConfig = field(default_factory=FilterConfig)
+    dedup: DedupConfig = field(default_factory=DedupConfig)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

@@ -3,22 +3,26 @@
 Image bytes are the weight of a web table (about 50 KB a row: 50 TB at 10^9 rows), so they
 never move between workers. Finalize runs in three steps, and runners only place them:
 
+Exact and near copies were dropped before the models (``i2e_engine.dedup.plan``); the
+decisions each shard ran under are in its work folder and become the ``duplicates`` table.
+
 1. **Project** (per committed shard, parallel): :func:`project_shard` reads an annotations
    file without its ``image`` column and yields :class:`NarrowRow` dicts (row key, sha256,
-   entity ids, image-entity scores): about 360 bytes a row (BENCHMARKS.md).
+   entity ids, image-entity scores, and the image embedding when semantic dedup is on):
+   about 360 bytes a row without the embedding (BENCHMARKS.md).
 2. **Decide** (global; the only steps that move data between workers, and only narrow rows,
    keys and counts):
-   - *dedup survivors*: rows grouped by ``sha256``; the survivor is the first in
-     :data:`SURVIVOR_ORDER`; every other row gets a :class:`Duplicate` decision;
+   - *semantic dedup* (optional, ``i2e_engine.dedup.semantic``): k-means on a sample of
+     the embeddings, then one group per k-means cluster;
    - *the quantile cutoff* of ``keep_top_fraction``: exact, from two passes of counts per
      score bin (:class:`ExactQuantile`), so every runner finds the same value;
-   - *per-entity image counts* over the survivors after the per-image filters
+   - *per-entity image counts* over the rows kept after the per-image filters
      (:func:`kept_entity_ids`), for ``min_images_per_entity`` and the entities table.
    A runner computes these with its own aggregations (Beam combines, Spark DataFrame
    group-bys) of the functions here.
 3. **Write** (per committed shard, parallel): :func:`write_shard_tables` streams the
    shard's annotations (bytes included) once, joins the decisions back and writes its part
-   of ``images``, ``image_entities`` and ``rejects``, plus a stats file.
+   of ``images``, ``image_entities``, ``rejects`` and ``duplicates``, plus a stats file.
    :func:`write_entity_part` writes the entities table from the counts.
 """
 from __future__ import annotations
@@ -31,10 +35,14 @@ import zlib
 from dataclasses import asdict, dataclass, field
 from typing import Callable, Iterable, Iterator, Mapping, Optional
 
+import numpy as np
 
 import schemas
 from i2e_engine import filters, storage, tables
-from i2e_engine.config import FilterConfig
+from i2e_engine.config import DedupConfig, FilterConfig
+from i2e_engine.dedup import semantic
+from i2e_engine.dedup.plan import ShardDedup
+from i2e_engine.dedup.semantic import SemanticDecision
 from i2e_engine.records import make_reject
 from i2e_engine.shard import reason_key
 from i2e_engine.workdir import WorkDir
@@ -44,53 +52,66 @@ READ_BATCH_ROWS = 256
 # ----------------------------------------------------------------------------- 1. project
 
 NarrowRow = dict
-"""Keys: source_shard, row_in_shard, sample_id, sha256, n_links, links (a list of
-{entity_id, image_entity_score}) and score_keys (each score's :meth:`ExactQuantile.key`).
-A dict so that Beam coders and Spark rows carry it as is."""
+"""Keys: source_shard, row_in_shard, pixels, links (a list of {entity_id,
+image_entity_score}), score_keys (each score's :meth:`ExactQuantile.key`) and
+image_embedding (empty unless asked for). A dict so that Beam coders and Spark rows carry it
+as is."""
 
-NARROW_COLUMNS = ("source_shard", "row_in_shard", "sample_id", "sha256", "links")
+NARROW_COLUMNS = ("source_shard", "row_in_shard", "width", "height", "links")
 
 
-def project_shard(work: WorkDir, stem: str) -> Iterator[NarrowRow]:
+def project_shard(work: WorkDir, stem: str, with_embeddings: bool = False) -> Iterator[NarrowRow]:
     """The narrow rows of one committed shard, streamed (no image bytes are read)."""
     parquet = work.annotations_file(stem)
-    for batch in parquet.iter_batches(batch_size=4096, columns=list(NARROW_COLUMNS)):
+    columns = list(NARROW_COLUMNS) + (["image_embedding"] if with_embeddings else [])
+    for batch in parquet.iter_batches(batch_size=4096, columns=columns):
         for row in batch.to_pylist():
             links = [{"entity_id": link["entity_id"], "image_entity_score": link["image_entity_score"]}
                      for link in row["links"]]
             yield {"source_shard": row["source_shard"], "row_in_shard": row["row_in_shard"],
-                   "sample_id": row["sample_id"], "sha256": row["sha256"], "n_links": len(links),
-                   "links": links,
-                   "score_keys": [ExactQuantile.key(link["image_entity_score"]) for link in links]}
+                   "pixels": row["width"] * row["height"], "links": links,
+                   "score_keys": [ExactQuantile.key(link["image_entity_score"]) for link in links],
+                   "image_embedding": row.get("image_embedding") or []}
 
 
-# ----------------------------------------------------------------------------- 2. decide: dedup
+# ----------------------------------------------------------------------------- 2. decide: semantic dedup
 
-# Which copy of an image survives: most linked entities, then the smallest sample id, then
-# the row key. Runners order by these columns (Spark) or by survivor_key (Beam, bare loop).
-SURVIVOR_ORDER: tuple[tuple[str, bool], ...] = (
-    ("n_links", False), ("sample_id", True), ("source_shard", True), ("row_in_shard", True))
+MAX_KMEANS_SAMPLE = 100_000   # rows k-means trains on, whatever the input's size
 
 
-def survivor_key(row: NarrowRow) -> tuple:
-    return (-row["n_links"], row["sample_id"], row["source_shard"], row["row_in_shard"])
+def semantic_clusters(config: DedupConfig, n_rows: int) -> int:
+    return config.semantic_clusters or semantic.default_clusters(n_rows)
 
 
-@dataclass(frozen=True)
-class Duplicate:
-    """Row ``row_in_shard`` of ``source_shard`` is a copy of the survivor ``survivor_sample_id``."""
-    source_shard: str
-    row_in_shard: int
-    survivor_sample_id: str
+def semantic_sample_fraction(config: DedupConfig, n_rows: int) -> float:
+    """Enough rows for k-means (256 a centroid), at most MAX_KMEANS_SAMPLE."""
+    wanted = min(256 * semantic_clusters(config, n_rows), MAX_KMEANS_SAMPLE)
+    return 1.0 if n_rows <= wanted else wanted / n_rows
 
 
-def dedup_group(rows: Iterable[NarrowRow]) -> tuple[NarrowRow, list[Duplicate]]:
-    """The survivor of rows sharing one sha256, and the others as duplicates. ``rows`` is
-    iterated twice (Beam's grouped values are re-iterable and need not fit in memory)."""
-    survivor = min(rows, key=survivor_key)
-    duplicates = [Duplicate(r["source_shard"], r["row_in_shard"], survivor["sample_id"])
-                  for r in rows if survivor_key(r) != survivor_key(survivor)]
-    return survivor, duplicates
+def in_kmeans_sample(row: NarrowRow, fraction: float) -> bool:
+    return semantic.sample_for_kmeans(f"{row['source_shard']}:{row['row_in_shard']}", fraction)
+
+
+def semantic_centroids(sample: list[NarrowRow], config: DedupConfig, n_rows: int) -> np.ndarray:
+    """GLOBAL, one process: k-means over the sample's embeddings (bounded by MAX_KMEANS_SAMPLE)."""
+    sample = sorted(sample, key=lambda r: (r["source_shard"], r["row_in_shard"]))
+    embeddings = np.array([r["image_embedding"] for r in sample], dtype=np.float32)
+    keys = [(r["source_shard"], r["row_in_shard"]) for r in sample]
+    return semantic.train_centroids(embeddings, semantic_clusters(config, n_rows), config.seed, keys=keys)
+
+
+def semantic_cluster_of(row: NarrowRow, centroids: np.ndarray) -> int:
+    return int(semantic.assign_clusters(np.array([row["image_embedding"]], dtype=np.float32), centroids)[0])
+
+
+def semantic_group(cluster: int, rows: Iterable[NarrowRow], config: DedupConfig) -> list[SemanticDecision]:
+    """SemDeDup inside one k-means cluster (its rows are held: about N/k of them)."""
+    rows = list(rows)
+    return semantic.dedup_cluster(
+        cluster, [(r["source_shard"], r["row_in_shard"]) for r in rows],
+        [(-r["pixels"], r["source_shard"], r["row_in_shard"]) for r in rows],
+        np.array([r["image_embedding"] for r in rows], dtype=np.float32), config.semantic_threshold)
 
 
 # ----------------------------------------------------------------------------- 2. decide: quantile
@@ -169,7 +190,7 @@ def quantile_cutoff(keep_fraction: Optional[float], high_counts: Callable[[], Ma
 # ----------------------------------------------------------------------------- 2. decide: counts
 
 def kept_entity_ids(row: NarrowRow, config: FilterConfig, cutoff: Optional[float]) -> list[str]:
-    """Entities of a surviving row that pass the per-image filters (before the per-entity one)."""
+    """Entities of a row (not dropped by semantic dedup) that pass the per-image filters (before the per-entity one)."""
     kept, _ = filters.filter_links(row, config, cutoff)
     return [link["entity_id"] for link in kept]
 
@@ -196,7 +217,8 @@ class Decisions:
 class ShardOutputStats:
     """What one shard contributed to the tables; the manifest sums these."""
     stem: str
-    rows: dict[str, int] = field(default_factory=lambda: {t: 0 for t in ("images", "image_entities", "rejects")})
+    rows: dict[str, int] = field(default_factory=lambda: {t: 0 for t in ("images", "image_entities", "rejects",
+                                                                         "duplicates")})
     samples: dict[str, int] = field(default_factory=lambda: {"kept": 0, "filtered": 0, "rejected": 0})
     dropped_annotations: int = 0
     reasons: dict[str, int] = field(default_factory=dict)
@@ -233,12 +255,22 @@ class _PartWriter:
         self._sink.close()
 
 
-def _finish_record(record: dict, duplicate_of: Optional[str], decisions: Decisions
+def _semantic_reject(record: dict, drop: SemanticDecision) -> dict:
+    shard, row = drop.nearest_survivor
+    return make_reject(record, "dedup", "semantic_duplicate",
+                       f"cosine {drop.similarity:.4f} to row {row} of {shard} in k-means cluster {drop.cluster}",
+                       kind="filtered", cluster_id=semantic_cluster_id(drop.cluster), survivor=(shard, row))
+
+
+def semantic_cluster_id(cluster: int) -> str:
+    return f"semantic:{cluster}"
+
+
+def _finish_record(record: dict, semantic_drop: Optional[SemanticDecision], decisions: Decisions
                    ) -> tuple[list[dict], list[dict]]:
     """(kept links best-first, reject rows) of one annotation under the decisions."""
-    if duplicate_of is not None:
-        return [], [make_reject(record, "dedup", "duplicate_sha256", f"duplicate of sample {duplicate_of}",
-                                kind="filtered")]
+    if semantic_drop is not None:
+        return [], [_semantic_reject(record, semantic_drop)]
     links, rejects = filters.filter_links(record, decisions.filter, decisions.cutoff)
     kept, rare = filters.drop_rare_entities(record, links, decisions.entity_counts,
                                             decisions.filter.min_images_per_entity)
@@ -249,14 +281,31 @@ def _finish_record(record: dict, duplicate_of: Optional[str], decisions: Decisio
     return kept, rejects
 
 
-def write_shard_tables(work: WorkDir, stem: str, target: Target, duplicates: Mapping[int, str],
+def duplicate_rows(shard_id: str, dedup: ShardDedup, semantic: Iterable[SemanticDecision], run_id: str
+                   ) -> list[dict]:
+    """The ``duplicates`` rows of one shard: its rows in clusters of copies (survivors too)."""
+    rows = [{"cluster_id": d.cluster_id, "method": "phash", "source_shard": shard_id, "row_in_shard": d.row_in_shard,
+             "role": d.role, "survivor_shard": d.survivor_shard, "survivor_row": d.survivor_row,
+             "distance": None if d.distance is None else float(d.distance), "run_id": run_id}
+            for d in dedup.rows.values() if d.role in ("survivor", "duplicate")]
+    for d in semantic:
+        survivor = d.nearest_survivor or (None, None)
+        rows.append({"cluster_id": semantic_cluster_id(d.cluster), "method": "semantic", "source_shard": shard_id,
+                     "row_in_shard": d.row_in_shard, "role": d.role, "survivor_shard": survivor[0],
+                     "survivor_row": survivor[1],
+                     "distance": None if d.similarity is None else 1.0 - d.similarity, "run_id": run_id})
+    return sorted(rows, key=lambda r: (r["method"], r["row_in_shard"]))
+
+
+def write_shard_tables(work: WorkDir, stem: str, target: Target, semantic: Mapping[int, SemanticDecision],
                        decisions: Decisions) -> ShardOutputStats:
-    """Write one committed shard's part of images / image_entities / rejects to ``target``;
-    ``duplicates`` maps its row_in_shard to the survivor's sample id.
+    """Write one committed shard's part of images / image_entities / rejects / duplicates
+    to ``target``; ``semantic`` maps its row_in_shard to semantic dedup's decision.
 
     Streams the annotations a batch at a time, so memory holds one batch of image bytes.
     """
-    images, pairs, rejects = (_PartWriter(target, t, f"part-{stem}") for t in ("images", "image_entities", "rejects"))
+    images, pairs, rejects, duplicates = (_PartWriter(target, t, f"part-{stem}")
+                                          for t in ("images", "image_entities", "rejects", "duplicates"))
     stats = ShardOutputStats(stem)
     reasons: collections.Counter[str] = collections.Counter()
     shard_rejects = work.read_rejects(stem).to_pylist()   # one shard's dead letter, already stamped
@@ -268,10 +317,14 @@ def write_shard_tables(work: WorkDir, stem: str, target: Target, duplicates: Map
         else:
             stats.dropped_annotations += 1
     parquet = work.annotations_file(stem)
+    shard_id = None
     for batch in parquet.iter_batches(batch_size=READ_BATCH_ROWS):
         image_rows, pair_rows, reject_rows = [], [], []
         for record in batch.to_pylist():
-            kept, dropped = _finish_record(record, duplicates.get(record["row_in_shard"]), decisions)
+            shard_id = record["source_shard"]
+            drop = semantic.get(record["row_in_shard"])
+            kept, dropped = _finish_record(record, drop if drop is not None and drop.role == "duplicate" else None,
+                                           decisions)
             reject_rows += [{**r, "run_id": decisions.run_id} for r in dropped]
             if kept:
                 image_rows.append(tables.image_row(record, decisions.run_id))
@@ -279,13 +332,15 @@ def write_shard_tables(work: WorkDir, stem: str, target: Target, duplicates: Map
                                                       decisions.run_id)
                 stats.samples["kept"] += 1
             else:
-                stats.samples["filtered"] += 1   # duplicates and rows left without entities
+                stats.samples["filtered"] += 1   # semantic duplicates and rows left without entities
             stats.dropped_annotations += sum(r["entity_id"] is not None for r in dropped)
         reasons.update(reason_key(r) for r in reject_rows)
         images.write(image_rows)
         pairs.write(pair_rows)
         rejects.write(reject_rows)
-    for writer in (images, pairs, rejects):
+    shard_id = shard_id or (shard_rejects[0]["source_shard"] if shard_rejects else "")
+    duplicates.write(duplicate_rows(shard_id, work.read_dedup(stem), semantic.values(), decisions.run_id))
+    for writer in (images, pairs, rejects, duplicates):
         writer.close()
         stats.rows[writer.table] = writer.rows
     stats.reasons = dict(sorted(reasons.items()))

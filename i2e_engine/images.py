@@ -80,13 +80,24 @@ def _load(image: Image.Image) -> None:
 
 def inspect_image(data: bytes | None, limits: ImageLimits = ImageLimits()) -> ImageInfo:
     """Check that ``data`` is a whole, decodable, reasonably sized image; raise ImageRejected."""
+    return inspect_and_preview(data, limits)[0]
+
+
+PREVIEW_MIN_SIDE = 64   # a preview keeps at least this many pixels a side (a pHash reads 32)
+
+
+def inspect_and_preview(data: bytes | None, limits: ImageLimits = ImageLimits()) -> tuple[ImageInfo, Image.Image]:
+    """:func:`inspect_image` and the decoded image it checked: a JPEG decodes its whole
+    stream at a reduced scale (down to 1/8, at least PREVIEW_MIN_SIDE pixels a side), which
+    finds truncation at a fraction of a full decode's cost and is plenty for a perceptual hash."""
     image = _open_checked(data, limits)
     image_format = image.format or "unknown"
     width, height = image.size
     if image_format == "JPEG":
-        image.draft("RGB", (max(1, width // 8), max(1, height // 8)))  # full stream, 1/8 scale
+        image.draft("RGB", (min(width, max(width // 8, PREVIEW_MIN_SIDE)),
+                            min(height, max(height // 8, PREVIEW_MIN_SIDE))))
     _load(image)
-    return ImageInfo(hashlib.sha256(data).hexdigest(), width, height, image_format)
+    return ImageInfo(hashlib.sha256(data).hexdigest(), width, height, image_format), image
 
 
 def decode_rgb(data: bytes | None, limits: ImageLimits = ImageLimits()) -> Image.Image:

@@ -62,8 +62,11 @@ def make_sample_id(image: Optional[bytes], text: Optional[str | bytes]) -> str:
 
 
 def make_reject(record: dict, stage: str, reason: str, detail: str = "", kind: str = "rejected",
-                entity_id: Optional[str] = None) -> dict:
-    """A ``rejects`` row for ``record`` (a pair or an annotation) without ``run_id``."""
+                entity_id: Optional[str] = None, cluster_id: Optional[str] = None,
+                survivor: Optional[tuple[str, int]] = None) -> dict:
+    """A ``rejects`` row for ``record`` (a pair or an annotation) without ``run_id``;
+    a dedup drop names its cluster and the ``survivor`` (source_shard, row_in_shard) kept
+    in its place."""
     assert kind in ("rejected", "filtered"), kind
     return {
         "sample_id": record["sample_id"],
@@ -73,5 +76,8 @@ def make_reject(record: dict, stage: str, reason: str, detail: str = "", kind: s
         "kind": kind,
         "reason": reason,
         "entity_id": entity_id,
+        "cluster_id": cluster_id,
+        "survivor_shard": survivor[0] if survivor else None,
+        "survivor_row": survivor[1] if survivor else None,
         "detail": detail[:1000],
     }

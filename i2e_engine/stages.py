@@ -19,7 +19,9 @@ from dataclasses import dataclass, field
 from typing import Generic, Iterable, Optional, Sequence, TypeVar
 
 from i2e_engine.config import BuildConfig, LinkConfig, NerConfig, ScorerConfig
-from i2e_engine.images import ImageLimits, ImageRejected, decode_rgb, inspect_image
+from i2e_engine.dedup.hashes import hash_image_bytes
+from i2e_engine.dedup.plan import HASH_COLUMNS, HashRow, RowDedup, ShardDedup
+from i2e_engine.images import ImageLimits, ImageRejected, decode_rgb
 from i2e_engine.records import Link, Mention, Pair, make_reject
 from i2e_engine.text import TextRejected, normalize_alt_text
 
@@ -109,9 +111,28 @@ def run_stage(stage: Stage[In, Out], batch: Sequence[In]) -> StageResult[Out]:
 ANNOTATION_KEYS = ("sample_id", "source", "source_shard", "row_in_shard", "url")
 
 
+def ner_text(record: dict) -> str:
+    """What NER and linking read: the alt-text, then the alt-texts of the copies dedup
+    dropped in favour of this image, one per line (mention offsets are into this text)."""
+    return "\n".join([record["alt_text"], *record["alt_texts_of_copies"]])
+
+
+def hash_row(record: dict) -> HashRow:
+    """The narrow row of a checked record that the dedup plan reads."""
+    return {key: record[key] for key in HASH_COLUMNS if key != "pixels"} | {
+        "pixels": record["width"] * record["height"]}
+
+
+def dedup_reject(pair: Pair, decision: RowDedup) -> dict:
+    """The reject row of a pair dedup dropped before the models."""
+    survivor = (decision.survivor_shard, decision.survivor_row) if decision.survivor_shard else None
+    return make_reject(pair, "dedup", decision.reason, decision.detail, kind="filtered",
+                       cluster_id=decision.cluster_id, survivor=survivor)
+
+
 class CheckStage(Stage[Pair, dict]):
-    """Read errors, image checks (size limits before decode, truncation) and alt-text
-    normalization. No model; a bad row is a reject, never an exception."""
+    """Read errors, image checks (size limits before decode, truncation), perceptual hashes
+    and alt-text normalization. No model; a bad row is a reject, never an exception."""
 
     name = "check"
 
@@ -122,7 +143,7 @@ class CheckStage(Stage[Pair, dict]):
         if pair.get("read_error"):
             return None, make_reject(pair, "read", pair["read_error"].split(":")[0], pair["read_error"])
         try:
-            info = inspect_image(pair["image"], self.config.image)
+            info, hashes = hash_image_bytes(pair["image"], self.config.image)
         except ImageRejected as error:
             return None, make_reject(pair, "image", error.reason, error.detail)
         try:
@@ -131,9 +152,10 @@ class CheckStage(Stage[Pair, dict]):
             return None, make_reject(pair, "text", error.reason, error.detail)
         raw = pair["text"].decode("utf-8") if isinstance(pair["text"], bytes) else pair["text"]
         record = {key: pair[key] for key in ANNOTATION_KEYS}
-        record.update(sha256=info.sha256, width=info.width, height=info.height,
-                      image_format=info.image_format, image=pair["image"],
-                      alt_text_raw=raw[:self.config.text.max_raw_chars], alt_text=text)
+        record.update(sha256=info.sha256, phash=hashes.phash, phash_center=hashes.phash_center,
+                      width=info.width, height=info.height, image_format=info.image_format,
+                      image=pair["image"], alt_text_raw=raw[:self.config.text.max_raw_chars], alt_text=text,
+                      alt_texts_of_copies=[])
         return record, None
 
     def process(self, batch: Sequence[Pair]) -> StageResult[dict]:
@@ -157,7 +179,7 @@ class NerStage(Stage[dict, Mentioned]):
         self.extractor = build_extractor(self.config, phrases)
 
     def process(self, batch: Sequence[dict]) -> StageResult[Mentioned]:
-        found = self.extractor.extract([record["alt_text"] for record in batch], self.config.batch_size)
+        found = self.extractor.extract([ner_text(record) for record in batch], self.config.batch_size)
         return StageResult(kept=[Mentioned(record, mentions) for record, mentions in zip(batch, found)])
 
 
@@ -183,7 +205,7 @@ class LinkStage(Stage[Mentioned, Linked]):
         if not mentions:
             return None, make_reject(record, "ner", "no_mentions", "no entity mention found in the alt-text",
                                      kind="filtered")
-        links = self.linker.link(record["alt_text"], list(mentions))
+        links = self.linker.link(ner_text(record), list(mentions))
         if not links:
             found = ", ".join(sorted({m["text"] for m in mentions}))[:300]
             return None, make_reject(record, "link", "no_entity_linked",
@@ -232,7 +254,7 @@ class ScoreStage(Stage[Linked, dict]):
             for (item, _), emb in zip(good, image_emb):
                 sims = text_emb[[row_of_text[t] for t in item.entity_texts]] @ emb
                 links = [{**link, "image_entity_score": float(s)} for link, s in zip(item.links, sims)]
-                result.kept.append({**item.record, "links": links})
+                result.kept.append({**item.record, "links": links, "image_embedding": emb.tolist()})
         return result
 
 
@@ -250,20 +272,36 @@ class Annotator:
         self.link = LinkStage(config.link, kb_path, config.scorer.entity_text)
         self.score = ScoreStage(config.scorer, config.image)
         self.stages: tuple[Stage, ...] = (self.check, self.ner, self.link, self.score)
+        self._ready = False
 
     def setup(self) -> "Annotator":
-        for stage in self.stages:
-            stage.setup()
+        """Load every stage's models, once (later calls do nothing)."""
+        if not self._ready:
+            for stage in self.stages:
+                stage.setup()
+            self._ready = True
         return self
 
-    def process(self, pairs: Sequence[Pair]) -> StageResult[dict]:
-        """Annotate one batch of pairs; every pair ends in ``kept`` or ``rejects``."""
+    def process(self, pairs: Sequence[Pair], dedup: ShardDedup = ShardDedup()) -> StageResult[dict]:
+        """Annotate one batch of pairs; every pair ends in ``kept`` or ``rejects``. Pairs
+        ``dedup`` dropped become reject rows before any model runs; a survivor reads its
+        copies' alt-texts with its own."""
         rejects: list[dict] = []
-        items: Sequence = pairs
+        items: list = []
+        for pair in pairs:
+            decision = dedup.get(pair["row_in_shard"])
+            if decision is not None and decision.dropped:
+                rejects.append(dedup_reject(pair, decision))
+            else:
+                items.append(pair)
         for stage in self.stages:
             if not items:
                 break
             result = run_stage(stage, items)
             rejects.extend(result.rejects)
             items = result.kept
+            if stage is self.check:
+                for record in items:
+                    decision = dedup.get(record["row_in_shard"])
+                    record["alt_texts_of_copies"] = list(decision.copy_texts) if decision else []
         return StageResult(kept=list(items), rejects=rejects)

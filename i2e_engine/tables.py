@@ -9,7 +9,7 @@ import pyarrow as pa
 import schemas
 from i2e_engine import storage
 
-OUTPUT_TABLES = ("images", "entities", "image_entities", "rejects")
+OUTPUT_TABLES = ("images", "entities", "image_entities", "rejects", "duplicates")
 
 
 def image_row(annotation: Mapping, run_id: str) -> dict:

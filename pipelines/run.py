@@ -32,7 +32,7 @@ def run_build(config: BuildConfig, runner: str = "beam", beam_args: Sequence[str
     else:
         from pipelines import local
 
-        local.annotate(plan)
+        local.annotate(plan, local.hash_and_dedup(plan))
         local.finalize_tables(plan)
         name = local.RUNNER
     progress(f"annotated and finalized on {name}; publishing")

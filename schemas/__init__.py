@@ -19,8 +19,8 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 SCHEMA_DIR = Path(__file__).parent
-CURRENT_VERSION = 2
-TABLES = ("kb", "annotations", "images", "entities", "image_entities", "rejects")
+CURRENT_VERSION = 3
+TABLES = ("kb", "hashes", "annotations", "images", "entities", "image_entities", "rejects", "duplicates")
 
 _PRIMITIVES = {
     "string": pa.string(),
