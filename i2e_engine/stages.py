@@ -14,6 +14,7 @@ row (``<stage>_error``) instead of failing its neighbours or the shard.
 from __future__ import annotations
 
 import logging
+import threading
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Generic, Iterable, Optional, Sequence, TypeVar
@@ -273,13 +274,15 @@ class Annotator:
         self.score = ScoreStage(config.scorer, config.image)
         self.stages: tuple[Stage, ...] = (self.check, self.ner, self.link, self.score)
         self._ready = False
+        self._lock = threading.Lock()
 
     def setup(self) -> "Annotator":
-        """Load every stage's models, once (later calls do nothing)."""
-        if not self._ready:
-            for stage in self.stages:
-                stage.setup()
-            self._ready = True
+        """Load every stage's models, once (later calls, from any thread, do nothing)."""
+        with self._lock:
+            if not self._ready:
+                for stage in self.stages:
+                    stage.setup()
+                self._ready = True
         return self
 
     def process(self, pairs: Sequence[Pair], dedup: ShardDedup = ShardDedup()) -> StageResult[dict]:

@@ -14,12 +14,12 @@ from apache_beam.utils.shared import Shared
 
 from i2e_engine import finalize
 from i2e_engine.config import BuildConfig
+from i2e_engine.dedup.plan import ShardDedup
 from i2e_engine.finalize import Decisions, Target
-from i2e_engine.shard import annotate_shard
-from i2e_engine.stages import Annotator
+from i2e_engine.shard import annotate_shard, hash_shard
+from i2e_engine.stages import Annotator, CheckStage
 from i2e_engine.workdir import WorkDir
 
-DUPLICATES = "duplicates"
 NAMESPACE = "i2e"
 
 
@@ -30,8 +30,25 @@ class _SharedAnnotator:
         self.annotator = annotator
 
 
+class HashShardDoFn(beam.DoFn):
+    """Check and hash one input shard inside the worker; emits its file stem."""
+
+    def __init__(self, config: BuildConfig, work: WorkDir, fingerprint: str, run_id: str):
+        self._config, self._work, self._fingerprint, self._run_id = config, work, fingerprint, run_id
+        self._hashed = Metrics.counter(NAMESPACE, "rows_hashed")
+
+    def setup(self):
+        self._check = CheckStage(self._config)
+
+    def process(self, shard):
+        marker = hash_shard(shard, self._check, self._work, self._fingerprint, self._run_id, self._config.batch_rows)
+        self._hashed.inc(marker.annotations)
+        yield marker.stem
+
+
 class AnnotateShardDoFn(beam.DoFn):
-    """Annotate and commit one input shard inside the worker; emits (shard_id, stem)."""
+    """(shard_id, {shard: [ShardRef], dedup: [RowDedup]}) -> annotate and commit the shard
+    inside the worker under its decisions; emits (shard_id, stem)."""
 
     def __init__(self, config: BuildConfig, kb_path: str, work: WorkDir, fingerprint: str, run_id: str,
                  shared: Shared):
@@ -43,33 +60,25 @@ class AnnotateShardDoFn(beam.DoFn):
         self._shards = Metrics.counter(NAMESPACE, "shards_committed")
 
     def setup(self):
-        load = lambda: _SharedAnnotator(Annotator(self._config, self._kb_path).setup())  # noqa: E731
+        load = lambda: _SharedAnnotator(Annotator(self._config, self._kb_path))  # noqa: E731
         self._annotator = self._shared.acquire(load, tag=self._fingerprint).annotator
 
-    def process(self, shard):
-        marker = annotate_shard(shard, self._annotator, self._work, self._fingerprint, self._run_id,
-                                self._config.batch_rows)
-        self._pairs.inc(marker.pairs_read)
-        self._annotations.inc(marker.annotations)
-        self._rejects.inc(marker.rejects)
-        self._shards.inc()
-        yield marker.shard_id, marker.stem
-
-
-class DedupDoFn(beam.DoFn):
-    """(sha256, narrow rows) -> the survivor (main output) and its duplicates (tagged)."""
-
     def process(self, element):
-        _, rows = element
-        survivor, duplicates = finalize.dedup_group(rows)
-        yield survivor
-        for duplicate in duplicates:
-            yield beam.pvalue.TaggedOutput(DUPLICATES, (duplicate.source_shard,
-                                                        (duplicate.row_in_shard, duplicate.survivor_sample_id)))
+        _, joined = element
+        dedup = ShardDedup.of(joined["dedup"])
+        for shard in joined["shard"]:
+            marker = annotate_shard(shard, self._annotator, self._work, self._fingerprint, self._run_id, dedup,
+                                    self._config.batch_rows)
+            if marker.run_id == self._run_id:
+                self._pairs.inc(marker.pairs_read)
+                self._annotations.inc(marker.annotations)
+                self._rejects.inc(marker.rejects)
+                self._shards.inc()
+            yield marker.shard_id, marker.stem
 
 
 class WriteShardDoFn(beam.DoFn):
-    """(shard_id, {stem: [stem], duplicates: [(row, survivor)]}) -> the shard's table parts."""
+    """(shard_id, {stem: [stem], semantic: [SemanticDecision]}) -> the shard's table parts."""
 
     def __init__(self, work: WorkDir, target: Target, decisions: Decisions):
         self._work, self._target, self._decisions = work, target, decisions
@@ -79,7 +88,7 @@ class WriteShardDoFn(beam.DoFn):
         _, joined = element
         decisions = dataclasses.replace(self._decisions, cutoff=cutoff, entity_counts=entity_counts)
         for stem in joined["stem"]:
-            stats = finalize.write_shard_tables(self._work, stem, self._target, dict(joined["duplicates"]),
-                                                decisions)
+            semantic = {d.row_in_shard: d for d in joined["semantic"]}
+            stats = finalize.write_shard_tables(self._work, stem, self._target, semantic, decisions)
             self._images.inc(stats.rows["images"])
             yield stem

@@ -2,29 +2,36 @@
 
     spark-submit [spark options] pipelines/spark/job.py <the arguments of `i2e build`>
 
-- *Annotate*: one Spark task per shard still to do; the task annotates and commits it with
-  :func:`i2e_engine.shard.annotate_shard`. Models are loaded once per executor Python
-  process (Spark reuses its Python workers between tasks) and kept in ``_ANNOTATORS``.
+- *Hash*: one task per shard (:func:`i2e_engine.shard.hash_shard`, no model); then the
+  dedup plan (``i2e_engine.dedup.plan``) on the narrow hash rows as RDD steps: distinct
+  vertices -> ``groupByKey`` by bucket key -> verified near pairs -> connected components on
+  the driver (the one global step, over edges only) -> ``groupByKey`` by cluster.
+- *Annotate*: one task per shard, with its decisions; the task annotates and commits it
+  with :func:`i2e_engine.shard.annotate_shard` (skipped when committed under the same
+  decisions). Models are loaded once per executor Python process (Spark reuses its Python
+  workers between tasks) and kept in ``_ANNOTATORS``.
 - *Finalize* (``i2e_engine.finalize``): the narrow rows of every committed shard become a
-  DataFrame; dedup survivors are a window over sha256 ordered by ``SURVIVOR_ORDER``; the
-  exact quantile's two passes and the per-entity counts are DataFrame group-bys; each shard
-  is then written by one task, joined with its duplicate decisions. Only narrow rows, keys
-  and counts are shuffled; image bytes are read once and written once by the shard writer.
+  DataFrame; optional SemDeDup groups them by k-means cluster; the exact quantile's two
+  passes and the per-entity counts are DataFrame group-bys; each shard is then written by
+  one task, joined with its semantic decisions. Only narrow rows, keys and counts are
+  shuffled; image bytes are read once per pass and written once by the shard writer.
 """
 from __future__ import annotations
 
 import dataclasses
 import os
 import sys
-from typing import Optional, Sequence
+from typing import Iterable, Optional, Sequence
 
 from i2e_engine import finalize
 from i2e_engine.build import RunPlan
 from i2e_engine.config import BuildConfig
 from i2e_engine.finalize import Decisions, Target
 from i2e_engine.readers import ShardRef
-from i2e_engine.shard import annotate_shard
-from i2e_engine.stages import Annotator
+from i2e_engine.dedup import plan as dedup_plan
+from i2e_engine.dedup.plan import RowDedup, ShardDedup
+from i2e_engine.shard import annotate_shard, hash_shard
+from i2e_engine.stages import Annotator, CheckStage
 from i2e_engine.workdir import WorkDir
 
 _ANNOTATORS: dict[str, Annotator] = {}   # per executor Python process: the current run's, by fingerprint
@@ -55,14 +62,44 @@ def spark_session(master: Optional[str] = None, conf: Sequence[str] = ()):
     return builder.getOrCreate()
 
 
-def _annotate_task(shard: ShardRef, config: BuildConfig, kb_path: str, work: WorkDir, fingerprint: str,
-                   run_id: str) -> tuple[str, str]:
+def _annotate_task(shard: ShardRef, decisions: Iterable[RowDedup], config: BuildConfig, kb_path: str,
+                   work: WorkDir, fingerprint: str, run_id: str) -> tuple[str, str]:
     annotator = _ANNOTATORS.get(fingerprint)
     if annotator is None:
         _ANNOTATORS.clear()   # a reused worker of an earlier run frees that run's models first
-        annotator = _ANNOTATORS[fingerprint] = Annotator(config, kb_path).setup()
-    marker = annotate_shard(shard, annotator, work, fingerprint, run_id, config.batch_rows)
+        annotator = _ANNOTATORS[fingerprint] = Annotator(config, kb_path)   # set up on first real work
+    marker = annotate_shard(shard, annotator, work, fingerprint, run_id, ShardDedup.of(decisions or ()),
+                            config.batch_rows)
     return marker.shard_id, marker.stem
+
+
+def _dedup_decisions(sc, plan: RunPlan):
+    """The hash pass and the dedup plan: an RDD of (shard_id, RowDedup)."""
+    work, index, eval_index = plan.work, plan.hash_index, plan.eval_index
+    config, fingerprint, run_id = plan.config, plan.fingerprint, plan.run_id
+    max_texts = config.dedup.merge_alt_texts
+    sc.setJobDescription(f"i2e hash {len(plan.shards)} shards")
+    stems = (sc.parallelize(plan.shards, max(1, len(plan.shards)))
+             .map(lambda shard: hash_shard(shard, CheckStage(config), work, fingerprint, run_id,
+                                           config.batch_rows).stem)
+             .collect())
+    sc.setJobDescription("i2e dedup plan")
+    checked = (sc.parallelize(stems, max(1, len(stems))).flatMap(work.hash_rows)
+               .map(lambda row: (row, dedup_plan.contamination(row, eval_index))).cache())
+    tainted = checked.filter(lambda item: item[1] is not None).map(lambda item: (item[0]["source_shard"], item[1]))
+    clean = checked.filter(lambda item: item[1] is None).map(lambda item: (dedup_plan.vertex_of(item[0]), item[0]))
+    edges = (clean.keys().distinct()
+             .flatMap(lambda vertex: dedup_plan.vertex_entries(index, vertex))
+             .groupByKey()
+             .flatMap(lambda bucket: dedup_plan.bucket_edges(index, bucket[0][0], bucket[1]))
+             .distinct())
+    # Global, over edges only (two vertex ids per near pair): components on the driver.
+    labels = dedup_plan.connected_components(edges.collect())
+    labels_broadcast = sc.broadcast(labels)
+    decisions = (clean.map(lambda item: (labels_broadcast.value.get(item[0], item[0]), item[1]))
+                 .groupByKey()
+                 .flatMap(lambda cluster: dedup_plan.cluster_decisions(cluster[0], cluster[1], max_texts)))
+    return tainted.union(decisions), checked, labels_broadcast
 
 
 def _narrow_schema():
@@ -73,45 +110,64 @@ def _narrow_schema():
     return T.StructType([
         T.StructField("source_shard", T.StringType(), False),
         T.StructField("row_in_shard", T.LongType(), False),
-        T.StructField("sample_id", T.StringType(), False),
-        T.StructField("sha256", T.StringType(), False),
-        T.StructField("n_links", T.LongType(), False),
+        T.StructField("pixels", T.LongType(), False),
         T.StructField("links", T.ArrayType(link, False), False),
         T.StructField("score_keys", T.ArrayType(T.LongType(), False), False),
+        T.StructField("image_embedding", T.ArrayType(T.FloatType(), False), False),
     ])
 
 
-def _write_task(row, work: WorkDir, target: Target, decisions: Decisions, counts_broadcast) -> str:
-    duplicates = {d["row_in_shard"]: d["survivor_sample_id"] for d in (row["duplicates"] or [])}
+def _write_task(stem: str, semantic: Iterable, work: WorkDir, target: Target, decisions: Decisions,
+                counts_broadcast) -> str:
     decisions = dataclasses.replace(decisions, entity_counts=counts_broadcast.value)
-    finalize.write_shard_tables(work, row["stem"], target, duplicates, decisions)
-    return row["stem"]
+    finalize.write_shard_tables(work, stem, target, {d.row_in_shard: d for d in semantic}, decisions)
+    return stem
+
+
+def _semantic(narrow_rdd, plan: RunPlan):
+    """SemDeDup's decisions as an RDD of (shard_id, SemanticDecision); None when it is off."""
+    config = plan.config.dedup
+    if not config.semantic:
+        return None
+    n_rows = narrow_rdd.count()
+    fraction = finalize.semantic_sample_fraction(config, n_rows)
+    # Global, bounded (MAX_KMEANS_SAMPLE rows): k-means on the driver.
+    centroids = finalize.semantic_centroids(
+        narrow_rdd.filter(lambda row: finalize.in_kmeans_sample(row, fraction)).collect(), config, n_rows)
+    return (narrow_rdd.map(lambda row: (finalize.semantic_cluster_of(row, centroids), row))
+            .groupByKey()
+            .flatMap(lambda cluster: finalize.semantic_group(cluster[0], cluster[1], config))
+            .map(lambda d: (d.source_shard, d)))
 
 
 def execute(plan: RunPlan, spark) -> str:
-    """Annotate ``plan.todo`` and write the tables into ``plan.target``; returns the runner's name."""
-    from pyspark.sql import Window
+    """Hash, dedup, annotate and write the tables into ``plan.target``; returns the runner's name."""
     from pyspark.sql import functions as F
 
     sc = spark.sparkContext
     config, work, target, cfg = plan.config, plan.work, plan.target, plan.config.filter
-    if plan.todo:
-        sc.setJobDescription(f"i2e annotate {len(plan.todo)} shards")
-        (sc.parallelize(plan.todo, len(plan.todo))
-         .map(lambda shard: _annotate_task(shard, config, plan.kb_path, work, plan.fingerprint, plan.run_id))
-         .collect())
-    committed = plan.committed()
+    decisions, checked, labels_broadcast = _dedup_decisions(sc, plan)
+    sc.setJobDescription(f"i2e annotate {len(plan.shards)} shards")
+    shard_refs = sc.parallelize([(s.shard_id, s) for s in plan.shards], max(1, len(plan.shards)))
+    committed = (shard_refs.cogroup(decisions, max(1, len(plan.shards)))
+                 .flatMap(lambda item: [_annotate_task(shard, item[1][1], config, plan.kb_path, work,
+                                                       plan.fingerprint, plan.run_id) for shard in item[1][0]])
+                 .collect())
+    checked.unpersist()
+    labels_broadcast.destroy()
     sc.setJobDescription("i2e finalize")
     slices = max(1, len(committed))
-    narrow = spark.createDataFrame(
-        sc.parallelize([stem for _, stem in committed], slices)
-        .flatMap(lambda stem: finalize.project_shard(work, stem)), _narrow_schema())
-    order = [F.col(name).asc() if ascending else F.col(name).desc() for name, ascending in finalize.SURVIVOR_ORDER]
-    by_copy = Window.partitionBy("sha256").orderBy(*order)
-    ranked = (narrow.withColumn("copy_rank", F.row_number().over(by_copy))
-              .withColumn("survivor_sample_id", F.first("sample_id").over(by_copy))
-              .cache())
-    survivors = ranked.filter(F.col("copy_rank") == 1)
+    narrow_rdd = (sc.parallelize([stem for _, stem in committed], slices)
+                  .flatMap(lambda stem: finalize.project_shard(work, stem, config.dedup.semantic)).cache())
+    semantic = _semantic(narrow_rdd, plan)
+    narrow = spark.createDataFrame(narrow_rdd, _narrow_schema())
+    if semantic is not None:
+        semantic = semantic.cache()
+        drops = spark.createDataFrame(semantic.filter(lambda item: item[1].dropped)
+                                      .map(lambda item: (item[0], item[1].row_in_shard)),
+                                      "source_shard string, row_in_shard long")
+        narrow = narrow.join(drops, ["source_shard", "row_in_shard"], "left_anti")
+    survivors = narrow.cache()
     keys = survivors.select(F.explode("score_keys").alias("key"))
 
     def bin_counts(frame, expression) -> dict[int, int]:
@@ -129,14 +185,13 @@ def execute(plan: RunPlan, spark) -> str:
     counts = {r["entity_id"]: r["count"] for r in counts_frame.collect()}
     counts_broadcast = sc.broadcast(counts)
 
-    duplicates = (ranked.filter(F.col("copy_rank") > 1)
-                  .groupBy("source_shard")
-                  .agg(F.collect_list(F.struct("row_in_shard", "survivor_sample_id")).alias("duplicates")))
-    shards = spark.createDataFrame(committed, "shard_id string, stem string")
-    jobs = shards.join(duplicates, shards.shard_id == duplicates.source_shard, "left").select("stem", "duplicates")
     decisions = plan.decisions(cutoff, {})
-    jobs.repartition(slices, "stem").rdd.map(
-        lambda row: _write_task(row, work, target, decisions, counts_broadcast)).collect()
+    stems = sc.parallelize([(shard_id, stem) for shard_id, stem in committed], slices)
+    semantic_by_shard = semantic if semantic is not None else sc.parallelize([], 1)
+    (stems.cogroup(semantic_by_shard, slices)
+     .flatMap(lambda item: [_write_task(stem, item[1][1], work, target, decisions, counts_broadcast)
+                            for stem in item[1][0]])
+     .collect())
 
     parts = plan.entity_parts()
     kept_entities = [(finalize.entity_part(e, parts), (e, c)) for e, c in counts.items() if finalize.keeps_entity(c, cfg)]
@@ -144,7 +199,8 @@ def execute(plan: RunPlan, spark) -> str:
         (sc.parallelize(kept_entities, min(parts, len(kept_entities))).groupByKey()
          .map(lambda part: finalize.write_entity_part(part[0], parts, part[1], plan.kb_path, plan.kb_version, target))
          .collect())
-    ranked.unpersist()
+    survivors.unpersist()
+    narrow_rdd.unpersist()
     counts_broadcast.destroy()
     return f"spark:{sc.master}"
 
