@@ -141,3 +141,20 @@ def write_replica_parquet(pairs: Sequence[Pair], folder: str | Path, total: int,
                 writer.write_table(pa.Table.from_pylist(chunk, PARQUET_SCHEMA))
         paths.append(path)
     return paths
+
+
+def proc_status_kib(field: str) -> Optional[int]:
+    """A ``kB`` field of /proc/self/status (VmRSS, VmHWM), in KiB."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(f"{field}:"):
+            return int(line.split()[1])
+    return None
+
+
+def reset_peak() -> bool:
+    """Reset this process's peak RSS (VmHWM); Linux >= 4.0, may be refused."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        return True
+    except OSError:
+        return False

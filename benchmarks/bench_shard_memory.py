@@ -36,26 +36,10 @@ from typing import Optional
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import DEFAULT_DATA, coco_pairs, facts_lines, loadavg, run_facts, write_replica_parquet  # noqa: E402
+from _common import (DEFAULT_DATA, coco_pairs, facts_lines, loadavg, proc_status_kib, reset_peak,  # noqa: E402
+                     run_facts, write_replica_parquet)
 
 MIB = 1024 * 1024
-
-
-def proc_status_kib(field: str) -> Optional[int]:
-    """A ``kB`` field of /proc/self/status (VmRSS, VmHWM), in KiB."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(f"{field}:"):
-            return int(line.split()[1])
-    return None
-
-
-def reset_peak() -> bool:
-    """Reset this process's peak RSS (VmHWM); Linux >= 4.0, may be refused."""
-    try:
-        Path("/proc/self/clear_refs").write_text("5")
-        return True
-    except OSError:
-        return False
 
 
 def child(parquet: str, output: str, scorer_batch: Optional[int]) -> dict:

@@ -3,4 +3,4 @@
 Nothing in this package imports apache_beam, pyspark or ray; the wrappers in
 ``pipelines/`` call these functions, so every engine produces the same rows.
 """
-__version__ = "0.3.0"
+__version__ = "0.4.0"

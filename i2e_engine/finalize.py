@@ -52,12 +52,12 @@ READ_BATCH_ROWS = 256
 # ----------------------------------------------------------------------------- 1. project
 
 NarrowRow = dict
-"""Keys: source_shard, row_in_shard, pixels, links (a list of {entity_id,
+"""Keys: source_shard, row_in_shard, sample_id, pixels, links (a list of {entity_id,
 image_entity_score}), score_keys (each score's :meth:`ExactQuantile.key`) and
 image_embedding (empty unless asked for). A dict so that Beam coders and Spark rows carry it
 as is."""
 
-NARROW_COLUMNS = ("source_shard", "row_in_shard", "width", "height", "links")
+NARROW_COLUMNS = ("source_shard", "row_in_shard", "sample_id", "width", "height", "links")
 
 
 def project_shard(work: WorkDir, stem: str, with_embeddings: bool = False) -> Iterator[NarrowRow]:
@@ -69,7 +69,7 @@ def project_shard(work: WorkDir, stem: str, with_embeddings: bool = False) -> It
             links = [{"entity_id": link["entity_id"], "image_entity_score": link["image_entity_score"]}
                      for link in row["links"]]
             yield {"source_shard": row["source_shard"], "row_in_shard": row["row_in_shard"],
-                   "pixels": row["width"] * row["height"], "links": links,
+                   "sample_id": row["sample_id"], "pixels": row["width"] * row["height"], "links": links,
                    "score_keys": [ExactQuantile.key(link["image_entity_score"]) for link in links],
                    "image_embedding": row.get("image_embedding") or []}
 

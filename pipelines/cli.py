@@ -14,7 +14,8 @@ import sys
 from typing import Optional, Sequence
 
 import schemas
-from i2e_engine.config import BuildConfig, FilterConfig, LinkConfig, NerConfig, ScorerConfig
+from i2e_engine.config import BuildConfig, DedupConfig, FilterConfig, LinkConfig, NerConfig, ScorerConfig
+from i2e_engine.dedup.plan import SURVIVOR_RULE
 
 BUILD_EPILOG = """\
 examples:
@@ -26,6 +27,7 @@ examples:
   i2e build "gs://bucket/pairs/*.parquet" --output gs://bucket/out --kb gs://bucket/kb.parquet \\
       --runner=DataflowRunner --project=P --region=R --temp_location=gs://bucket/tmp
   i2e build /mnt/pairs/ --output /mnt/shared/out --runner spark --spark-master local[4]
+  i2e build data/*.parquet --decontaminate gpr1200/images/ --semantic-dedup   # drop eval copies, SemDeDup
   spark-submit --master yarn pipelines/spark/job.py /mnt/pairs/ --output /mnt/shared/out
 
 Rerunning the same command resumes: committed input shards are not annotated again.
@@ -83,6 +85,25 @@ def _build_parser(commands) -> None:
                        help="re-annotate the committed shards whose rows failed in a model stage "
                             "(ner_error, score_error); other shards are not redone")
     build.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    dedup = build.add_argument_group(
+        "dedup", "Exact and near copies (perceptual hashes) are dropped before NER and scoring; the survivor of "
+                 f"each cluster is the {SURVIVOR_RULE}, and reads its copies' alt-texts. Clusters are in the "
+                 "`duplicates` table, dropped rows in `rejects` with their survivor.")
+    dedup.add_argument("--near-radius", type=int, default=DedupConfig.near_radius,
+                       help="Hamming bits within which two images are near copies, 0..%d (default: %%(default)s, "
+                            "measured in BENCHMARKS.md)" % (DedupConfig.index_blocks - 1))
+    dedup.add_argument("--merge-alt-texts", type=int, default=DedupConfig.merge_alt_texts,
+                       help="alt-texts of dropped copies a survivor reads with its own (default: %(default)s)")
+    dedup.add_argument("--semantic-dedup", action="store_true",
+                       help="also drop semantic duplicates (SemDeDup: k-means on the scorer's image embeddings, "
+                            "then a cosine threshold inside each cluster)")
+    dedup.add_argument("--semantic-threshold", type=float, default=DedupConfig.semantic_threshold,
+                       help="cosine similarity at which two images are one (default: %(default)s)")
+    dedup.add_argument("--semantic-clusters", type=int, help="k-means clusters (default: about sqrt(images))")
+    dedup.add_argument("--seed", type=int, default=DedupConfig.seed, help="k-means seed (default: %(default)s)")
+    dedup.add_argument("--decontaminate", action="append", default=[], metavar="PATH_OR_URI",
+                       help="a folder of evaluation images (repeat for several): training rows that are exact or "
+                            "near copies of any of them are dropped (the reject names the image matched)")
 
 
 def config_from_args(args: argparse.Namespace) -> BuildConfig:
@@ -97,6 +118,10 @@ def config_from_args(args: argparse.Namespace) -> BuildConfig:
         filter=FilterConfig(min_score=args.min_score, top_k_per_image=args.top_k,
                             keep_top_fraction=args.keep_top_fraction,
                             min_images_per_entity=args.min_images_per_entity),
+        dedup=DedupConfig(near_radius=args.near_radius, merge_alt_texts=args.merge_alt_texts,
+                          semantic=args.semantic_dedup, semantic_threshold=args.semantic_threshold,
+                          semantic_clusters=args.semantic_clusters, seed=args.seed,
+                          decontaminate=list(args.decontaminate)),
     )
 
 

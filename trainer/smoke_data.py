@@ -60,7 +60,7 @@ def build_caltech_tables(caltech: str | Path, out: str | Path, per_category: int
             images.append(dict(image_id=image_id, sample_id=sample_id, source="folder",
                                source_shard=f"caltech101/{folder}", row_in_shard=len(images), url=None, width=width, height=height,
                                image_format=fmt, alt_text_raw=f"a photo of {name}", alt_text=f"a photo of {name}",
-                               image=data, run_id=RUN_ID))
+                               alt_texts_of_copies=[], image=data, run_id=RUN_ID))
             link(image_id, sample_id, name, qid, 1)
             if folder in ("airplanes", "Motorbikes"):
                 link(image_id, sample_id, name, VEHICLE[0], 2)
@@ -69,7 +69,7 @@ def build_caltech_tables(caltech: str | Path, out: str | Path, per_category: int
         image_id = hashlib.sha256(data).hexdigest()
         images.insert(3 + i, dict(image_id=image_id, sample_id=image_id, source="folder", source_shard="corrupt",
                                   row_in_shard=i, url=None, width=64, height=64, image_format="JPEG", alt_text_raw="a photo of Leopard",
-                                  alt_text="a photo of Leopard", image=data, run_id=RUN_ID))
+                                  alt_text="a photo of Leopard", alt_texts_of_copies=[], image=data, run_id=RUN_ID))
         link(image_id, image_id, "Leopard", CATEGORIES["Leopards"][0], 1)
 
     per_file = -(-len(images) // image_files)

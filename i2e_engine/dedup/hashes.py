@@ -2,8 +2,8 @@
 
 Each image gets two pHashes (DCT hash, imagehash's reference implementation): one of the
 whole image and one of its central 90%. A copy cropped by about 5% per side (a common web
-thumbnail) is far from its original by the whole-image hash alone (10 bits on average, up to
-20, measured on Caltech-101: BENCHMARKS.md), but its whole-image hash is within a few bits of
+thumbnail) is far from its original by the whole-image hash alone (11 bits on average, up to
+24, measured on Caltech-101: BENCHMARKS.md), but its whole-image hash is within a few bits of
 the original's central hash. Two images are near duplicates when their whole-image hashes,
 or one's whole-image hash and the other's central hash, are within the radius.
 

@@ -110,6 +110,7 @@ def _narrow_schema():
     return T.StructType([
         T.StructField("source_shard", T.StringType(), False),
         T.StructField("row_in_shard", T.LongType(), False),
+        T.StructField("sample_id", T.StringType(), False),
         T.StructField("pixels", T.LongType(), False),
         T.StructField("links", T.ArrayType(link, False), False),
         T.StructField("score_keys", T.ArrayType(T.LongType(), False), False),

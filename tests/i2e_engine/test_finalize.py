@@ -1,4 +1,4 @@
-"""The finalize plan's global decisions: exact quantile from bin counts, dedup survivors,
+"""The finalize plan's global decisions: exact quantile from bin counts,
 per-entity counts; and the per-shard writer's accounting."""
 from __future__ import annotations
 
@@ -40,22 +40,6 @@ def test_two_pass_cutoff_equals_the_sort_of_all_scores(fraction):
 def test_cutoff_of_nothing_is_none():
     assert _cutoff_from_counts([], 0.5) is None
     assert finalize.quantile_cutoff(None, lambda: {1: 1}, lambda high: {}) is None
-
-
-def _row(sample_id, shard, row, n_links):
-    return {"sample_id": sample_id, "source_shard": shard, "row_in_shard": row, "n_links": n_links}
-
-
-def test_survivor_has_most_links_then_smallest_sample_id_then_row_key():
-    rows = [_row("b", "s1", 0, 1), _row("a", "s2", 5, 1), _row("c", "s0", 0, 2), _row("a", "s1", 3, 1)]
-    survivor, duplicates = finalize.dedup_group(rows)
-    assert (survivor["sample_id"], survivor["source_shard"]) == ("c", "s0")
-    assert {(d.source_shard, d.row_in_shard) for d in duplicates} == {("s1", 0), ("s2", 5), ("s1", 3)}
-    assert {d.survivor_sample_id for d in duplicates} == {"c"}
-    # the same pair twice (identical sample ids): the row key decides, and one is dropped
-    survivor, duplicates = finalize.dedup_group([_row("a", "s2", 1, 1), _row("a", "s1", 9, 1)])
-    assert (survivor["source_shard"], survivor["row_in_shard"]) == ("s1", 9)
-    assert [(d.source_shard, d.row_in_shard) for d in duplicates] == [("s2", 1)]
 
 
 def test_kept_entity_ids_apply_threshold_and_top_k():

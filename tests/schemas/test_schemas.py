@@ -37,7 +37,7 @@ def test_nested_types_are_built_from_data():
 
 def _reject(**overrides):
     row = {"sample_id": "s", "source_shard": "a", "row_in_shard": 1, "stage": "image", "kind": "rejected",
-           "reason": "image_empty", "entity_id": None, "detail": "", "run_id": "r"}
+           "reason": "image_empty", "entity_id": None, "cluster_id": None, "survivor_shard": None, "survivor_row": None, "detail": "", "run_id": "r"}
     return {**row, **overrides}
 
 
@@ -100,8 +100,9 @@ def test_null_in_a_nested_required_field_is_refused():
             "mention_end": 3, "entity_id": None, "link_score": 0.5, "link_prior": 0.5, "link_context": 0.0,
             "runner_ups": [], "image_entity_score": 0.3}
     row = {"sample_id": "s", "source": "parquet", "source_shard": "a", "row_in_shard": 0, "url": None,
-           "sha256": "h", "width": 10, "height": 10, "image_format": "JPEG", "image": b"x",
-           "alt_text_raw": "cat", "alt_text": "cat", "links": [link]}
+           "sha256": "h", "phash": -5, "phash_center": 7, "width": 10, "height": 10, "image_format": "JPEG",
+           "image": b"x", "alt_text_raw": "cat", "alt_text": "cat", "alt_texts_of_copies": [], "links": [link],
+           "image_embedding": [0.6, 0.8]}
     with pytest.raises(schemas.SchemaError, match="links\\[\\].*'entity_id' is not nullable"):
         schemas.from_records([row], "annotations")
     assert schemas.from_records([{**row, "links": [{**link, "entity_id": "Q1"}]}], "annotations").num_rows == 1
