@@ -8,7 +8,7 @@ image's sha256 differs), ``--shard-rows`` rows a file (each file is one shard).
 
 Each measured build has a fresh output folder and runs what ``pipelines.run.run_build``
 runs, with the runner's own execute function called directly: ``plan_run``, then
-``local.annotate`` + ``local.finalize_tables`` / ``pipelines.beam.pipeline.execute(plan, [])``
+``local.hash_and_dedup`` + ``local.annotate`` + ``local.finalize_tables`` / ``pipelines.beam.pipeline.execute(plan, [])``
 / ``pipelines.spark.job.execute(plan, spark)``, then ``publish``. Wall = all three.
 ``--repeats`` rounds of one build per runner, the runner order rotating each round;
 medians. ratio = bare wall / runner wall (target >= 0.9).
@@ -25,9 +25,10 @@ a fresh process; ``Annotator.setup()`` is timed here both cold and again, to sho
 Apart, not in any build: Spark's session (JVM) start-up and a first 2-task job (Python
 workers start), Beam's first tiny pipeline.
 
-Phases: for the bare loop, ``local.annotate`` and ``local.finalize_tables`` are timed as
-calls. Beam and Spark do both in one execute call, so there annotate = start of execute to
-the last shard marker's commit time, finalize = the rest of execute (on Beam, projecting a
+Phases: for the bare loop, ``local.hash_and_dedup`` + ``local.annotate`` ("annotate": the
+hash pass, the dedup plan and the annotate pass) and ``local.finalize_tables`` are timed as
+calls. Beam and Spark do both in one execute call, so there annotate = start of execute
+(the hash pass included) to the last shard marker's commit time, finalize = the rest of execute (on Beam, projecting a
 shard's narrow rows is fused with annotating it, so it falls mostly in "annotate").
 Finalize bytes: image bytes in ``_work/annotations`` (read once, by the shard writers) vs
 the narrow rows the global steps group and count (``finalize.project_shard``; arrow and
@@ -90,7 +91,7 @@ def run_one(runner: str, inputs: Path, out: Path, number: int, spark: Any) -> tu
     load_before = loadavg()
     plan_s, plan = timed(lambda: plan_run(build_config(inputs, out, number), progress=lambda _: None))
     if runner == "local":
-        annotate_s, _ = timed(lambda: local.annotate(plan))
+        annotate_s, _ = timed(lambda: local.annotate(plan, local.hash_and_dedup(plan)))
         finalize_s, _ = timed(lambda: local.finalize_tables(plan))
         name = local.RUNNER
     else:   # one execute call: split it at the last shard commit
@@ -178,8 +179,8 @@ def report(args: argparse.Namespace, shards: int, facts: dict, loads: dict[str, 
     same = len({json.dumps(b["rows"], sort_keys=True) for b in builds}) == 1
     lines += ["", f"Table row counts identical across all builds: {'yes' if same else 'NO'} "
               f"({builds[0]['rows']}).",
-              "annotate / finalize: bare loop = the `local.annotate` / `local.finalize_tables` calls (annotate "
-              "includes its `Annotator.setup()`); Beam and Spark = start of execute to the last shard commit / "
+              "annotate / finalize: bare loop = the `local.hash_and_dedup` + `local.annotate` / "
+              "`local.finalize_tables` calls (annotate includes the hash pass and its `Annotator.setup()`); Beam and Spark = start of execute to the last shard commit / "
               "the rest of execute. Sum of annotate_shard s = the shard markers' `seconds` (no model load; on "
               "Spark two shards run at once).",
               "Model loads are inside every build's wall: the bare loop and Beam (in this process) load one "

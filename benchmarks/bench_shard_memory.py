@@ -60,7 +60,7 @@ def child(parquet: str, output: str, scorer_batch: Optional[int]) -> dict:
                    "peak_after_setup_kib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}
     reset = reset_peak()
     started = time.perf_counter()
-    marker = annotate_shard(shard, annotator, plan.work, plan.fingerprint, plan.run_id, config.batch_rows)
+    marker = annotate_shard(shard, annotator, plan.work, plan.fingerprint, plan.run_id, batch_rows=config.batch_rows)
     return {**after_setup, "setup_s": setup_s, "annotate_s": time.perf_counter() - started,
             "peak_end_kib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
             "peak_annotate_only_kib": proc_status_kib("VmHWM") if reset else None,

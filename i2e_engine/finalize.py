@@ -76,7 +76,8 @@ def project_shard(work: WorkDir, stem: str, with_embeddings: bool = False) -> It
 
 # ----------------------------------------------------------------------------- 2. decide: semantic dedup
 
-MAX_KMEANS_SAMPLE = 100_000   # rows k-means trains on, whatever the input's size
+MAX_KMEANS_SAMPLE = 1_000_000   # rows k-means trains on, whatever the input's size (2 GB at 512 dims)
+KMEANS_ROWS_PER_CLUSTER = 64     # faiss warns under 39 a centroid and subsamples over 256
 
 
 def semantic_clusters(config: DedupConfig, n_rows: int) -> int:
@@ -84,8 +85,9 @@ def semantic_clusters(config: DedupConfig, n_rows: int) -> int:
 
 
 def semantic_sample_fraction(config: DedupConfig, n_rows: int) -> float:
-    """Enough rows for k-means (256 a centroid), at most MAX_KMEANS_SAMPLE."""
-    wanted = min(256 * semantic_clusters(config, n_rows), MAX_KMEANS_SAMPLE)
+    """The fraction of rows k-means trains on: KMEANS_ROWS_PER_CLUSTER a cluster, at most
+    MAX_KMEANS_SAMPLE rows (at 10^9 images and sqrt(N) clusters that is 32 a cluster)."""
+    wanted = min(KMEANS_ROWS_PER_CLUSTER * semantic_clusters(config, n_rows), MAX_KMEANS_SAMPLE)
     return 1.0 if n_rows <= wanted else wanted / n_rows
 
 
@@ -94,7 +96,7 @@ def in_kmeans_sample(row: NarrowRow, fraction: float) -> bool:
 
 
 def semantic_centroids(sample: list[NarrowRow], config: DedupConfig, n_rows: int) -> np.ndarray:
-    """GLOBAL, one process: k-means over the sample's embeddings (bounded by MAX_KMEANS_SAMPLE)."""
+    """GLOBAL, one process: k-means over the sample's embeddings (at most MAX_KMEANS_SAMPLE rows)."""
     sample = sorted(sample, key=lambda r: (r["source_shard"], r["row_in_shard"]))
     embeddings = np.array([r["image_embedding"] for r in sample], dtype=np.float32)
     keys = [(r["source_shard"], r["row_in_shard"]) for r in sample]

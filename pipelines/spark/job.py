@@ -149,13 +149,18 @@ def execute(plan: RunPlan, spark) -> str:
     config, work, target, cfg = plan.config, plan.work, plan.target, plan.config.filter
     decisions, checked, labels_broadcast = _dedup_decisions(sc, plan)
     sc.setJobDescription(f"i2e annotate {len(plan.shards)} shards")
-    shard_refs = sc.parallelize([(s.shard_id, s) for s in plan.shards], max(1, len(plan.shards)))
-    committed = (shard_refs.cogroup(decisions, max(1, len(plan.shards)))
+    # Keyed by the shard's position, which Spark's hash partitioner maps to itself: one shard
+    # per task, with its decisions.
+    position = sc.broadcast({s.shard_id: i for i, s in enumerate(plan.shards)})
+    shard_refs = sc.parallelize(list(enumerate(plan.shards)), max(1, len(plan.shards)))
+    committed = (shard_refs.cogroup(decisions.map(lambda item: (position.value[item[0]], item[1])),
+                                    max(1, len(plan.shards)))
                  .flatMap(lambda item: [_annotate_task(shard, item[1][1], config, plan.kb_path, work,
                                                        plan.fingerprint, plan.run_id) for shard in item[1][0]])
                  .collect())
     checked.unpersist()
     labels_broadcast.destroy()
+    position.destroy()
     sc.setJobDescription("i2e finalize")
     slices = max(1, len(committed))
     narrow_rdd = (sc.parallelize([stem for _, stem in committed], slices)

@@ -15,7 +15,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from i2e_engine.config import BuildConfig
+from i2e_engine.config import BuildConfig, DedupConfig
 from i2e_engine.demo import demo_rows
 from pipelines.run import run_build
 
@@ -77,3 +77,20 @@ def test_build_from_and_to_a_bucket_killed_and_resumed(s3, tmp_path):
     assert sorted(images["sample_id"]) == sorted(local_images["sample_id"])
     assert {k: manifest[k] for k in ("rows", "kept_images", "drops_by_reason")} == \
         {k: unbroken[k] for k in ("rows", "kept_images", "drops_by_reason")}
+
+
+def test_decontamination_against_evaluation_images_in_a_bucket(s3):
+    rows = _upload_shards(s3, 1)
+    evaluated = rows[2]   # a photo the demo holds twice (its exact duplicate pair)
+    with s3.open("inputs/eval/held-out.png", "wb") as handle:
+        handle.write(evaluated["jpg"])
+    config = BuildConfig(inputs=["s3://inputs/crawl/*.parquet"], output="s3://outputs/decontaminated",
+                         dedup=DedupConfig(decontaminate=["s3://inputs/eval"]))
+    manifest = run_build(config, "local", progress=lambda _: None)
+    s3.invalidate_cache()
+    rejects = pd.read_parquet("s3://outputs/decontaminated/rejects")
+    tainted = rejects[rejects["reason"] == "benchmark_contamination"]
+    copies = [i for i, row in enumerate(rows) if row["jpg"] == evaluated["jpg"]]
+    assert len(copies) == 2 and sorted(tainted["row_in_shard"]) == copies
+    assert tainted["detail"].str.contains("s3://inputs/eval/held-out.png").all()
+    assert manifest["input_samples"] == len(rows)
