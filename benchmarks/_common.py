@@ -3,11 +3,11 @@ img2dataset-style parquet folder, and the run facts every report prints (command
 load average, package versions, medians)."""
 from __future__ import annotations
 
+import io
 import os
 import platform
 import shlex
 import statistics
-import struct
 import sys
 import time
 from importlib import metadata
@@ -16,6 +16,7 @@ from typing import Any, Callable, Iterator, Optional, Sequence
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+from PIL import Image
 
 REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
@@ -104,23 +105,37 @@ def coco_pairs(data: str | Path) -> list[Pair]:
     return [pair for pair in pairs if not pair["read_error"]]
 
 
-def distinct_jpeg(image: bytes, copy: int) -> bytes:
-    """``image`` with a JPEG comment segment (COM) naming ``copy`` right after the SOI
-    marker: the same picture, decodable, with a different sha256 for every copy."""
-    if image[:2] != b"\xff\xd8":
-        raise ValueError("not a JPEG (no SOI marker)")
-    comment = f"i2e bench copy {copy}".encode()
-    return image[:2] + b"\xff\xfe" + struct.pack(">H", len(comment) + 2) + comment + image[2:]
+_TRANSPOSES = (None, Image.Transpose.FLIP_LEFT_RIGHT, Image.Transpose.FLIP_TOP_BOTTOM, Image.Transpose.ROTATE_90,
+               Image.Transpose.ROTATE_180, Image.Transpose.ROTATE_270, Image.Transpose.TRANSPOSE,
+               Image.Transpose.TRANSVERSE)
+_WINDOWS = ((0, 0, 1, 1), (0, 0, 0.6, 0.6), (0.4, 0, 1, 0.6), (0, 0.4, 0.6, 1), (0.4, 0.4, 1, 1))
+
+
+def distinct_picture(image: bytes, copy: int) -> bytes:
+    """Another picture made from ``image`` for every ``copy`` (a mirror or rotation times a
+    crop window: 40 kinds), so the dedup plan keeps the copies as distinct images; a JPEG
+    comment naming ``copy`` keeps the bytes distinct beyond 40."""
+    with Image.open(io.BytesIO(image)) as opened:
+        picture = opened.convert("RGB")
+    transpose, window = _TRANSPOSES[copy % 8], _WINDOWS[copy // 8 % 5]
+    if transpose is not None:
+        picture = picture.transpose(transpose)
+    width, height = picture.size
+    picture = picture.crop((round(window[0] * width), round(window[1] * height),
+                            round(window[2] * width), round(window[3] * height)))
+    buffer = io.BytesIO()
+    picture.save(buffer, "JPEG", quality=90, comment=f"i2e bench copy {copy}".encode())
+    return buffer.getvalue()
 
 
 def replica_rows(pairs: Sequence[Pair], total: int, start: int = 0) -> Iterator[dict]:
     """Rows ``start .. total-1`` of the pairs cycled; copy 0 is the pair as read, copy N > 0
-    has " (copy N)" after its caption and its own image bytes (:func:`distinct_jpeg`)."""
+    has " (copy N)" after its caption and its own picture (:func:`distinct_picture`)."""
     for index in range(start, total):
         copy, pair = divmod(index, len(pairs))
         pair = pairs[pair]
         text = pair["text"].decode() if isinstance(pair["text"], bytes) else pair["text"]
-        yield {"jpg": distinct_jpeg(pair["image"], copy) if copy else pair["image"],
+        yield {"jpg": distinct_picture(pair["image"], copy) if copy else pair["image"],
                "caption": f"{text} (copy {copy})" if copy else text,
                "url": f"{pair['url']}#copy{copy}" if copy else pair["url"]}
 

@@ -19,9 +19,10 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Generic, Iterable, Optional, Sequence, TypeVar
 
+import schemas
 from i2e_engine.config import BuildConfig, LinkConfig, NerConfig, ScorerConfig
 from i2e_engine.dedup.hashes import hash_image_bytes
-from i2e_engine.dedup.plan import HASH_COLUMNS, HashRow, RowDedup, ShardDedup
+from i2e_engine.dedup.plan import HashRow, RowDedup, ShardDedup
 from i2e_engine.images import ImageLimits, ImageRejected, decode_rgb
 from i2e_engine.records import Link, Mention, Pair, make_reject
 from i2e_engine.text import TextRejected, normalize_alt_text
@@ -119,8 +120,8 @@ def ner_text(record: dict) -> str:
 
 
 def hash_row(record: dict) -> HashRow:
-    """The narrow row of a checked record that the dedup plan reads."""
-    return {key: record[key] for key in HASH_COLUMNS if key != "pixels"} | {
+    """The narrow row of a checked record that the dedup plan reads (the ``hashes`` table)."""
+    return {key: record[key] for key in schemas.column_names("hashes") if key != "pixels"} | {
         "pixels": record["width"] * record["height"]}
 
 

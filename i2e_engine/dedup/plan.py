@@ -18,6 +18,10 @@ Runners place these functions; the decisions are the same on every runner:
    the survivor collects the distinct alt-texts of its copies (up to ``max_texts``), which
    NER reads with its own, as MOFI's I2E does;
 7. the decisions are grouped by shard (:class:`ShardDedup`) and handed to the annotate pass.
+
+The rows of one vertex (exact copies) and of one cluster meet on one worker: Beam iterates
+a large group lazily and :func:`cluster_decisions` holds none of its rows; Spark's
+``groupByKey`` holds a group as one list (about 300 MB for a placeholder seen 10^6 times).
 """
 from __future__ import annotations
 
@@ -32,10 +36,8 @@ from i2e_engine.dedup.hashes import PerceptualHashes, near_distance
 from i2e_engine.dedup.index import HashIndex, near_pairs, pairs_in_table
 
 HashRow = dict
-"""Keys: source_shard, row_in_shard, sha256, phash, phash_center, pixels, alt_text (a dict so
-Beam coders and Spark rows carry it as is)."""
-
-HASH_COLUMNS = ("source_shard", "row_in_shard", "sha256", "phash", "phash_center", "pixels", "alt_text")
+"""A row of the ``hashes`` work table (schemas/: row key, sha256, phash, phash_center,
+pixels, alt_text), as a dict so that Beam coders and Spark rows carry it as is."""
 
 SURVIVOR_RULE = "largest width x height, then the smallest row key (source_shard, row_in_shard)"
 

@@ -29,6 +29,7 @@ from i2e_engine.config import BuildConfig
 from i2e_engine.finalize import Decisions, Target
 from i2e_engine.readers import ShardRef
 from i2e_engine.dedup import plan as dedup_plan
+from i2e_engine.dedup.hashes import to_signed
 from i2e_engine.dedup.plan import RowDedup, ShardDedup
 from i2e_engine.shard import annotate_shard, hash_shard
 from i2e_engine.stages import Annotator, CheckStage
@@ -73,8 +74,31 @@ def _annotate_task(shard: ShardRef, decisions: Iterable[RowDedup], config: Build
     return marker.shard_id, marker.stem
 
 
-def _dedup_decisions(sc, plan: RunPlan):
+def _near_edges(spark, vertices, index):
+    """Near pairs of vertices: each vertex's two hashes keyed into every table's bucket and
+    grouped in the JVM (about 140 narrow rows a vertex, never through Python); only buckets
+    holding two or more entries reach :func:`i2e_engine.dedup.plan.bucket_edges`."""
+    from pyspark.sql import functions as F
+
+    frame = spark.createDataFrame(vertices.map(lambda v: (v, *dataclasses.astuple(dedup_plan.vertex_hashes(v)))),
+                                  "vertex string, phash long, phash_center long")
+    tables = spark.createDataFrame([(t, to_signed(int(index.mask(t)))) for t in range(len(index.tables))],
+                                   "table int, mask long")
+    entries = frame.select("vertex", F.explode(F.array(
+        F.struct(F.col("phash").alias("value"), F.lit(False).alias("is_center")),
+        F.struct(F.col("phash_center").alias("value"), F.lit(True).alias("is_center")))).alias("entry"))
+    buckets = (entries.crossJoin(F.broadcast(tables))
+               .groupBy("table", F.col("entry.value").bitwiseAND(F.col("mask")).alias("key"))
+               .agg(F.collect_list(F.struct("vertex", "entry.value", "entry.is_center")).alias("entries"))
+               .filter(F.size("entries") > 1))
+    return (buckets.rdd
+            .flatMap(lambda bucket: dedup_plan.bucket_edges(index, bucket["table"], [tuple(e) for e in bucket["entries"]]))
+            .distinct())
+
+
+def _dedup_decisions(spark, plan: RunPlan):
     """The hash pass and the dedup plan: an RDD of (shard_id, RowDedup)."""
+    sc = spark.sparkContext
     work, index, eval_index = plan.work, plan.hash_index, plan.eval_index
     config, fingerprint, run_id = plan.config, plan.fingerprint, plan.run_id
     max_texts = config.dedup.merge_alt_texts
@@ -88,11 +112,7 @@ def _dedup_decisions(sc, plan: RunPlan):
                .map(lambda row: (row, dedup_plan.contamination(row, eval_index))).cache())
     tainted = checked.filter(lambda item: item[1] is not None).map(lambda item: (item[0]["source_shard"], item[1]))
     clean = checked.filter(lambda item: item[1] is None).map(lambda item: (dedup_plan.vertex_of(item[0]), item[0]))
-    edges = (clean.keys().distinct()
-             .flatMap(lambda vertex: dedup_plan.vertex_entries(index, vertex))
-             .groupByKey()
-             .flatMap(lambda bucket: dedup_plan.bucket_edges(index, bucket[0][0], bucket[1]))
-             .distinct())
+    edges = _near_edges(spark, clean.keys().distinct(), index)
     # Global, over edges only (two vertex ids per near pair): components on the driver.
     labels = dedup_plan.connected_components(edges.collect())
     labels_broadcast = sc.broadcast(labels)
@@ -147,7 +167,7 @@ def execute(plan: RunPlan, spark) -> str:
 
     sc = spark.sparkContext
     config, work, target, cfg = plan.config, plan.work, plan.target, plan.config.filter
-    decisions, checked, labels_broadcast = _dedup_decisions(sc, plan)
+    decisions, checked, labels_broadcast = _dedup_decisions(spark, plan)
     sc.setJobDescription(f"i2e annotate {len(plan.shards)} shards")
     # Keyed by the shard's position, which Spark's hash partitioner maps to itself: one shard
     # per task, with its decisions.
