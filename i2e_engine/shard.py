@@ -82,8 +82,8 @@ def annotate_shard(shard: ShardRef, annotator: Annotator, work: WorkDir, fingerp
     marker = work.marker(stem)
     if marker is not None and marker.is_current(shard.identity, fingerprint, dedup.digest()):
         return marker
+    annotator.setup()   # once per process; not in the shard's seconds
     started = time.time()
-    annotator.setup()
     source_rows = declared_rows(shard)
     writer = ShardWriter(work, shard.shard_id)
     reasons: collections.Counter[str] = collections.Counter()
