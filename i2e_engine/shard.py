@@ -21,7 +21,7 @@ from i2e_engine import storage
 from i2e_engine.dedup.plan import ShardDedup
 from i2e_engine.readers import ReaderOptions, ShardRef, declared_rows, read_shard
 from i2e_engine.stages import Annotator, CheckStage, hash_row, run_stage
-from i2e_engine.workdir import HASH_PASS, ShardMarker, ShardWriter, WorkDir
+from i2e_engine.workdir import HASH_PASS, ShardMarker, ShardWriter, WorkDir, shard_file_stem
 
 PROGRESS = logging.getLogger("i2e.progress")  # one line per committed shard; the CLI shows it
 DEFAULT_BATCH_ROWS = 256
@@ -45,8 +45,7 @@ def hash_shard(shard: ShardRef, check: CheckStage, work: WorkDir, fingerprint: s
     """Check and hash ``shard`` and commit its hash rows; a shard already hashed at its
     current identity and fingerprint is not read again. Rows the checks reject are only
     counted here: the annotate pass rejects them again, with the same reason, into the tables."""
-    stem = ShardWriter(work, shard.shard_id, HASH_PASS).stem
-    marker = work.marker(stem, HASH_PASS[0])
+    marker = work.marker(shard_file_stem(shard.shard_id), HASH_PASS[0])
     if marker is not None and marker.is_current(shard.identity, fingerprint):
         return marker
     started = time.time()
@@ -78,9 +77,9 @@ def annotate_shard(shard: ShardRef, annotator: Annotator, work: WorkDir, fingerp
     for the runners that share it). Rerunning a committed shard replaces its files with the
     same content.
     """
-    stem = ShardWriter(work, shard.shard_id).stem
-    marker = work.marker(stem)
-    if marker is not None and marker.is_current(shard.identity, fingerprint, dedup.digest()):
+    digest = dedup.digest()
+    marker = work.marker(shard_file_stem(shard.shard_id))
+    if marker is not None and marker.is_current(shard.identity, fingerprint, digest):
         return marker
     annotator.setup()   # once per process; not in the shard's seconds
     started = time.time()
@@ -104,7 +103,7 @@ def annotate_shard(shard: ShardRef, annotator: Annotator, work: WorkDir, fingerp
         shard_id=shard.shard_id, stem=writer.stem, identity=shard.identity, fingerprint=fingerprint,
         run_id=run_id, source_rows=source_rows, pairs_read=pairs_read, annotations=writer.rows["annotations"],
         rejects=writer.rows["rejects"], seconds=round(time.time() - started, 3),
-        reasons=dict(sorted(reasons.items())), dedup_digest=dedup.digest()))
+        reasons=dict(sorted(reasons.items())), dedup_digest=digest))
     PROGRESS.info("committed shard %s: %d pairs, %d annotated, %d dropped in %.1f s", shard.shard_id,
                   pairs_read, marker.annotations, marker.rejects, marker.seconds)
     return marker
