@@ -47,8 +47,8 @@ def cache_dir() -> Path:
 
 
 def scorer_name(config: BuildConfig) -> str:
-    """The scorer's provenance string, decided without loading the model. For open_clip this
-    also checks, offline and at once, that the weights are on this machine (so a missing
+    """The scorer's provenance string, decided without loading the model. For open_clip and
+    mofi this also checks, offline and at once, that the weights are on this machine (so a missing
     checkpoint is a clear error before any work, not a failure deep inside a worker)."""
     scorer = config.scorer
     if scorer.name == "offline":
@@ -57,6 +57,10 @@ def scorer_name(config: BuildConfig) -> str:
         from i2e_engine.scorers.openclip import resolve_openclip_weights
 
         return resolve_openclip_weights(scorer.arch, scorer.pretrained).identity
+    if scorer.name == "mofi":
+        from i2e_engine.scorers.mofi import resolve_mofi_export
+
+        return resolve_mofi_export(scorer.pretrained).identity
     from i2e_engine.scorers.base import list_scorers
 
     raise ValueError(f"unknown scorer {scorer.name!r}; known: {list_scorers()}")
@@ -135,7 +139,7 @@ def plan_run(config: BuildConfig, overwrite: bool = False, retry_failed: bool = 
     (``workdir.RETRYABLE_REASONS``); other committed shards are kept as they are.
     """
     from i2e_engine.demo import write_demo_parquet
-    from i2e_engine.kb.build import ensure_default_kb, read_kb
+    from i2e_engine.kb.build import ensure_default_kb, read_kb, stored_kb_version
 
     started = time.time()
     run_id = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(started)) + "-" + uuid.uuid4().hex[:6]
@@ -145,8 +149,9 @@ def plan_run(config: BuildConfig, overwrite: bool = False, retry_failed: bool = 
     for leftover in storage.listdir(out, prefix=".staging-"):  # from a run killed while finalizing
         storage.remove(leftover)
     inputs = list(config.inputs) or [str(write_demo_parquet(cache_dir() / "demo" / "skimage-demo.parquet"))]
-    kb_path = publish_kb(storage.normalize(config.kb) if config.kb else str(ensure_default_kb()), out)
-    _, kb_version = read_kb(kb_path)
+    kb_path = publish_kb(storage.normalize(config.kb) if config.kb else str(ensure_default_kb(demo=not config.inputs)),
+                         out)
+    kb_version = stored_kb_version(kb_path) or read_kb(kb_path)[1]
     scorer = scorer_name(config)
     fingerprint = annotation_fingerprint(config, kb_version, scorer)
     work = WorkDir(out)
@@ -215,11 +220,16 @@ def _summary(plan: RunPlan, shard_stats: list[dict], entity_rows: int) -> dict:
 
 def publish_kb(kb_path: str, out: str) -> str:
     """The KB every worker reads: as given, or, when the output is on object storage and the
-    KB on this machine's disk, a copy published next to the output (``<output>/_kb/``)."""
+    KB on this machine's disk, a copy published next to the output (``<output>/_kb/``) with
+    its alias index, so remote workers copy the index instead of each building it."""
+    from i2e_engine.kb.build import publish_alias_index, published_index_uri
+
     if storage.is_local(kb_path) and not storage.is_local(out):
         published = storage.join(out, "_kb", storage.name(kb_path))
         if not storage.exists(published):
             storage.write_bytes(published, storage.read_bytes(kb_path))
+        if not storage.exists(storage.join(published_index_uri(published), "meta.json")):
+            publish_alias_index(published)
         return published
     return kb_path
 

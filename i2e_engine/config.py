@@ -33,15 +33,20 @@ class LinkConfig:
     top_k_candidates: int = 30
     nil_threshold: float = 0.15     # link score under this -> NIL (no entity)
     max_runner_ups: int = 3
-    # KB sources whose entities are only ever proper nouns: a lower-case mention never links there
-    proper_noun_sources: tuple[str, ...] = ("geonames",)
+    # KB kinds that are only ever proper nouns: a lower-case mention never links there
+    proper_noun_kinds: tuple[str, ...] = ("place", "country", "admin_division")
+    # Image-aware choice (linking.choose_with_image): link score + image_weight x image-entity score
+    image_weight: float = 1.0
+    image_nil_score: Optional[float] = None     # NIL under this for every candidate; None -> the scorer's own
 
 
 @dataclass
 class ScorerConfig:
-    name: str = "offline"           # "offline" (EfficientNet-Lite0 x MiniLM bridge) or "open_clip"
+    name: str = "offline"           # "offline" (EfficientNet-Lite0 x MiniLM bridge), "open_clip" or "mofi"
     arch: str = "ViT-B-32"          # open_clip architecture
-    pretrained: Optional[str] = None  # open_clip: checkpoint file path, or a tag found in the local cache
+    # open_clip: checkpoint file path, or a tag found in the local cache;
+    # mofi: the exported encoder directory (trainer.export), a path or URI (`--scorer mofi:PATH`)
+    pretrained: Optional[str] = None
     entity_text: str = "name_description"   # "name" or "name_description"
     batch_size: int = 32
     device: str = "auto"            # "auto" -> cuda when present, else cpu

@@ -9,8 +9,13 @@ context similarity, and the two are combined with spaCy's EntityLinker rule
 (a noisy-OR: either signal alone can carry a candidate, both together more, and the score
 stays in [0, 1]). The best candidate is the link unless its score is under
 ``nil_threshold``, in which case the mention is NIL and dropped. The next
-``max_runner_ups`` candidates are kept with their scores, so a later stage with another
-signal (the image) can revisit the choice.
+``max_runner_ups`` candidates are kept with their scores, so the
+scoring stage can revisit the choice with the image (:func:`choose_with_image`).
+
+Two rules keep common nouns from linking to proper names: a mention written all in lower
+case never links to a place (``proper_noun_kinds``: "a nice day", "turkey"), and a
+title with a disambiguator ("Group (mathematics)", "Field (physics)") is a candidate for a
+lower-case mention only when the context shares a word with its name or description.
 
 Context similarity is deliberately cheap and deterministic: the cosine between two
 binary bags of content words (folded, stop words removed, crudely singularized), one from
@@ -25,9 +30,10 @@ input always gives the same links.
 """
 from __future__ import annotations
 
+import functools
 import math
 import re
-from typing import Optional
+from typing import Iterable, Optional
 
 from spacy.lang.en.stop_words import STOP_WORDS
 
@@ -36,6 +42,7 @@ from i2e_engine.kb.alias_index import AliasIndex, fold
 from i2e_engine.records import Candidate, Link, Mention
 
 _WORDS = re.compile(r"[^\W_]+")
+_WORDS_CACHE = 200_000
 
 
 def content_words(text: str) -> frozenset[str]:
@@ -86,42 +93,55 @@ class Linker:
     def __init__(self, alias_index: AliasIndex, config: Optional[LinkConfig] = None):
         self.alias_index = alias_index
         self.config = config or LinkConfig()
-        self._entity_words: dict[str, frozenset[str]] = {}
+        # Bounded: a worker sees millions of distinct entities over a long run.
+        self._words_of = functools.lru_cache(maxsize=_WORDS_CACHE)(self._entity_words)
 
-    def _words_of(self, entity_id: str) -> frozenset[str]:
-        words = self._entity_words.get(entity_id)
-        if words is None:
-            entity = self.alias_index.entity(entity_id)
-            words = self._entity_words[entity_id] = content_words(f"{entity['name']} {entity['description']}")
-        return words
+    def _entity_words(self, row: int) -> frozenset[str]:
+        index = self.alias_index
+        return content_words(f"{index.field(row, 'name')} {index.field(row, 'description')}")
 
-    def _candidates(self, text: str) -> list[tuple[str, float]]:
-        """Candidates with priors; a mention written all in lower case is a common noun
-        ("a man on a horse"), so entities of proper-noun-only sources (places: the city of
-        Man, Nice, Reading) are dropped and the remaining priors renormalized."""
-        candidates = self.alias_index.candidates(text, self.config.top_k_candidates)
-        excluded = set(self.config.proper_noun_sources)
+    def candidates(self, text: str) -> list[tuple[int, float]]:
+        """(entity row, prior) of a mention's candidates, best first. A mention written all
+        in lower case is a common noun ("a man on a horse", "a nice day"), so entities of
+        proper-noun kinds (places: the city of Man, Nice) are dropped and the remaining
+        priors renormalized."""
+        index = self.alias_index
+        key_id = index.lookup_key(text)
+        if key_id is None:
+            return []
+        rows, priors = index.candidate_rows(key_id, self.config.top_k_candidates)
+        candidates = list(zip(rows.tolist(), priors.tolist()))
+        excluded = set(self.config.proper_noun_kinds)
         if not text.islower() or not excluded:
             return candidates
-        kept = [(e, p) for e, p in candidates if self.alias_index.entity(e)["source"] not in excluded]
+        kept = [(row, p) for row, p in candidates if index.field(row, "kind") not in excluded]
         total = sum(p for _, p in kept)
-        return [(e, p / total) for e, p in kept] if total > 0 else kept
+        return [(row, p / total) for row, p in kept] if total > 0 else kept
+
+    def _disambiguated_off_topic(self, row: int, mention_text: str, sim: float) -> bool:
+        """A title with a disambiguator ("Group (mathematics)") is not a candidate for a
+        lower-case common noun ("a group of people") unless the context shares a word with
+        the entity's name or description."""
+        return sim == 0.0 and mention_text.islower() and "(" in self.alias_index.field(row, "name")
 
     def _link_one(self, alt_text: str, mention: Mention) -> Optional[Link]:
-        candidates = self._candidates(mention["text"])
+        candidates = self.candidates(mention["text"])
         if not candidates:
             return None
         mention_words = content_words(mention["text"])
         context = content_words(f"{alt_text[:mention['start']]} {alt_text[mention['end']:]}") - mention_words
         scored = []
-        for entity_id, prior in candidates:
-            sim = bag_cosine(context, self._words_of(entity_id) - mention_words)
-            scored.append((prior + sim - prior * sim, entity_id, prior, sim))
+        for row, prior in candidates:
+            sim = bag_cosine(context, self._words_of(row) - mention_words)
+            if self._disambiguated_off_topic(row, mention["text"], sim):
+                continue
+            scored.append((prior + sim - prior * sim, self.alias_index.entity_id(row), prior, sim))
         scored.sort(key=lambda item: (-item[0], item[1]))
-        score, entity_id, prior, sim = scored[0]
-        if score < self.config.nil_threshold:
+        if not scored or scored[0][0] < self.config.nil_threshold:
             return None
-        runner_ups = [Candidate(entity_id=e, link_score=s) for s, e, _, _ in scored[1:1 + self.config.max_runner_ups]]
+        score, entity_id, prior, sim = scored[0]
+        runner_ups = [Candidate(entity_id=e, link_score=s, link_prior=p, link_context=c, image_entity_score=None)
+                      for s, e, p, c in scored[1:1 + self.config.max_runner_ups]]
         return Link(mention=mention["text"], mention_label=mention["label"], mention_source=mention["source"],
                     mention_start=mention["start"], mention_end=mention["end"], entity_id=entity_id,
                     link_score=score, link_prior=prior, link_context=sim, runner_ups=runner_ups)
@@ -133,12 +153,36 @@ class Linker:
         without candidates or under the NIL threshold are dropped; when two mentions link
         to the same entity only the higher-scoring link is kept (the earlier on a tie).
         """
-        best: dict[str, Link] = {}
-        for mention in resolve_overlaps(mentions):
-            link = self._link_one(alt_text, mention)
-            if link is None:
-                continue
-            held = best.get(link["entity_id"])
-            if held is None or link["link_score"] > held["link_score"]:
-                best[link["entity_id"]] = link
-        return sorted(best.values(), key=lambda l: (l["mention_start"], l["entity_id"]))
+        return best_link_per_entity(self._link_one(alt_text, mention) for mention in resolve_overlaps(mentions))
+
+
+def best_link_per_entity(links: Iterable[Optional[Link]], score: str = "link_score") -> list[Link]:
+    """One link per entity (the higher ``score``, the earlier mention on a tie), in text order."""
+    best: dict[str, Link] = {}
+    for link in links:
+        if link is None:
+            continue
+        held = best.get(link["entity_id"])
+        if held is None or link[score] > held[score]:
+            best[link["entity_id"]] = link
+    return sorted(best.values(), key=lambda l: (l["mention_start"], l["entity_id"]))
+
+
+def choose_with_image(link: Link, image_scores: dict[str, float], image_weight: float,
+                      nil_score: Optional[float]) -> Optional[Link]:
+    """Re-choose a mention's entity with the image: every remaining candidate (the text's
+    choice and its runner-ups) has a link score ``l`` and an image-entity score ``s``; the
+    choice is the candidate with the largest ``l + image_weight * s`` (ties by entity_id),
+    and the mention is NIL (None) when every candidate's ``s`` is under ``nil_score`` (the
+    image disagrees with all of them). The other candidates stay as runner-ups, best first,
+    with both scores."""
+    options = [Candidate(entity_id=link["entity_id"], link_score=link["link_score"], link_prior=link["link_prior"],
+                         link_context=link["link_context"], image_entity_score=None), *link["runner_ups"]]
+    options = [{**option, "image_entity_score": float(image_scores[option["entity_id"]])} for option in options]
+    if nil_score is not None and max(o["image_entity_score"] for o in options) < nil_score:
+        return None
+    options.sort(key=lambda o: (-(o["link_score"] + image_weight * o["image_entity_score"]), o["entity_id"]))
+    chosen, runner_ups = options[0], options[1:]
+    return {**link, "entity_id": chosen["entity_id"], "link_score": chosen["link_score"],
+            "link_prior": chosen["link_prior"], "link_context": chosen["link_context"],
+            "image_entity_score": chosen["image_entity_score"], "runner_ups": runner_ups}

@@ -1,21 +1,26 @@
-"""Batched mention extraction: spaCy NER plus a knowledge-base alias phrase matcher.
+"""Batched mention extraction: spaCy NER plus a knowledge-base alias matcher.
 
 The small English NER finds names (PERSON, ORG, GPE ...) but not concepts such as
-"dog" or "pizza", which are most of what web alt-text is about; the phrase matcher
-finds every KB alias in the text, case-insensitively, so both kinds reach the linker.
+"dog" or "pizza", which are most of what web alt-text is about; the alias matcher finds
+every matchable KB alias in the text, case-insensitively, so both kinds reach the linker.
+
+The matcher walks the alias index's trie instead of using spaCy's PhraseMatcher: for each
+token it extends a span token by token, normalizing it like a KB alias, and stops as soon
+as no key starts with the span. Measured at the default KB's 3M keys (BENCHMARKS.md), a
+PhraseMatcher needs minutes and gigabytes per process to build, the trie nothing (it is
+memory-mapped) and a few microseconds per token.
 """
 from __future__ import annotations
 
 import logging
-from typing import Iterable, Sequence
+from typing import Optional, Sequence
 
 import spacy
 from spacy.language import Language
-from spacy.matcher import PhraseMatcher
 from spacy.util import filter_spans
 
 from i2e_engine.config import NerConfig
-from i2e_engine.inflect import plural
+from i2e_engine.kb.alias_index import AliasIndex, normalize_alias
 from i2e_engine.records import Mention
 
 log = logging.getLogger(__name__)
@@ -49,18 +54,13 @@ def load_nlp(config: NerConfig) -> Language:
 class MentionExtractor:
     """Finds entity mentions in batches of normalized alt-texts."""
 
-    def __init__(self, nlp: Language, labels: Sequence[str], alias_phrases: Iterable[str] = (),
-                 alias_pos: Sequence[str] = ("NOUN", "PROPN")):
+    def __init__(self, nlp: Language, labels: Sequence[str], alias_index: Optional[AliasIndex] = None,
+                 alias_pos: Sequence[str] = ("NOUN", "PROPN"), max_alias_tokens: int = 6):
         self.nlp = nlp
         self.labels = frozenset(labels)
         self.alias_pos = frozenset(alias_pos)
-        self.matcher = PhraseMatcher(nlp.vocab, attr="LOWER")
-        phrases = sorted({form for phrase in alias_phrases for form in (phrase, plural(phrase))})
-        if phrases:
-            # Only the tokenizer: the matcher compares token text, and full pipelines
-            # over 100k phrases would take minutes.
-            self.matcher.add("ALIAS", list(nlp.tokenizer.pipe(phrases, batch_size=1000)))
-        self.num_phrases = len(phrases)
+        self.alias_index = alias_index
+        self.max_alias_tokens = max_alias_tokens
 
     def extract(self, texts: Sequence[str], batch_size: int = 256) -> list[list[Mention]]:
         """One list of mentions per text, sorted by start offset.
@@ -76,12 +76,29 @@ class MentionExtractor:
                             source="ner")
                     for ent in doc.ents if ent.label_ in self.labels]
         ner_offsets = {(m["start"], m["end"]) for m in mentions}
-        alias_spans = filter_spans([doc[start:end] for _, start, end in self.matcher(doc)
-                                    if self._is_nominal(doc[start:end])])
+        alias_spans = filter_spans([span for span in self.alias_spans(doc) if self._is_nominal(span)])
         mentions += [Mention(text=span.text, label="ALIAS", start=span.start_char, end=span.end_char,
                              source="alias")
                      for span in alias_spans if (span.start_char, span.end_char) not in ner_offsets]
         return sorted(mentions, key=lambda m: (m["start"], m["end"], m["source"]))
+
+    def alias_spans(self, doc) -> list:
+        """Every span of ``doc`` whose normalized text (or its singular) is a matchable KB
+        key, found by extending spans from each word while some key starts with them."""
+        index = self.alias_index
+        if index is None:
+            return []
+        spans = []
+        for start, token in enumerate(doc):
+            if token.is_punct or token.is_space:
+                continue
+            for end in range(start + 1, min(len(doc), start + self.max_alias_tokens) + 1):
+                key = normalize_alias(doc[start:end].text)
+                if key and index.is_match_key(key):
+                    spans.append(doc[start:end])
+                if not index.has_prefix(key):
+                    break
+        return spans
 
     def _is_nominal(self, span) -> bool:
         """An alias hit counts when its last token is a noun (the head of an English noun
@@ -98,6 +115,6 @@ class MentionExtractor:
         return before == "DET" and after not in ("NOUN", "PROPN", "ADJ")
 
 
-def build_extractor(config: NerConfig, alias_phrases: Iterable[str] = ()) -> MentionExtractor:
+def build_extractor(config: NerConfig, alias_index: Optional[AliasIndex] = None) -> MentionExtractor:
     nlp = load_nlp(config)
-    return MentionExtractor(nlp, config.labels, alias_phrases if config.alias_matcher else (), config.alias_pos)
+    return MentionExtractor(nlp, config.labels, alias_index if config.alias_matcher else None, config.alias_pos)

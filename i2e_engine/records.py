@@ -32,8 +32,13 @@ class Mention(TypedDict):
 
 
 class Candidate(TypedDict):
+    """Another entity a mention could name; the annotations table keeps entity_id,
+    link_score and image_entity_score (None until the scoring stage fills it)."""
     entity_id: str
     link_score: float
+    link_prior: float
+    link_context: float
+    image_entity_score: Optional[float]
 
 
 class Link(TypedDict):

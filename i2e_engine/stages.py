@@ -64,10 +64,11 @@ class Mentioned:
 
 @dataclass
 class Linked:
-    """A record with its linked entities and the text each entity is scored against."""
+    """A record with its linked mentions and, per mention, the text each remaining
+    candidate (the text's choice, then its runner-ups) is scored against."""
     record: dict
     links: list[Link]
-    entity_texts: list[str]
+    candidate_texts: list[dict[str, str]]     # per link: entity_id -> entity text
 
 
 class Stage(ABC, Generic[In, Out]):
@@ -177,8 +178,7 @@ class NerStage(Stage[dict, Mentioned]):
         from i2e_engine.kb.build import shared_alias_index
         from i2e_engine.ner import build_extractor
 
-        phrases = shared_alias_index(self.kb_path).phrases() if self.config.alias_matcher else ()
-        self.extractor = build_extractor(self.config, phrases)
+        self.extractor = build_extractor(self.config, shared_alias_index(self.kb_path))
 
     def process(self, batch: Sequence[dict]) -> StageResult[Mentioned]:
         found = self.extractor.extract([ner_text(record) for record in batch], self.config.batch_size)
@@ -212,8 +212,14 @@ class LinkStage(Stage[Mentioned, Linked]):
             found = ", ".join(sorted({m["text"] for m in mentions}))[:300]
             return None, make_reject(record, "link", "no_entity_linked",
                                      f"no mention linked above the NIL threshold: {found}", kind="filtered")
-        entities = [self.linker.alias_index.entity(link["entity_id"]) for link in links]
-        texts = [entity_text(e["name"], e["description"], self.entity_text_mode) for e in entities]
+        index = self.linker.alias_index
+
+        def text_of(entity_id: str) -> str:
+            row = index.row_of(entity_id)
+            return entity_text(index.field(row, "name"), index.field(row, "description"), self.entity_text_mode)
+
+        texts = [{e: text_of(e) for e in [link["entity_id"], *(c["entity_id"] for c in link["runner_ups"])]}
+                 for link in links]
         return Linked(record, links, texts), None
 
     def process(self, batch: Sequence[Mentioned]) -> StageResult[Linked]:
@@ -221,13 +227,16 @@ class LinkStage(Stage[Mentioned, Linked]):
 
 
 class ScoreStage(Stage[Linked, dict]):
-    """Image-entity scores: one image forward and one text forward per batch. Emits
-    annotation rows (the ``annotations`` table's columns)."""
+    """Image-entity scores of every remaining candidate of every mention (one image
+    forward and one text forward per batch), then the image-aware choice
+    (:func:`i2e_engine.linking.choose_with_image`). Emits annotation rows (the
+    ``annotations`` table's columns); a row whose every mention the image rejects is
+    filtered (``image_nil``)."""
 
     name = "score"
 
-    def __init__(self, config: ScorerConfig, limits: ImageLimits):
-        self.config, self.limits = config, limits
+    def __init__(self, config: ScorerConfig, link: LinkConfig, limits: ImageLimits):
+        self.config, self.link_config, self.limits = config, link, limits
         self.scorer = None
 
     def setup(self) -> None:
@@ -235,11 +244,32 @@ class ScoreStage(Stage[Linked, dict]):
 
         self.scorer = create_scorer(self.config)
 
+    @property
+    def nil_score(self) -> Optional[float]:
+        configured = self.link_config.image_nil_score
+        return configured if configured is not None else self.scorer.nil_score
+
+    def _choose(self, item: Linked, scores: dict[str, float]) -> tuple[Optional[dict], Optional[dict]]:
+        from i2e_engine.linking import best_link_per_entity, choose_with_image
+
+        chosen = [choose_with_image(link, {e: scores[t] for e, t in texts.items()}, self.link_config.image_weight,
+                                    self.nil_score)
+                  for link, texts in zip(item.links, item.candidate_texts)]
+        links = best_link_per_entity(chosen)
+        if not links:
+            found = ", ".join(sorted({link["mention"] for link in item.links}))[:300]
+            return None, make_reject(item.record, "score", "image_nil",
+                                     f"the image disagrees with every candidate (image-entity score < "
+                                     f"{self.nil_score}): {found}", kind="filtered")
+        for link in links:
+            link["runner_ups"] = [{key: c[key] for key in _RUNNER_UP_COLUMNS} for c in link["runner_ups"]]
+        return {**item.record, "links": links}, None
+
     def process(self, batch: Sequence[Linked]) -> StageResult[dict]:
         """Decoded pixels are held for one scorer batch at a time, not the whole batch: a
         64-megapixel image decodes to 192 MB."""
         result: StageResult[dict] = StageResult()
-        texts = sorted({text for item in batch for text in item.entity_texts})
+        texts = sorted({text for item in batch for by_entity in item.candidate_texts for text in by_entity.values()})
         row_of_text = {text: i for i, text in enumerate(texts)}
         text_emb = self.scorer.embed_texts(texts)
         step = self.scorer.batch_size
@@ -254,10 +284,17 @@ class ScoreStage(Stage[Linked, dict]):
                 continue
             image_emb = self.scorer.embed_images([image for _, image in good])
             for (item, _), emb in zip(good, image_emb):
-                sims = text_emb[[row_of_text[t] for t in item.entity_texts]] @ emb
-                links = [{**link, "image_entity_score": float(s)} for link, s in zip(item.links, sims)]
-                result.kept.append({**item.record, "links": links, "image_embedding": emb.tolist()})
+                wanted = sorted({text for by_entity in item.candidate_texts for text in by_entity.values()})
+                sims = text_emb[[row_of_text[t] for t in wanted]] @ emb
+                row, reject = self._choose(item, dict(zip(wanted, sims.tolist())))
+                if reject is not None:
+                    result.rejects.append(reject)
+                else:
+                    result.kept.append({**row, "image_embedding": emb.tolist()})
         return result
+
+
+_RUNNER_UP_COLUMNS = ("entity_id", "link_score", "image_entity_score")
 
 
 class Annotator:
@@ -272,7 +309,7 @@ class Annotator:
         self.check = CheckStage(config)
         self.ner = NerStage(config.ner, kb_path)
         self.link = LinkStage(config.link, kb_path, config.scorer.entity_text)
-        self.score = ScoreStage(config.scorer, config.image)
+        self.score = ScoreStage(config.scorer, config.link, config.image)
         self.stages: tuple[Stage, ...] = (self.check, self.ner, self.link, self.score)
         self._ready = False
         self._lock = threading.Lock()

@@ -30,7 +30,8 @@ def image_entity_rows(annotation: Mapping, links: Iterable[Mapping], scorer: str
 def entity_row(entity: Mapping, image_count: int, kb_version: str) -> dict:
     return {"entity_id": entity["entity_id"], "name": entity["name"],
             "description": entity["description"], "aliases": list(entity["aliases"]),
-            "source": entity["source"], "image_count": int(image_count), "kb_version": kb_version}
+            "source": entity["source"], "qid": entity.get("qid"), "wiki_title": entity.get("wiki_title"),
+            "image_count": int(image_count), "kb_version": kb_version}
 
 
 def _filesystem(uri: str):

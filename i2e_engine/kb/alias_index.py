@@ -1,42 +1,65 @@
-"""Normalized alias -> candidate entities with priors P(entity | alias).
+"""Normalized alias -> candidate entities with priors P(entity | alias), in memory-mapped files.
 
 Candidate generation in spaCy's EntityLinker, ReFinED and BLINK starts from an alias
 table: surface forms normalized the same way on both sides (KB and mention), each with a
-prior over the entities it can name. We have no anchor-link counts, so the prior comes
-from the KB's ``popularity`` column.
+prior over the entities it can name. A KB of about a million entities has several million
+aliases, so the table is not a Python dict: it is a folder of files that every process of
+a machine memory-maps (the pages are shared through the OS page cache, and loading is
+opening files, not parsing):
 
-The prior rule (see :class:`AliasIndex`):
+- ``keys.marisa``: every normalized alias key in a marisa trie (key -> key id; prefix
+  queries for the mention matcher), about 10 bytes per key;
+- ``offsets.npy`` (int64, keys + 1), ``candidates.npy`` (int32 entity rows) and
+  ``priors.npy`` (float32): the candidates of key id ``k`` are rows ``offsets[k]:offsets[k+1]``,
+  best prior first, ties by entity_id;
+- ``matchable.npy`` (bool per key): whether the matcher may find the key in free text;
+- ``entity_ids.marisa`` + ``entity_rows.npy``: entity_id -> entity row;
+- ``entities.arrow``: the KB table sorted by entity_id (Arrow IPC, uncompressed, so it
+  maps without a copy); ``meta.json``: format, KB version, counts.
 
-1. *Per-source scale.* ``popularity`` is in each source's own unit (people for geonames,
-   sitelinks + 1 for Wikidata, a constant for vital articles), so raw values cannot be
-   compared across sources: a city's population would always beat any Wikidata item's
-   sitelink count. Each entity's popularity is therefore divided by the median positive
-   popularity of its source, so a typical entity of every source weighs 1; ratios inside
-   a source are unchanged.
-2. *Name over alias.* An entity contributes its scaled popularity to the alias that is its
-   own name, and ``ALIAS_WEIGHT`` (0.5) of it to its other aliases: a surface form is
-   more often used for the entity that carries it as a title than for one that merely
-   lists it as an alias (as with Wikipedia titles against redirects).
-3. *Smoothing.* ``prior = (1 - smoothing) * mass / sum(mass over the alias's entities)
+The prior rule (popularity is in one unit for the whole KB: the KB build scales each
+source so that its median entity weighs 1, see :mod:`i2e_engine.kb.build`):
+
+1. *Name over alias.* An entity contributes its popularity to the alias that is its own
+   name, and ``ALIAS_WEIGHT`` (0.5) of it to its other aliases: a surface form is more
+   often used for the entity that carries it as a title than for one that merely lists it
+   as an alias (as with Wikipedia titles against redirects).
+2. *Smoothing.* ``prior = (1 - smoothing) * mass / sum(mass over the alias's entities)
    + smoothing / n_candidates``: no candidate of an alias ends at exactly zero (a
    zero-popularity entity is still reachable by context), and the priors of an alias
    sum to 1 (the NIL decision is the linker's threshold, not a prior mass).
+3. *Bounded lists.* A key keeps its ``MAX_CANDIDATES_PER_KEY`` best candidates (priors
+   are computed over all of them first), so no lookup returns an unbounded list.
 """
 from __future__ import annotations
 
+import json
 import re
-import statistics
+import shutil
+import tempfile
 import unicodedata
-from collections import defaultdict
-from typing import Collection
+import weakref
+from pathlib import Path
+from typing import Optional
 
+import marisa_trie
+import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 from spacy.lang.en.stop_words import STOP_WORDS
 
+import schemas
 from i2e_engine.inflect import singulars
 
+FORMAT_VERSION = 1
 ALIAS_WEIGHT = 0.5
 DEFAULT_SMOOTHING = 0.01
+MAX_CANDIDATES_PER_KEY = 100
+MIN_MATCH_CHARS = 3
+# Entities of these sources alone are not found by the free-text matcher: many place names
+# are common words ("Nice", "Reading", "Mobile", "Split") and places are what the NER's
+# GPE/LOC labels already find. A matched or NER-found form still links to all candidates.
+MATCH_EXCLUDED_SOURCES = ("geonames",)
 
 _APOSTROPHES = str.maketrans({"\u2019": "'", "\u2018": "'", "\u02bc": "'", "`": "'"})
 _POSSESSIVE = re.compile(r"(?<=\w)'s\b")
@@ -55,8 +78,9 @@ def fold(text: str) -> str:
     while KB names keep them. Shared by alias keys and the linker's context words.
     """
     text = unicodedata.normalize("NFKC", text).translate(_APOSTROPHES).casefold()
-    decomposed = unicodedata.normalize("NFKD", text)
-    text = unicodedata.normalize("NFC", "".join(c for c in decomposed if not unicodedata.combining(c)))
+    if not text.isascii():
+        decomposed = unicodedata.normalize("NFKD", text)
+        text = unicodedata.normalize("NFC", "".join(c for c in decomposed if not unicodedata.combining(c)))
     return _POSSESSIVE.sub("", text)
 
 
@@ -74,109 +98,229 @@ def normalize_alias(text: str) -> str:
     return text
 
 
-def _stop_words_only(key: str) -> bool:
-    return all(word in STOP_WORDS for word in _WORDS.findall(key))
+def matchable_key(key: str) -> bool:
+    """Whether a key may be found in free text at all: at least ``MIN_MATCH_CHARS``
+    characters, not only digits and punctuation ("1984"), not only English stop words
+    ("The Who", "It"), and no parenthetical ("mercury (planet)" never occurs as such)."""
+    return (len(key) >= MIN_MATCH_CHARS and "(" not in key and not _NUMERIC.fullmatch(key)
+            and not all(word in STOP_WORDS for word in _WORDS.findall(key)))
+
+
+def source_parts(source: str) -> frozenset[str]:
+    """The sources of a merged entity ("dbpedia+geonames" -> {"dbpedia", "geonames"})."""
+    return frozenset(source.split("+"))
+
+
+def _entity_table(kb: pa.Table) -> pa.Table:
+    """The KB sorted by entity_id, checked: unique ids, finite non-negative popularity."""
+    kb = schemas.validate(kb, "kb")
+    kb = kb.take(pc.sort_indices(kb, sort_keys=[("entity_id", "ascending")]))
+    ids = kb.column("entity_id")
+    if kb.num_rows > 1:
+        same = pc.equal(ids.slice(1), ids.slice(0, kb.num_rows - 1))
+        if pc.any(same).as_py():
+            at = pc.index(same, True).as_py()
+            raise ValueError(f"duplicate entity_id {ids[at].as_py()!r} in the KB table")
+    popularity = kb.column("popularity").to_numpy()
+    bad = ~(popularity >= 0.0)     # also catches NaN
+    if bad.any():
+        at = int(np.flatnonzero(bad)[0])
+        raise ValueError(f"entity {ids[at].as_py()!r} has popularity {popularity[at]!r}; "
+                         "popularity must be a non-negative number")
+    return kb
+
+
+def build_index(kb: pa.Table, folder: str | Path, *, kb_version: str = "",
+                smoothing: float = DEFAULT_SMOOTHING) -> Path:
+    """Write the alias index of a ``kb`` table into ``folder`` (created; rule in the module
+    docstring). Runs on one machine, once per KB: about a minute for a million entities."""
+    if not 0.0 <= smoothing < 1.0:
+        raise ValueError(f"smoothing must be in [0, 1), got {smoothing}")
+    kb = _entity_table(kb)
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    popularity = kb.column("popularity").to_numpy()
+    excluded = frozenset(MATCH_EXCLUDED_SOURCES)
+    findable = np.array([not source_parts(s) <= excluded for s in kb.column("source").to_pylist()], dtype=bool)
+
+    # One form per (surface, entity): the name with weight 1, each alias with ALIAS_WEIGHT.
+    aliases = kb.column("aliases").combine_chunks()
+    surfaces = kb.column("name").to_pylist() + pc.list_flatten(aliases).to_pylist()
+    rows = np.concatenate([np.arange(kb.num_rows, dtype=np.int32),
+                           pc.list_parent_indices(aliases).to_numpy().astype(np.int32)])
+    weights = np.concatenate([np.ones(kb.num_rows), np.full(len(surfaces) - kb.num_rows, ALIAS_WEIGHT)])
+    keys = [normalize_alias(surface) for surface in surfaces]
+    del surfaces
+    present = np.fromiter((bool(key) for key in keys), dtype=bool, count=len(keys))
+    distinct = sorted(set(keys) - {""})
+    trie = marisa_trie.Trie(distinct)
+    id_of = {key: trie[key] for key in distinct}
+    key_ids = np.fromiter((id_of.get(key, -1) for key in keys), dtype=np.int64, count=len(keys))
+    key_ok = np.zeros(len(trie), dtype=bool)
+    key_ok[[id_of[key] for key in distinct if matchable_key(key)]] = True
+    del keys, id_of, distinct
+
+    key_ids, rows, mass = key_ids[present], rows[present], (weights * popularity[rows])[present]
+    # One candidate per (key, entity), with its largest mass.
+    order = np.lexsort((-mass, rows, key_ids))
+    key_ids, rows, mass = key_ids[order], rows[order], mass[order]
+    first = np.ones(len(rows), dtype=bool)
+    first[1:] = (key_ids[1:] != key_ids[:-1]) | (rows[1:] != rows[:-1])
+    key_ids, rows, mass = key_ids[first], rows[first], mass[first]
+
+    counts = np.bincount(key_ids, minlength=len(trie))
+    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    total = np.add.reduceat(mass, starts[counts > 0]) if len(mass) else np.zeros(0)
+    total_of = np.zeros(len(trie))
+    total_of[counts > 0] = total
+    n = counts[key_ids].astype(np.float64)
+    key_total = total_of[key_ids]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        priors = np.where(key_total > 0, (1.0 - smoothing) * mass / key_total + smoothing / n, 1.0 / n)
+
+    # Best prior first within a key, ties by entity_id (= row order), then the cap.
+    order = np.lexsort((rows, -priors, key_ids))
+    key_ids, rows, priors = key_ids[order], rows[order], priors[order]
+    rank = np.arange(len(rows)) - starts[key_ids]
+    keep = rank < MAX_CANDIDATES_PER_KEY
+    matchable = np.zeros(len(trie), dtype=bool)
+    np.logical_or.at(matchable, key_ids, findable[rows])
+    matchable &= key_ok
+    key_ids, rows, priors = key_ids[keep], rows[keep], priors[keep]
+    offsets = np.zeros(len(trie) + 1, dtype=np.int64)
+    offsets[1:] = np.cumsum(np.bincount(key_ids, minlength=len(trie)))
+
+    trie.save(str(folder / "keys.marisa"))
+    np.save(folder / "offsets.npy", offsets)
+    np.save(folder / "candidates.npy", rows.astype(np.int32))
+    np.save(folder / "priors.npy", priors.astype(np.float32))
+    np.save(folder / "matchable.npy", matchable)
+    entity_ids = kb.column("entity_id").to_pylist()
+    id_trie = marisa_trie.Trie(entity_ids)
+    entity_rows = np.empty(len(entity_ids), dtype=np.int32)
+    entity_rows[[id_trie[e] for e in entity_ids]] = np.arange(len(entity_ids), dtype=np.int32)
+    id_trie.save(str(folder / "entity_ids.marisa"))
+    np.save(folder / "entity_rows.npy", entity_rows)
+    with pa.OSFile(str(folder / "entities.arrow"), "wb") as sink:
+        with pa.ipc.new_file(sink, kb.schema) as writer:
+            writer.write_table(kb.combine_chunks(), max_chunksize=kb.num_rows or None)
+    meta = {"format": FORMAT_VERSION, "kb_version": kb_version, "entities": kb.num_rows, "keys": len(trie),
+            "candidates": int(len(rows)), "smoothing": smoothing}
+    (folder / "meta.json").write_text(json.dumps(meta, indent=1))
+    return folder
 
 
 class AliasIndex:
-    """Candidate entities of a normalized alias, with priors (rule in the module docstring).
+    """Candidate entities of a normalized alias, with priors, read from an index folder
+    (:func:`build_index`). Opening maps the files; nothing is parsed or copied."""
 
-    Built once per process from a ``kb`` table; lookups are dictionary reads.
-    """
-
-    def __init__(self, kb: pa.Table, *, smoothing: float = DEFAULT_SMOOTHING):
-        if not 0.0 <= smoothing < 1.0:
-            raise ValueError(f"smoothing must be in [0, 1), got {smoothing}")
-        rows = kb.select(["entity_id", "name", "description", "aliases", "source", "popularity"]).to_pylist()
-        self._entities: dict[str, dict] = {}
-        for row in rows:
-            if row["entity_id"] in self._entities:
-                raise ValueError(f"duplicate entity_id {row['entity_id']!r} in the KB table")
-            if not row["popularity"] >= 0.0:   # also rejects NaN
-                raise ValueError(f"entity {row['entity_id']!r} has popularity {row['popularity']!r}; "
-                                 "popularity must be a non-negative number")
-            self._entities[row["entity_id"]] = row
-        scale = self._source_scales(rows)
-
-        masses: dict[str, dict[str, float]] = defaultdict(dict)
-        # normalized key -> surface form -> sources of the entities that carry it (plain
-        # dicts, so the index pickles for engines that ship it to workers)
-        self._surfaces: dict[str, dict[str, set[str]]] = {}
-        for row in rows:
-            mass = row["popularity"] / scale[row["source"]]
-            forms = [(row["name"], 1.0)] + [(alias, ALIAS_WEIGHT) for alias in row["aliases"]]
-            for surface, weight in forms:
-                key = normalize_alias(surface)
-                if not key:
-                    continue
-                self._surfaces.setdefault(key, {}).setdefault(surface, set()).add(row["source"])
-                by_entity = masses[key]
-                by_entity[row["entity_id"]] = max(by_entity.get(row["entity_id"], 0.0), weight * mass)
-
-        self._candidates: dict[str, list[tuple[str, float]]] = {}
-        for key, by_entity in masses.items():
-            total, n = sum(by_entity.values()), len(by_entity)
-            priors = {entity_id: ((1.0 - smoothing) * mass / total + smoothing / n) if total > 0 else 1.0 / n
-                      for entity_id, mass in by_entity.items()}
-            self._candidates[key] = sorted(priors.items(), key=lambda item: (-item[1], item[0]))
+    def __init__(self, folder: str | Path):
+        self.folder = Path(folder)
+        meta_path = self.folder / "meta.json"
+        if not meta_path.is_file():
+            raise FileNotFoundError(f"{self.folder} is not an alias index (no meta.json)")
+        self.meta = json.loads(meta_path.read_text())
+        if self.meta.get("format") != FORMAT_VERSION:
+            raise ValueError(f"alias index {self.folder} has format {self.meta.get('format')}, "
+                             f"this engine reads {FORMAT_VERSION}; rebuild it")
+        self._keys = marisa_trie.Trie()
+        self._keys.mmap(str(self.folder / "keys.marisa"))
+        self._ids = marisa_trie.Trie()
+        self._ids.mmap(str(self.folder / "entity_ids.marisa"))
+        load = lambda name: np.load(self.folder / name, mmap_mode="r")  # noqa: E731
+        self._offsets, self._candidates, self._priors = load("offsets.npy"), load("candidates.npy"), load("priors.npy")
+        self._matchable, self._entity_rows = load("matchable.npy"), load("entity_rows.npy")
+        self._entities = pa.ipc.open_file(pa.memory_map(str(self.folder / "entities.arrow"))).read_all()
+        self._columns = {name: self._entities.column(name).combine_chunks() for name in self._entities.column_names}
 
     @classmethod
     def from_kb_table(cls, kb: pa.Table, *, smoothing: float = DEFAULT_SMOOTHING) -> "AliasIndex":
-        """Same as ``AliasIndex(kb)``; the name the engine's wrappers call it by."""
-        return cls(kb, smoothing=smoothing)
+        """An index of an in-memory KB table, built in a temporary folder that is removed
+        when the index is garbage collected (tests and small custom KBs)."""
+        folder = tempfile.mkdtemp(prefix="i2e-alias-index-")
+        try:
+            build_index(kb, folder, smoothing=smoothing)
+        except BaseException:
+            shutil.rmtree(folder, ignore_errors=True)
+            raise
+        index = cls(folder)
+        weakref.finalize(index, shutil.rmtree, folder, True)
+        return index
 
-    @staticmethod
-    def _source_scales(rows: list[dict]) -> dict[str, float]:
-        """Median positive popularity of each source (1.0 for a source with none)."""
-        by_source: dict[str, list[float]] = defaultdict(list)
-        for row in rows:
-            if row["popularity"] > 0:
-                by_source[row["source"]].append(row["popularity"])
-        scales = {source: statistics.median(values) for source, values in by_source.items()}
-        return {row["source"]: scales.get(row["source"], 1.0) for row in rows}
+    def __reduce__(self):
+        # Shipped to a worker of the same machine, an index reopens its files.
+        return AliasIndex, (str(self.folder),)
 
     def __len__(self) -> int:
         """Number of entities."""
-        return len(self._entities)
+        return self._entities.num_rows
+
+    @property
+    def num_keys(self) -> int:
+        return len(self._keys)
+
+    def _key_id(self, key: str) -> Optional[int]:
+        return self._keys.get(key) if key else None
+
+    def lookup_key(self, mention: str) -> Optional[int]:
+        """The key id of a mention: its own normalized key, or (when it has none) its
+        singular's ("coins" -> "coin"); None when the KB has neither."""
+        key = normalize_alias(mention)
+        found = self._key_id(key)
+        for singular in ([] if found is not None else singulars(key)):
+            found = self._key_id(singular)
+            if found is not None:
+                break
+        return found
+
+    def is_match_key(self, key: str) -> bool:
+        """Whether a normalized key (or its singular) is one the free-text matcher finds."""
+        found = self._key_id(key)
+        if found is not None:
+            return bool(self._matchable[found])
+        return any(self._matchable[k] for k in map(self._key_id, singulars(key)) if k is not None)
+
+    def has_prefix(self, key: str) -> bool:
+        """Whether some key starts with ``key`` (the matcher stops extending a span when not)."""
+        return next(self._keys.iterkeys(key), None) is not None
+
+    def candidate_rows(self, key_id: int, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """(entity rows, priors) of a key id's best ``k`` candidates, best first."""
+        start = int(self._offsets[key_id])
+        end = min(int(self._offsets[key_id + 1]), start + k)
+        return self._candidates[start:end], self._priors[start:end]
 
     def candidates(self, mention: str, k: int = 30) -> list[tuple[str, float]]:
         """Up to ``k`` (entity_id, prior) pairs for a mention, best first (ties by entity_id).
 
         A plural mention with no candidates of its own ("coins") gets its singular's.
         """
-        key = normalize_alias(mention)
-        found = self._candidates.get(key)
-        for singular in ([] if found else singulars(key)):
-            found = self._candidates.get(singular)
-            if found:
-                break
-        return list((found or ())[:k])
+        key_id = self.lookup_key(mention)
+        if key_id is None:
+            return []
+        rows, priors = self.candidate_rows(key_id, k)
+        return [(self.entity_id(row), float(prior)) for row, prior in zip(rows.tolist(), priors.tolist())]
+
+    def entity_id(self, row: int) -> str:
+        return self._columns["entity_id"][row].as_py()
+
+    def field(self, row: int, name: str):
+        """One column of an entity row (name, description, source, kind, ...)."""
+        return self._columns[name][row].as_py()
+
+    def row_of(self, entity_id: str) -> int:
+        """The row of an entity; KeyError for an id the KB does not hold."""
+        found = self._ids.get(entity_id)
+        if found is None:
+            raise KeyError(entity_id)
+        return int(self._entity_rows[found])
 
     def entity(self, entity_id: str) -> dict:
-        """The KB row of an entity: entity_id, name, description, aliases, source, popularity.
+        """The KB row of an entity (every ``kb`` column). KeyError for an id the KB does not hold."""
+        row = self.row_of(entity_id)
+        return {name: column[row].as_py() for name, column in self._columns.items()}
 
-        Raises KeyError for an id the KB does not hold.
-        """
-        row = self._entities[entity_id]
-        return {**row, "aliases": list(row["aliases"])}
-
-    def phrases(self, min_chars: int = 3, exclude_sources: Collection[str] = ("geonames",)) -> list[str]:
-        """Surface forms for a case-insensitive spaCy PhraseMatcher, sorted.
-
-        Meant for concepts the small NER model does not tag ("dog", "pizza"). Left out:
-        forms whose normalized key is shorter than ``min_chars``, made only of English
-        stop words ("The Who", "It"), or only digits and punctuation ("1", "1984"); forms
-        with a parenthetical ("Mercury (planet)"), which never occur as such in text; and,
-        by default, forms that only entities of ``exclude_sources`` carry: many city names
-        are common words ("Nice", "Reading", "Mobile", "Split") and places are what the
-        NER's GPE/LOC labels already find. A matched form is still linked against all its
-        candidates, geonames included.
-        """
-        excluded = frozenset(exclude_sources)
-        out: set[str] = set()
-        for key, surfaces in self._surfaces.items():
-            if len(key) < min_chars or _NUMERIC.fullmatch(key) or _stop_words_only(key):
-                continue
-            out.update(surface for surface, sources in surfaces.items()
-                       if "(" not in surface and not sources <= excluded)
-        return sorted(out)
+    def phrases(self) -> list[str]:
+        """Every key the free-text matcher may find, sorted (for inspection and small KBs;
+        the matcher walks the trie and never lists keys)."""
+        return sorted(key for key, key_id in self._keys.iteritems() if self._matchable[key_id])

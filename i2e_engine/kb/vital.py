@@ -7,7 +7,7 @@ modules that are not installed, so its folder is located with ``importlib.util.f
 and the package is never imported.
 
 Row rule: entity_id = ``enwiki:`` + title with spaces as underscores (Wikipedia's own
-page key); name = title; description = the short description, or the extract's first
+page key, also the ``wiki_title``); name = title; description = the short description, or the extract's first
 sentence where it is empty (about 170 articles); popularity = 1.0 for every article: the
 vital list is a curated list of the most important articles and gives no ranking inside
 it, so each article is one unit (and the alias index rescales sources to be comparable).
@@ -104,6 +104,9 @@ def iter_vital(path: Optional[str | Path] = None, limit: Optional[int] = None) -
             "aliases": derived_aliases(title, article.get("topic") or ""),
             "source": SOURCE,
             "popularity": POPULARITY,
+            "qid": None,
+            "wiki_title": title.replace(" ", "_"),
+            "kind": "thing",
         }
 
 

@@ -9,7 +9,8 @@ the requested language, falling back to the ``mul`` (multiple languages) label W
 introduced in 2024 for names that are the same in every language; name = that label,
 description = the description in the same fallback order (or ""), aliases = the aliases
 of both, popularity = number of sitelinks + 1 (how many wikis have a page on the entity,
-+1 so an item with none still weighs something).
++1 so an item with none still weighs something), qid = the id, wiki_title = the English
+Wikipedia sitelink (so the item merges with the same article from other sources).
 """
 from __future__ import annotations
 
@@ -77,6 +78,7 @@ def entity_row(entity: dict, language: str = "en") -> Optional[dict]:
         for alias in all_aliases.get(lang, ()):
             if alias["value"] != name and alias["value"] not in aliases:
                 aliases.append(alias["value"])
+    enwiki = (entity.get("sitelinks") or {}).get("enwiki")
     return {
         "entity_id": entity["id"],
         "name": name,
@@ -84,6 +86,9 @@ def entity_row(entity: dict, language: str = "en") -> Optional[dict]:
         "aliases": aliases,
         "source": SOURCE,
         "popularity": float(len(entity.get("sitelinks") or {}) + 1),
+        "qid": entity["id"],
+        "wiki_title": enwiki["title"].replace(" ", "_") if enwiki and enwiki.get("title") else None,
+        "kind": "thing",
     }
 
 

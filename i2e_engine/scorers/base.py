@@ -15,7 +15,7 @@ import os
 import threading
 from abc import ABC, abstractmethod
 from collections import OrderedDict
-from typing import Callable, Iterator, Sequence
+from typing import Callable, Iterator, Optional, Sequence
 
 import numpy as np
 from PIL import Image
@@ -146,6 +146,11 @@ class Scorer(ABC):
     name: str
     device: str
     dim: int
+    # The image-entity score under which an entity is taken not to be in the image: the
+    # linker's image-aware choice makes a mention NIL when every candidate scores under
+    # it (LinkConfig.image_nil_score overrides it). Scores are not calibrated alike across
+    # scorers, so each measures its own; None never drops a mention for the image.
+    nil_score: Optional[float] = None
 
     def __init__(self, batch_size: int = 32, text_cache_size: int = DEFAULT_TEXT_CACHE_SIZE):
         if batch_size < 1:
@@ -222,10 +227,11 @@ def hub_offline() -> Iterator[None]:
 ScorerFactory = Callable[..., Scorer]
 _FACTORIES: dict[str, ScorerFactory] = {}
 # Built-ins are imported on first use so that importing the engine does not pull in
-# torch, timm, open_clip and sentence-transformers.
+# torch, timm, open_clip, sentence-transformers and the trainer's towers.
 _BUILTIN_MODULES = {
     "offline": "i2e_engine.scorers.offline",
     "open_clip": "i2e_engine.scorers.openclip",
+    "mofi": "i2e_engine.scorers.mofi",
 }
 
 

@@ -7,7 +7,8 @@ import schemas
 from i2e_engine.config import LinkConfig
 from i2e_engine.kb.alias_index import AliasIndex
 from i2e_engine.kb.vital import vital_table
-from i2e_engine.linking import Linker, bag_cosine, content_words, resolve_overlaps
+from i2e_engine.linking import (Linker, bag_cosine, best_link_per_entity, choose_with_image, content_words,
+                                resolve_overlaps)
 from i2e_engine.records import Mention
 
 # Wikidata-like rows: descriptions as on Wikidata, popularity = sitelinks + 1.
@@ -28,11 +29,16 @@ PARIS_KB = [
 ]
 
 
+def kb_index(rows: list[tuple], source: str = "wikidata", kind: str = "thing") -> AliasIndex:
+    """rows: (entity_id, name, description, aliases, popularity)."""
+    return AliasIndex.from_kb_table(schemas.from_records(
+        [{"entity_id": e, "name": n, "description": d, "aliases": a, "source": source, "popularity": float(p),
+          "qid": None, "wiki_title": None, "kind": kind} for e, n, d, a, p in rows], "kb"))
+
+
 @pytest.fixture(scope="module")
 def paris_index() -> AliasIndex:
-    return AliasIndex(schemas.from_records(
-        [{"entity_id": e, "name": n, "description": d, "aliases": a, "source": "wikidata", "popularity": float(p)}
-         for e, n, d, a, p in PARIS_KB], "kb"))
+    return kb_index(PARIS_KB)
 
 
 @pytest.fixture(scope="module")
@@ -98,7 +104,7 @@ def test_context_raises_the_mythological_paris_but_the_prior_still_rules(linker)
 
 
 def test_context_decides_between_equal_priors_on_real_vital_articles():
-    linker = Linker(AliasIndex(vital_table()), LinkConfig())
+    linker = Linker(AliasIndex.from_kb_table(vital_table()), LinkConfig())
     sky = "Mercury seen low on the horizon next to the Sun before dawn"
     lab = "a drop of liquid mercury, the toxic chemical element, in a thermometer"
     [planet] = linker.link(sky, [mention(sky, "Mercury", source="alias", label="ALIAS")])
@@ -152,9 +158,7 @@ def test_output_does_not_depend_on_mention_order(linker):
 
 
 def test_equal_candidates_tie_break_by_entity_id():
-    index = AliasIndex(schemas.from_records(
-        [{"entity_id": e, "name": "Mercury", "description": "", "aliases": [], "source": "custom", "popularity": 1.0}
-         for e in ("custom:b", "custom:a")], "kb"))
+    index = kb_index([(e, "Mercury", "", [], 1.0) for e in ("custom:b", "custom:a")], source="custom")
     [link] = Linker(index, LinkConfig()).link("Mercury", [Mention(text="Mercury", label="ALIAS", start=0, end=7,
                                                                   source="alias")])
     assert link["entity_id"] == "custom:a" and link["runner_ups"][0]["entity_id"] == "custom:b"
@@ -169,9 +173,9 @@ def test_content_words_and_cosine():
 def test_lowercase_common_noun_never_links_to_a_place():
     kb = schemas.from_records([
         {"entity_id": "enwiki:Man", "name": "Man", "description": "Male adult human", "aliases": [],
-         "source": "vital_articles", "popularity": 1.0},
+         "source": "vital_articles", "popularity": 1.0, "qid": None, "wiki_title": "Man", "kind": "thing"},
         {"entity_id": "geonames:1", "name": "Man", "description": "City in Ivory Coast", "aliases": [],
-         "source": "geonames", "popularity": 5_000_000.0},
+         "source": "geonames", "popularity": 5.0, "qid": None, "wiki_title": None, "kind": "place"},
     ], "kb")
     linker = Linker(AliasIndex.from_kb_table(kb), LinkConfig())
     common = linker.link("a man on a horse", [Mention(text="man", label="ALIAS", start=2, end=5, source="alias")])
@@ -180,3 +184,55 @@ def test_lowercase_common_noun_never_links_to_a_place():
     start = text.index("Man")
     proper = linker.link(text, [Mention(text="Man", label="GPE", start=start, end=start + 3, source="ner")])
     assert proper[0]["entity_id"] == "geonames:1"
+
+
+def test_a_disambiguated_title_needs_context_for_a_common_noun():
+    index = kb_index([("enwiki:Group_(mathematics)", "Group (mathematics)", "", ["Group"], 50),
+                      ("enwiki:Field_(physics)", "Field (physics)", "", ["field"], 10),
+                      ("enwiki:Field", "Field", "open land used for agriculture", [], 1)], source="dbpedia")
+    linker = Linker(index, LinkConfig())
+    people = "a group of people in a field"
+    group, field = (Mention(text=w, label="ALIAS", start=people.index(w), end=people.index(w) + len(w),
+                            source="alias") for w in ("group", "field"))
+    assert [l["entity_id"] for l in linker.link(people, [group, field])] == ["enwiki:Field"]
+    algebra = "a group in mathematics: the symmetries of a square"
+    [link] = linker.link(algebra, [Mention(text="group", label="ALIAS", start=2, end=7, source="alias")])
+    assert link["entity_id"] == "enwiki:Group_(mathematics)"          # the context supports it
+    proper = "Group of Seven"                                           # capitalised: a name, kept
+    [link] = linker.link(proper, [Mention(text="Group", label="ORG", start=0, end=5, source="ner")])
+    assert link["entity_id"] == "enwiki:Group_(mathematics)"
+
+
+def _link(entity_id: str, score: float, runner_ups: list[tuple[str, float]]) -> dict:
+    return {"mention": "Falcon", "mention_label": "ALIAS", "mention_source": "alias", "mention_start": 7,
+            "mention_end": 13, "entity_id": entity_id, "link_score": score, "link_prior": score, "link_context": 0.0,
+            "runner_ups": [{"entity_id": e, "link_score": s, "link_prior": s, "link_context": 0.0,
+                            "image_entity_score": None} for e, s in runner_ups]}
+
+
+def test_the_image_can_overturn_the_text_choice_and_keeps_both_scores():
+    link = _link("enwiki:Falcon", 0.8, [("enwiki:Falcon_9", 0.6), ("enwiki:Falcon_Heavy", 0.3)])
+    image = {"enwiki:Falcon": 0.05, "enwiki:Falcon_9": 0.40, "enwiki:Falcon_Heavy": 0.38}
+    chosen = choose_with_image(link, image, image_weight=1.0, nil_score=None)
+    # 0.8 + 0.05 = 0.85 < 0.6 + 0.40 = 1.00; Falcon Heavy 0.68
+    assert chosen["entity_id"] == "enwiki:Falcon_9" and chosen["image_entity_score"] == pytest.approx(0.40)
+    assert chosen["link_score"] == 0.6 and chosen["mention"] == "Falcon"
+    assert [(r["entity_id"], r["link_score"], r["image_entity_score"]) for r in chosen["runner_ups"]] == [
+        ("enwiki:Falcon", 0.8, pytest.approx(0.05)), ("enwiki:Falcon_Heavy", 0.3, pytest.approx(0.38))]
+    # with no weight on the image the text's choice stands
+    assert choose_with_image(link, image, image_weight=0.0, nil_score=None)["entity_id"] == "enwiki:Falcon"
+
+
+def test_nil_when_the_image_disagrees_with_every_candidate():
+    link = _link("enwiki:Falcon", 0.8, [("enwiki:Falcon_9", 0.6)])
+    assert choose_with_image(link, {"enwiki:Falcon": 0.10, "enwiki:Falcon_9": 0.12}, 1.0, nil_score=0.2) is None
+    kept = choose_with_image(link, {"enwiki:Falcon": 0.10, "enwiki:Falcon_9": 0.21}, 1.0, nil_score=0.2)
+    assert kept["entity_id"] == "enwiki:Falcon"          # one candidate agrees: 0.8 + 0.10 > 0.6 + 0.21
+
+
+def test_best_link_per_entity_keeps_the_higher_score_in_text_order():
+    a = {**_link("e:1", 0.5, []), "mention_start": 9}
+    b = {**_link("e:1", 0.7, []), "mention_start": 20}
+    c = {**_link("e:2", 0.1, []), "mention_start": 0}
+    assert [(l["entity_id"], l["mention_start"]) for l in best_link_per_entity([a, None, b, c])] == [
+        ("e:2", 0), ("e:1", 20)]

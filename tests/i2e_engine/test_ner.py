@@ -1,12 +1,21 @@
 import pytest
 
+import schemas
 from i2e_engine.config import NerConfig
+from i2e_engine.kb.alias_index import AliasIndex
 from i2e_engine.ner import build_extractor
+
+
+def index_of(*names: str) -> AliasIndex:
+    """An alias index of one entity per name."""
+    return AliasIndex.from_kb_table(schemas.from_records(
+        [{"entity_id": f"e:{name}", "name": name, "description": "", "aliases": [], "source": "custom",
+          "popularity": 1.0, "qid": None, "wiki_title": None, "kind": "thing"} for name in names], "kb"))
 
 
 @pytest.fixture(scope="module")
 def extractor():
-    return build_extractor(NerConfig(), ["dog", "pizza", "Eiffel Tower", "tower", "cat", "Space Shuttle"])
+    return build_extractor(NerConfig(), index_of("dog", "pizza", "Eiffel Tower", "tower", "cat", "Space Shuttle"))
 
 
 def test_real_ner_finds_names_with_offsets(extractor):
@@ -52,20 +61,32 @@ def test_missing_model_gives_a_clear_error():
 
 
 def test_alias_hits_must_be_nouns():
-    extractor = build_extractor(NerConfig(), ["nice", "reading", "book", "day"])
+    extractor = build_extractor(NerConfig(), index_of("nice", "reading", "book", "day"))
     texts = [m["text"] for m in extractor.extract(["a nice day: a girl reading a book"])[0]]
     assert "book" in texts and "day" in texts
     assert "nice" not in texts and "reading" not in texts
 
 
 def test_plural_forms_of_aliases_are_found():
-    extractor = build_extractor(NerConfig(), ["coin", "galaxy"])
+    extractor = build_extractor(NerConfig(), index_of("coin", "galaxy"))
     mentions = extractor.extract(["Greek coins and distant galaxies"])[0]
     assert [m["text"] for m in mentions if m["source"] == "alias"] == ["coins", "galaxies"]
 
 
 def test_mistagged_nouns_after_a_determiner_still_count():
-    extractor = build_extractor(NerConfig(), ["water lily", "revolver", "nice"])
+    extractor = build_extractor(NerConfig(), index_of("water lily", "revolver", "nice"))
     texts = [m["text"] for t in ["a water lily on display", "a photo of a revolver", "a nice day"]
              for m in extractor.extract([t])[0]]
     assert texts == ["water lily", "revolver"]
+
+
+def test_the_alias_matcher_can_be_turned_off():
+    extractor = build_extractor(NerConfig(alias_matcher=False), index_of("dog"))
+    assert extractor.extract(["a dog"])[0] == []
+
+
+def test_a_leading_article_and_punctuation_do_not_hide_a_name():
+    extractor = build_extractor(NerConfig(), index_of("The Beatles", "Coca-Cola"))
+    texts = [m["text"] for m in extractor.extract(["poster of the beatles and a coca-cola bottle"])[0]
+             if m["source"] == "alias"]
+    assert texts == ["beatles", "coca-cola"]          # the key drops a leading "the"

@@ -1,31 +1,44 @@
-"""Alias normalization, priors and matcher phrases, on the real offline KB and on small KBs."""
+"""Alias normalization, priors, the memory-mapped index files and matchable keys, on the
+merged offline demo KB and on small KBs."""
 from __future__ import annotations
 
 import pickle
+import subprocess
+import sys
 
+import numpy as np
 import pyarrow as pa
 import pytest
 
 import schemas
-from i2e_engine.kb.alias_index import ALIAS_WEIGHT, AliasIndex, normalize_alias
+from i2e_engine.kb.alias_index import ALIAS_WEIGHT, MAX_CANDIDATES_PER_KEY, AliasIndex, build_index, normalize_alias
+from i2e_engine.kb.build import merge_sources
 from i2e_engine.kb.geonames import geonames_table
 from i2e_engine.kb.vital import vital_table
 
 
+def kb_row(entity_id: str, name: str, aliases=(), source: str = "custom", popularity: float = 1.0,
+           kind: str = "thing", description: str = "") -> dict:
+    return {"entity_id": entity_id, "name": name, "description": description or f"about {name}",
+            "aliases": list(aliases), "source": source, "popularity": float(popularity), "qid": None,
+            "wiki_title": None, "kind": kind}
+
+
 def _kb(*rows: tuple) -> pa.Table:
     """rows: (entity_id, name, aliases, source, popularity)."""
-    return schemas.from_records([{"entity_id": e, "name": n, "description": f"about {n}", "aliases": list(a),
-                                  "source": s, "popularity": float(p)} for e, n, a, s, p in rows], "kb")
+    return schemas.from_records([kb_row(e, n, a, s, p) for e, n, a, s, p in rows], "kb")
 
 
 @pytest.fixture(scope="module")
 def default_kb() -> pa.Table:
-    return pa.concat_tables([vital_table(), geonames_table()])
+    vital = vital_table()
+    titles = {t.casefold().replace("_", " ") for t in vital.column("wiki_title").to_pylist()}
+    return merge_sources([vital, geonames_table(wiki_titles=titles)])
 
 
 @pytest.fixture(scope="module")
 def index(default_kb) -> AliasIndex:
-    return AliasIndex(default_kb)
+    return AliasIndex.from_kb_table(default_kb)
 
 
 @pytest.mark.parametrize("text, key", [
@@ -57,19 +70,21 @@ def test_priors_of_every_alias_sum_to_at_most_one(index, default_kb):
     for surface in surfaces:
         candidates = index.candidates(surface, k=10_000)
         assert candidates, surface
-        assert sum(prior for _, prior in candidates) <= 1.0 + 1e-9
-        assert all(0.0 < prior <= 1.0 for _, prior in candidates)
+        assert sum(prior for _, prior in candidates) <= 1.0 + 1e-6
+        assert all(0.0 < prior <= 1.0 + 1e-6 for _, prior in candidates)
         ambiguous += len(candidates) > 1
     assert ambiguous > 1000
 
 
-def test_paris_ranks_the_city_first(index):
+def test_paris_is_one_entity_from_two_sources_and_ranks_first(index):
     candidates = index.candidates("Paris", k=30)
-    assert candidates[0][0] == "geonames:2988507"
-    assert "enwiki:Paris" in dict(candidates)
+    assert candidates[0][0] == "enwiki:Paris"
+    paris = index.entity("enwiki:Paris")
+    assert paris["source"] == "geonames+vital_articles" and paris["kind"] == "place"
+    assert paris["description"] == "Capital of France"          # the vital article's, not "City in France"
     assert candidates == sorted(candidates, key=lambda c: (-c[1], c[0]))
     assert index.candidates("the paris's", k=30) == candidates
-    assert index.candidates("Lutetia", k=30)[0][0] == "geonames:2988507"
+    assert index.candidates("Lutetia", k=30)[0][0] == "enwiki:Paris"   # a GeoNames alternate name
 
 
 def test_equal_popularity_ties_break_by_id(index):
@@ -79,75 +94,91 @@ def test_equal_popularity_ties_break_by_id(index):
 
 
 def test_name_weighs_more_than_an_alias():
-    index = AliasIndex(_kb(("wd:1", "Jaguar", [], "wikidata", 10), ("wd:2", "Jaguar Cars", ["Jaguar"], "wikidata", 10)),
-                       smoothing=0.0)
+    index = AliasIndex.from_kb_table(_kb(("wd:1", "Jaguar", [], "wikidata", 10),
+                                         ("wd:2", "Jaguar Cars", ["Jaguar"], "wikidata", 10)), smoothing=0.0)
     assert index.candidates("jaguar") == [("wd:1", pytest.approx(1 / (1 + ALIAS_WEIGHT))),
                                           ("wd:2", pytest.approx(ALIAS_WEIGHT / (1 + ALIAS_WEIGHT)))]
     # an entity whose name and alias normalize alike counts once, as a name
-    index = AliasIndex(_kb(("wd:1", "The Who", ["Who"], "wikidata", 1), ("wd:2", "Who", [], "wikidata", 1)),
-                       smoothing=0.0)
+    index = AliasIndex.from_kb_table(_kb(("wd:1", "The Who", ["Who"], "wikidata", 1), ("wd:2", "Who", [], "wikidata", 1)),
+                                     smoothing=0.0)
     assert index.candidates("who") == [("wd:1", pytest.approx(0.5)), ("wd:2", pytest.approx(0.5))]
 
 
-def test_popularity_is_compared_in_units_of_each_sources_median():
-    # geonames counts people, wikidata sitelinks: each source's median entity weighs 1.
-    index = AliasIndex(_kb(("geonames:1", "Springfield", [], "geonames", 150_000),
-                           ("geonames:2", "Shelbyville", [], "geonames", 50_000),
-                           ("Q1", "Springfield", [], "wikidata", 60),
-                           ("Q2", "Ogdenville", [], "wikidata", 20)), smoothing=0.0)
-    # medians: geonames 100,000, wikidata 40 -> masses 1.5 and 1.5
-    assert dict(index.candidates("Springfield")) == {"geonames:1": pytest.approx(0.5), "Q1": pytest.approx(0.5)}
-
-
 def test_smoothing_keeps_zero_popularity_reachable():
-    index = AliasIndex(_kb(("a", "Alpha", [], "custom", 9), ("b", "Alpha", [], "custom", 0)), smoothing=0.1)
+    index = AliasIndex.from_kb_table(_kb(("a", "Alpha", [], "custom", 9), ("b", "Alpha", [], "custom", 0)),
+                                     smoothing=0.1)
     assert index.candidates("alpha") == [("a", pytest.approx(0.9 * 1.0 + 0.05)), ("b", pytest.approx(0.05))]
-    all_zero = AliasIndex(_kb(("a", "Beta", [], "custom", 0), ("b", "Beta", [], "custom", 0)))
+    all_zero = AliasIndex.from_kb_table(_kb(("a", "Beta", [], "custom", 0), ("b", "Beta", [], "custom", 0)))
     assert all_zero.candidates("beta") == [("a", 0.5), ("b", 0.5)]
 
 
 def test_k_truncates_after_the_priors_are_computed(index):
     full = index.candidates("London", k=30)
-    assert len(full) >= 3 and index.candidates("London", k=1) == full[:1]
+    assert len(full) >= 2 and index.candidates("London", k=1) == full[:1]
     assert index.candidates("no such entity anywhere", k=30) == []
+
+
+def test_a_key_keeps_a_bounded_list_with_priors_over_all_candidates():
+    n = MAX_CANDIDATES_PER_KEY + 20
+    index = AliasIndex.from_kb_table(_kb(*[(f"e{i:04d}", "Crowded", [], "custom", 1) for i in range(n)]),
+                                     smoothing=0.0)
+    candidates = index.candidates("crowded", k=10_000)
+    assert len(candidates) == MAX_CANDIDATES_PER_KEY
+    assert candidates[0] == ("e0000", pytest.approx(1 / n))      # 1/n of all n, not of the kept ones
+
+
+def test_plural_mentions_fall_back_to_the_singular(index):
+    assert index.candidates("coins")[0][0] == "enwiki:Coin"
+    assert index.candidates("galaxies")[0][0] == "enwiki:Galaxy"
 
 
 def test_entity_lookup(index):
     cat = index.entity("enwiki:Cat")
     assert cat["name"] == "Cat" and cat["description"] == "Small domesticated carnivorous mammal"
     assert cat["source"] == "vital_articles" and cat["aliases"] == [] and cat["entity_id"] == "enwiki:Cat"
-    cat["name"] = "changed"
+    assert cat["wiki_title"] == "Cat" and cat["kind"] == "thing"
     cat["aliases"].append("kitty")
-    assert index.entity("enwiki:Cat") == {**cat, "name": "Cat", "aliases": []}   # a copy: the index is unchanged
+    assert index.entity("enwiki:Cat")["aliases"] == []            # a copy: the index is unchanged
     with pytest.raises(KeyError):
         index.entity("enwiki:No_such_article")
 
 
-def test_phrases_for_the_matcher(index):
+def test_matchable_keys(index):
     phrases = index.phrases()
     assert phrases == sorted(phrases) and len(phrases) > 9_000
     present = set(phrases)
-    assert {"Dog", "Pizza", "Cat", "Eiffel Tower", "Mercury", "Austin"} <= present
+    assert {"dog", "pizza", "cat", "eiffel tower", "mercury", "austin", "paris"} <= present
     assert not any("(" in p for p in phrases)                   # "Mercury (planet)" never occurs in text
-    assert "Lutetia" not in present                             # only a geonames city carries it
-    assert "Lutetia" in set(index.phrases(exclude_sources=()))
-    assert len(index.phrases(min_chars=10)) < len(phrases)
+    # a city only GeoNames knows is found by the NER, not by the free-text matcher
+    only_geonames = [e for e, _ in index.candidates("Sint Maarten")]
+    assert only_geonames and index.entity(only_geonames[0])["source"] == "geonames"
+    assert not index.is_match_key("sint maarten")
+    assert index.is_match_key("dogs") and index.has_prefix("eiffel") and not index.has_prefix("eiffelzz")
 
 
-def test_phrases_leave_out_stop_words_numbers_and_short_forms():
-    index = AliasIndex(_kb(("wd:1", "The Who", [], "wikidata", 1), ("wd:2", "1984", ["1,984"], "wikidata", 1),
-                           ("wd:3", "Ox", [], "wikidata", 1), ("wd:4", "Let It Be", [], "wikidata", 1),
-                           ("wd:5", "Dog", ["domestic dog"], "wikidata", 1)))
-    assert index.phrases() == ["Dog", "Let It Be", "domestic dog"]
-    assert "Ox" in index.phrases(min_chars=2)
+def test_matchable_keys_leave_out_stop_words_numbers_and_short_forms():
+    index = AliasIndex.from_kb_table(_kb(("wd:1", "The Who", [], "wikidata", 1),
+                                         ("wd:2", "1984", ["1,984"], "wikidata", 1),
+                                         ("wd:3", "Ox", [], "wikidata", 1), ("wd:4", "Let It Be", [], "wikidata", 1),
+                                         ("wd:5", "Dog", ["domestic dog"], "wikidata", 1)))
+    assert index.phrases() == ["dog", "domestic dog", "let it be"]
+    assert index.candidates("Ox") == [("wd:3", 1.0)]              # still a candidate when the NER finds it
+
+
+def test_index_files_are_arrays_and_a_second_process_maps_them(index, tmp_path):
+    assert isinstance(index._candidates, np.memmap) and index._candidates.dtype == np.int32
+    script = (f"from i2e_engine.kb.alias_index import AliasIndex; "
+              f"print(AliasIndex({str(index.folder)!r}).candidates('Paris', 2))")
+    out = subprocess.run([sys.executable, "-c", script], check=True, capture_output=True, text=True).stdout
+    assert out.strip() == repr(index.candidates("Paris", 2))
 
 
 def test_index_pickles_for_shipping_to_workers(index):
     copy = pickle.loads(pickle.dumps(index))
-    assert copy.candidates("Paris") == index.candidates("Paris") and copy.phrases() == index.phrases()
+    assert copy.candidates("Paris") == index.candidates("Paris") and len(copy) == len(index)
 
 
-def test_from_kb_table_with_smoothing():
+def test_smoothing_must_be_below_one():
     kb = _kb(("a", "Alpha", [], "custom", 1), ("b", "Alpha", [], "custom", 0))
     assert AliasIndex.from_kb_table(kb, smoothing=0.2).candidates("alpha") == [("a", pytest.approx(0.9)),
                                                                                 ("b", pytest.approx(0.1))]
@@ -155,10 +186,12 @@ def test_from_kb_table_with_smoothing():
         AliasIndex.from_kb_table(kb, smoothing=1.0)
 
 
-def test_bad_kb_tables_are_refused():
+def test_bad_kb_tables_are_refused(tmp_path):
     with pytest.raises(ValueError, match="duplicate"):
-        AliasIndex(_kb(("a", "Alpha", [], "custom", 1), ("a", "Alpha", [], "custom", 1)))
+        build_index(_kb(("a", "Alpha", [], "custom", 1), ("a", "Alpha", [], "custom", 1)), tmp_path / "a")
     with pytest.raises(ValueError, match="non-negative"):
-        AliasIndex(_kb(("a", "Alpha", [], "custom", -1)))
+        build_index(_kb(("a", "Alpha", [], "custom", -1)), tmp_path / "b")
     with pytest.raises(ValueError, match="non-negative"):
-        AliasIndex(_kb(("a", "Alpha", [], "custom", float("nan"))))
+        build_index(_kb(("a", "Alpha", [], "custom", float("nan"))), tmp_path / "c")
+    with pytest.raises(FileNotFoundError, match="not an alias index"):
+        AliasIndex(tmp_path)

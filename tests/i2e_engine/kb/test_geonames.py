@@ -63,3 +63,28 @@ def test_limit():
 ])
 def test_latin_alias(name, kept):
     assert latin_alias(name) is kept
+
+
+def test_us_states_and_counties_are_admin_divisions(rows):
+    texas = next(row for row in rows if row["name"] == "Texas" and row["kind"] == "admin_division")
+    assert texas["description"] == "State of the United States"
+    # a state weighs the people of its cities in the file: Texas's big cities alone exceed 10 million
+    assert texas["popularity"] > 10_000_000
+    counties = [row for row in rows if row["entity_id"].startswith("geonames:us-county-")]
+    assert len(counties) > 3000
+    orange = next(row for row in counties if row["name"] == "Orange County" and "California" in row["description"])
+    assert orange["description"] == "County in California, United States"
+
+
+def test_places_claim_wikipedia_titles_largest_first():
+    titles = {"paris", "paris, texas", "texas", "georgia (u.s. state)", "vila", "orange county, california"}
+    table = geonames_table(min_population=500, wiki_titles=titles)
+    claimed = {row["wiki_title"]: row for row in table.to_pylist() if row["wiki_title"]}
+    assert claimed["Paris"]["entity_id"] == "geonames:2988507"            # the French capital, not Paris, Texas
+    assert claimed["Paris,_Texas"]["entity_id"] == "geonames:4717560"
+    assert claimed["Georgia_(U.S._state)"]["kind"] == "admin_division"
+    assert claimed["Texas"]["kind"] == "admin_division"
+    assert claimed["Orange_County,_California"]["kind"] == "admin_division"
+    assert "Vila" not in claimed                                           # a village does not take a bare title
+    assert len(claimed) == 6 - 1
+    assert geonames_table(limit=5).column("wiki_title").null_count == 5    # no titles given, none claimed

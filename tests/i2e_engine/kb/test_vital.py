@@ -34,7 +34,8 @@ def test_every_article_is_one_row_with_a_unique_id(rows):
 def test_real_entities(rows):
     assert rows["Eiffel Tower"] == {"entity_id": "enwiki:Eiffel_Tower", "name": "Eiffel Tower",
                                     "description": "Tower in Paris, France", "aliases": [],
-                                    "source": "vital_articles", "popularity": 1.0}
+                                    "source": "vital_articles", "popularity": 1.0, "qid": None,
+                                    "wiki_title": "Eiffel_Tower", "kind": "thing"}
     assert rows["Cat"]["description"] == "Small domesticated carnivorous mammal"
     assert rows["Mercury (planet)"]["entity_id"] == "enwiki:Mercury_(planet)"
     assert rows["Mercury (planet)"]["aliases"] == ["Mercury"]

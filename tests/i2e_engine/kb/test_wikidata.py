@@ -17,8 +17,8 @@ def _text(language: str, value: str) -> dict:
     return {"language": language, "value": value}
 
 
-def _sitelinks(*sites: str) -> dict:
-    return {site: {"site": site, "title": "x", "badges": []} for site in sites}
+def _sitelinks(*sites: str, title: str = "x") -> dict:
+    return {site: {"site": site, "title": title, "badges": []} for site in sites}
 
 
 def _instance_of(qid: str, numeric: int) -> dict:
@@ -38,7 +38,7 @@ ENTITIES = [
      "aliases": {"en": [_text("en", "Douglas Noël Adams"), _text("en", "Douglas Noel Adams"),
                         _text("en", "Douglas Adams")]},
      "claims": _instance_of("Q5", 5),
-     "sitelinks": _sitelinks("enwiki", "frwiki", "dewiki")},
+     "sitelinks": _sitelinks("enwiki", "frwiki", "dewiki", title="Douglas Adams")},
     {"type": "item", "id": "Q90", "labels": {"en": _text("en", "Paris")},
      "descriptions": {"en": _text("en", "capital and largest city of France")},
      "aliases": {"en": [_text("en", "City of Light"), _text("en", "Paris, France")],
@@ -92,10 +92,12 @@ def test_rows_follow_the_row_rule(dumps):
     assert adams == {"entity_id": "Q42", "name": "Douglas Adams",
                      "description": "English writer and humorist (1952–2001)",
                      "aliases": ["Douglas Noël Adams", "Douglas Noel Adams"],   # the label itself is not an alias
-                     "source": "wikidata", "popularity": 4.0}
+                     "source": "wikidata", "popularity": 4.0, "qid": "Q42", "kind": "thing",
+                     "wiki_title": "Douglas_Adams"}
     assert paris["aliases"] == ["City of Light", "Paris, France"]       # French aliases left out
     assert paris["popularity"] == 6.0
     assert gogh["name"] == "Vincent van Gogh" and gogh["popularity"] == 1.0
+    assert gogh["wiki_title"] is None and paris["qid"] == "Q90"       # no English sitelink, no title
     assert gogh["aliases"] == ["van Gogh", "Vincent Willem van Gogh"]
     assert stats == WikidataStats(lines=6, kept=3, not_item=1, no_label=1, bad_lines=1)
 

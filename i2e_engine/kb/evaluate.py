@@ -1,0 +1,151 @@
+"""Linking quality on a gold set: link plain texts with the engine's NER and linker, then
+precision and recall of the linked mentions, and the KB's coverage of the gold entities.
+
+Gold format (``../shared/data/nel/tweeki_gold.jsonl``, see its README): one JSON object per
+line with ``text`` and ``mentions`` ([{start, end, surface, title, qid}], ``title`` an
+English Wikipedia title with underscores, from about 2020).
+
+The counting rule (the README's, as in GERBIL's strong annotation match with overlapping
+spans): a predicted link is correct when its span overlaps a gold mention's span and its
+entity *is* the gold entity; each gold mention is matched at most once. Precision =
+correct / predicted links, recall = correct / gold mentions. An entity is the gold entity
+when its Wikipedia title equals the gold title (case-insensitive, underscores as
+spaces), or its QID equals the gold QID, or the gold title is one of its aliases (titles
+renamed since 2020 are redirects, and the KB keeps redirects as aliases). Coverage is the
+share of gold mentions whose entity the KB holds at all, by the same test.
+
+Texts are linked as given (no alt-text normalization), so offsets index the gold text.
+"""
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass
+from typing import Iterable, Iterator, Optional, Sequence
+
+from i2e_engine.config import LinkConfig, NerConfig
+from i2e_engine.kb.alias_index import AliasIndex, normalize_alias
+from i2e_engine.kb.geonames import title_key
+from i2e_engine.records import Link
+
+
+@dataclass
+class GoldMention:
+    start: int
+    end: int
+    surface: str
+    title: str
+    qid: Optional[str]
+
+
+@dataclass
+class GoldText:
+    id: str
+    text: str
+    mentions: list[GoldMention]
+
+
+@dataclass
+class LinkingScore:
+    """What :func:`evaluate` reports; ``texts_per_second`` covers NER and linking."""
+    texts: int
+    gold_mentions: int
+    predicted_links: int
+    correct: int
+    covered: int
+    precision: float
+    recall: float
+    coverage: float
+    seconds: float
+    texts_per_second: float
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def load_gold(path: str, limit: Optional[int] = None) -> list[GoldText]:
+    """The gold texts of a JSON-lines file, at most ``limit``."""
+    out: list[GoldText] = []
+    with open(path, encoding="utf-8") as lines:
+        for line in lines:
+            if limit is not None and len(out) >= limit:
+                break
+            if not line.strip():
+                continue
+            item = json.loads(line)
+            out.append(GoldText(id=str(item["id"]), text=item["text"],
+                                mentions=[GoldMention(m["start"], m["end"], m["surface"], m["title"], m.get("qid"))
+                                          for m in item["mentions"]]))
+    return out
+
+
+def link_texts(texts: Sequence[str], kb_path: str, ner: NerConfig = NerConfig(), link: LinkConfig = LinkConfig(),
+               batch_size: int = 256) -> Iterator[list[Link]]:
+    """The links of each text, by the engine's own NER and linker stages (no image)."""
+    from i2e_engine.stages import LinkStage, Mentioned, NerStage
+
+    ner_stage, link_stage = NerStage(ner, kb_path), LinkStage(link, kb_path, "name")
+    ner_stage.setup()
+    link_stage.setup()
+    for start in range(0, len(texts), batch_size):
+        batch = list(texts[start:start + batch_size])
+        for text, mentions in zip(batch, ner_stage.extractor.extract(batch, ner.batch_size)):
+            yield link_stage.linker.link(text, list(mentions)) if mentions else []
+
+
+class _EntityTest:
+    """Whether a KB entity is a gold entity (rule in the module docstring)."""
+
+    def __init__(self, index: AliasIndex):
+        self.index = index
+
+    def same(self, entity_id: str, gold: GoldMention) -> bool:
+        entity = self.index.entity(entity_id)
+        if entity["wiki_title"] and title_key(entity["wiki_title"]) == title_key(gold.title):
+            return True
+        if gold.qid and entity["qid"] == gold.qid:
+            return True
+        key = normalize_alias(gold.title.replace("_", " "))
+        return any(normalize_alias(alias) == key for alias in entity["aliases"])
+
+    def covered(self, gold: GoldMention) -> bool:
+        candidates = self.index.candidates(gold.title.replace("_", " "), k=100)
+        return any(self.same(entity_id, gold) for entity_id, _ in candidates)
+
+
+def score_links(gold: Sequence[GoldText], predicted: Iterable[list[Link]], index: AliasIndex) -> tuple[int, int, int]:
+    """(correct, predicted links, covered gold mentions) by the counting rule."""
+    test = _EntityTest(index)
+    correct = predicted_links = covered = 0
+    for item, links in zip(gold, predicted):
+        predicted_links += len(links)
+        covered += sum(test.covered(m) for m in item.mentions)
+        unmatched = list(item.mentions)
+        for link in links:
+            for mention in unmatched:
+                overlaps = link["mention_start"] < mention.end and mention.start < link["mention_end"]
+                if overlaps and test.same(link["entity_id"], mention):
+                    correct += 1
+                    unmatched.remove(mention)
+                    break
+    return correct, predicted_links, covered
+
+
+def evaluate(gold: Sequence[GoldText], kb_path: str, ner: NerConfig = NerConfig(),
+             link: LinkConfig = LinkConfig()) -> LinkingScore:
+    """Link every gold text and score the links (rule in the module docstring)."""
+    from i2e_engine.kb.build import shared_alias_index
+
+    index = shared_alias_index(kb_path)
+    list(link_texts([gold[0].text] if gold else [], kb_path, ner, link))   # load the models before timing
+    started = time.perf_counter()
+    predicted = list(link_texts([item.text for item in gold], kb_path, ner, link))
+    seconds = time.perf_counter() - started
+    correct, predicted_links, covered = score_links(gold, predicted, index)
+    gold_mentions = sum(len(item.mentions) for item in gold)
+    return LinkingScore(texts=len(gold), gold_mentions=gold_mentions, predicted_links=predicted_links,
+                        correct=correct, covered=covered,
+                        precision=correct / predicted_links if predicted_links else 0.0,
+                        recall=correct / gold_mentions if gold_mentions else 0.0,
+                        coverage=covered / gold_mentions if gold_mentions else 0.0,
+                        seconds=seconds, texts_per_second=len(gold) / seconds if seconds > 0 else 0.0)
