@@ -149,7 +149,7 @@ def plan_run(config: BuildConfig, overwrite: bool = False, retry_failed: bool = 
     for leftover in storage.listdir(out, prefix=".staging-"):  # from a run killed while finalizing
         storage.remove(leftover)
     inputs = list(config.inputs) or [str(write_demo_parquet(cache_dir() / "demo" / "skimage-demo.parquet"))]
-    kb_path = publish_kb(storage.normalize(config.kb) if config.kb else str(ensure_default_kb(demo=not config.inputs)),
+    kb_path = publish_kb(storage.normalize(config.kb) if config.kb else str(ensure_default_kb()),
                          out)
     kb_version = stored_kb_version(kb_path) or read_kb(kb_path)[1]
     scorer = scorer_name(config)

@@ -26,6 +26,10 @@ class NerConfig:
                                "EVENT", "WORK_OF_ART", "LAW", "LANGUAGE")
     alias_matcher: bool = True      # also find KB aliases ("dog", "pizza") the NER misses
     alias_pos: tuple[str, ...] = ("NOUN", "PROPN")  # alias hits must end in one of these; () = any
+    # "any": alias hits in any case (alt-text names concepts: "a dog"); "capitalized": only
+    # spans that start with a capital and end in a proper noun (names; for text whose
+    # common nouns are not entities, like tweets)
+    alias_case: str = "any"
 
 
 @dataclass
@@ -35,6 +39,9 @@ class LinkConfig:
     max_runner_ups: int = 3
     # KB kinds that are only ever proper nouns: a lower-case mention never links there
     proper_noun_kinds: tuple[str, ...] = ("place", "country", "admin_division")
+    # NER labels that never name an entity of these KB kinds (a PERSON is not a place)
+    label_excluded_kinds: tuple[tuple[str, tuple[str, ...]], ...] = (
+        ("PERSON", ("place", "country", "admin_division", "taxon")), ("GPE", ("taxon",)), ("LOC", ("taxon",)))
     # Image-aware choice (linking.choose_with_image): link score + image_weight x image-entity score
     image_weight: float = 1.0
     image_nil_score: Optional[float] = None     # NIL under this for every candidate; None -> the scorer's own

@@ -55,8 +55,12 @@ class MentionExtractor:
     """Finds entity mentions in batches of normalized alt-texts."""
 
     def __init__(self, nlp: Language, labels: Sequence[str], alias_index: Optional[AliasIndex] = None,
-                 alias_pos: Sequence[str] = ("NOUN", "PROPN"), max_alias_tokens: int = 6):
+                 alias_pos: Sequence[str] = ("NOUN", "PROPN"), max_alias_tokens: int = 6,
+                 alias_case: str = "any"):
+        if alias_case not in ("any", "capitalized"):
+            raise ValueError(f"alias_case must be 'any' or 'capitalized', got {alias_case!r}")
         self.nlp = nlp
+        self.alias_case = alias_case
         self.labels = frozenset(labels)
         self.alias_pos = frozenset(alias_pos)
         self.alias_index = alias_index
@@ -89,8 +93,9 @@ class MentionExtractor:
         if index is None:
             return []
         spans = []
+        capitalized = self.alias_case == "capitalized"
         for start, token in enumerate(doc):
-            if token.is_punct or token.is_space:
+            if token.is_punct or token.is_space or (capitalized and not token.text[:1].isupper()):
                 continue
             for end in range(start + 1, min(len(doc), start + self.max_alias_tokens) + 1):
                 key = normalize_alias(doc[start:end].text)
@@ -101,12 +106,16 @@ class MentionExtractor:
         return spans
 
     def _is_nominal(self, span) -> bool:
-        """An alias hit counts when its last token is a noun (the head of an English noun
+        """In "capitalized" mode an alias hit counts only when its last token is a proper
+        noun (sentence-initial "Dinner" or "Thanks" is capitalized but not a name).
+        Otherwise an alias hit counts when its last token is a noun (the head of an English noun
         phrase), or when the small tagger mislabels it but the syntax says noun phrase: a
         determiner before it and no noun or adjective after it ("a water lily on display",
         "a photo of a revolver"; but not "a nice day"). Without a tagger every hit counts."""
         if not self.alias_pos or not self.nlp.has_pipe("tagger"):
             return True
+        if self.alias_case == "capitalized":
+            return span[-1].pos_ == "PROPN"
         if span[-1].pos_ in self.alias_pos:
             return True
         doc = span.doc
@@ -117,4 +126,5 @@ class MentionExtractor:
 
 def build_extractor(config: NerConfig, alias_index: Optional[AliasIndex] = None) -> MentionExtractor:
     nlp = load_nlp(config)
-    return MentionExtractor(nlp, config.labels, alias_index if config.alias_matcher else None, config.alias_pos)
+    return MentionExtractor(nlp, config.labels, alias_index if config.alias_matcher else None, config.alias_pos,
+                            alias_case=config.alias_case)

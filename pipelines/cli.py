@@ -64,9 +64,13 @@ def _build_parser(commands) -> None:
     build.add_argument("--scorer-batch-size", type=int, default=32)
     build.add_argument("--ner-model", default=NerConfig.model, help="spaCy pipeline (default: %(default)s)")
     build.add_argument("--ner-batch-size", type=int, default=NerConfig.batch_size)
-    build.add_argument("--no-alias-matcher", action="store_true", help="only spaCy NER mentions, no KB alias matches")
-    build.add_argument("--nil-threshold", type=float, default=LinkConfig.nil_threshold,
-                       help="link score under which a mention is NIL (default: %(default)s)")
+    _linking_arguments(build)
+    build.add_argument("--image-weight", type=float, default=LinkConfig.image_weight,
+                       help="image-aware choice: each candidate of a mention scores link score + this x "
+                            "image-entity score (default: %(default)s; 0 = the text alone decides)")
+    build.add_argument("--image-nil-score", type=float,
+                       help="a mention is NIL when every candidate's image-entity score is under this "
+                            "(default: the scorer's own, measured for it; see BENCHMARKS.md)")
     build.add_argument("--min-score", type=float, help="drop image-entity pairs scoring below this")
     build.add_argument("--top-k", type=int, help="keep at most k entities per image")
     build.add_argument("--keep-top-fraction", type=float, help="keep the top fraction of all scores, e.g. 0.3")
@@ -108,6 +112,16 @@ def _build_parser(commands) -> None:
                             "near copies of any of them are dropped (the reject names the image matched)")
 
 
+def _linking_arguments(parser: argparse.ArgumentParser) -> None:
+    """Mention finding and linking options shared by `i2e build` and `i2e kb eval`."""
+    parser.add_argument("--no-alias-matcher", action="store_true", help="only spaCy NER mentions, no KB alias matches")
+    parser.add_argument("--alias-case", default=NerConfig.alias_case, choices=["any", "capitalized"],
+                        help="which KB alias hits count: any (default; alt-text names concepts, 'a dog') or "
+                             "capitalized (names only: for text whose common nouns are not entities, like tweets)")
+    parser.add_argument("--nil-threshold", type=float, default=LinkConfig.nil_threshold,
+                        help="link score under which a mention is NIL (default: %(default)s)")
+
+
 def _scorer_arg(value: str) -> str:
     """``offline``, ``open_clip`` or ``mofi:PATH`` (kept as given; config_from_args splits it)."""
     name, _, path = value.partition(":")
@@ -132,8 +146,9 @@ def config_from_args(args: argparse.Namespace) -> BuildConfig:
         inputs=list(args.inputs), input_format=args.input_format, output=args.output, kb=args.kb,
         rows_per_shard=args.rows_per_shard, batch_rows=args.batch_rows,
         ner=NerConfig(model=args.ner_model, batch_size=args.ner_batch_size,
-                      alias_matcher=not args.no_alias_matcher),
-        link=LinkConfig(nil_threshold=args.nil_threshold),
+                      alias_matcher=not args.no_alias_matcher, alias_case=args.alias_case),
+        link=LinkConfig(nil_threshold=args.nil_threshold, image_weight=args.image_weight,
+                        image_nil_score=args.image_nil_score),
         scorer=ScorerConfig(name=scorer, arch=args.arch, pretrained=export or args.pretrained,
                             entity_text=args.entity_text, batch_size=args.scorer_batch_size, device=args.device),
         filter=FilterConfig(min_score=args.min_score, top_k_per_image=args.top_k,
@@ -176,10 +191,7 @@ def _kb_parser(commands) -> None:
     evaluate.add_argument("gold", help="gold JSON-lines file")
     evaluate.add_argument("--kb", help="KB parquet (default: the build's default KB)")
     evaluate.add_argument("--limit", type=int, help="only the first N texts")
-    evaluate.add_argument("--no-alias-matcher", action="store_true",
-                          help="NER mentions only (named-entity gold sets do not annotate common nouns)")
-    evaluate.add_argument("--nil-threshold", type=float, default=LinkConfig.nil_threshold,
-                          help="link score under which a mention is NIL (default: %(default)s)")
+    _linking_arguments(evaluate)
     evaluate.add_argument("--json", action="store_true", help="print the scores as JSON")
 
 
@@ -191,7 +203,7 @@ def _kb_command(args: argparse.Namespace) -> int:
 
         kb_path = args.kb or str(ensure_default_kb())
         score = evaluate(load_gold(args.gold, args.limit), kb_path,
-                         NerConfig(alias_matcher=not args.no_alias_matcher),
+                         NerConfig(alias_matcher=not args.no_alias_matcher, alias_case=args.alias_case),
                          LinkConfig(nil_threshold=args.nil_threshold))
         if args.json:
             print(json.dumps({"kb": kb_path, **score.to_dict()}, indent=2))

@@ -21,9 +21,11 @@ The prior rule (popularity is in one unit for the whole KB: the KB build scales 
 source so that its median entity weighs 1, see :mod:`i2e_engine.kb.build`):
 
 1. *Name over alias.* An entity contributes its popularity to the alias that is its own
-   name, and ``ALIAS_WEIGHT`` (0.5) of it to its other aliases: a surface form is more
-   often used for the entity that carries it as a title than for one that merely lists it
-   as an alias (as with Wikipedia titles against redirects).
+   name, ``ALIAS_WEIGHT`` (0.5) of it to its other aliases and ``INITIALISM_WEIGHT`` (0.1)
+   to its name's initialism (:func:`initialism`: "NYC" for New York City): a surface form
+   is more often used for the entity that carries it as a title than for one that merely
+   lists it as an alias (as with Wikipedia titles against redirects), and an initialism is
+   shared by many names, of which the popular ones win.
 2. *Smoothing.* ``prior = (1 - smoothing) * mass / sum(mass over the alias's entities)
    + smoothing / n_candidates``: no candidate of an alias ends at exactly zero (a
    zero-popularity entity is still reachable by context), and the priors of an alias
@@ -53,6 +55,9 @@ from i2e_engine.inflect import singulars
 
 FORMAT_VERSION = 1
 ALIAS_WEIGHT = 0.5
+INITIALISM_WEIGHT = 0.1
+_FUNCTION_WORDS = frozenset({"of", "the", "and", "in", "on", "at", "for", "to", "a", "an", "de", "la", "le", "du",
+                             "des", "von", "van", "der", "da", "di", "del", "y", "&"})
 DEFAULT_SMOOTHING = 0.01
 MAX_CANDIDATES_PER_KEY = 100
 MIN_MATCH_CHARS = 3
@@ -96,6 +101,19 @@ def normalize_alias(text: str) -> str:
     if text.startswith("the "):
         text = text[4:].strip(_END_PUNCT)
     return text
+
+
+def initialism(name: str) -> Optional[str]:
+    """The initials of a name of two to five words, function words left out: "New York
+    City" -> "NYC", "National Football League" -> "NFL", "United States of America" ->
+    "USA". None for other names (one word, commas or parentheses, digits): texts abbreviate
+    names this way far more often than KBs list the abbreviation."""
+    if "," in name or "(" in name:
+        return None
+    words = [w for w in name.split() if w.casefold() not in _FUNCTION_WORDS]
+    if not 2 <= len(words) <= 5 or not all(w[:1].isalpha() for w in words):
+        return None
+    return "".join(w[0].upper() for w in words)
 
 
 def matchable_key(key: str) -> bool:
@@ -143,12 +161,18 @@ def build_index(kb: pa.Table, folder: str | Path, *, kb_version: str = "",
     excluded = frozenset(MATCH_EXCLUDED_SOURCES)
     findable = np.array([not source_parts(s) <= excluded for s in kb.column("source").to_pylist()], dtype=bool)
 
-    # One form per (surface, entity): the name with weight 1, each alias with ALIAS_WEIGHT.
+    # One form per (surface, entity): the name with weight 1, each alias with ALIAS_WEIGHT,
+    # the name's initialism with INITIALISM_WEIGHT.
     aliases = kb.column("aliases").combine_chunks()
-    surfaces = kb.column("name").to_pylist() + pc.list_flatten(aliases).to_pylist()
+    names = kb.column("name").to_pylist()
+    initials = [(row, form) for row, form in enumerate(map(initialism, names)) if form]
+    surfaces = names + pc.list_flatten(aliases).to_pylist() + [form for _, form in initials]
     rows = np.concatenate([np.arange(kb.num_rows, dtype=np.int32),
-                           pc.list_parent_indices(aliases).to_numpy().astype(np.int32)])
-    weights = np.concatenate([np.ones(kb.num_rows), np.full(len(surfaces) - kb.num_rows, ALIAS_WEIGHT)])
+                           pc.list_parent_indices(aliases).to_numpy().astype(np.int32),
+                           np.array([row for row, _ in initials], dtype=np.int32)])
+    weights = np.concatenate([np.ones(kb.num_rows), np.full(len(aliases.values), ALIAS_WEIGHT),
+                              np.full(len(initials), INITIALISM_WEIGHT)])
+    del names, initials
     keys = [normalize_alias(surface) for surface in surfaces]
     del surfaces
     present = np.fromiter((bool(key) for key in keys), dtype=bool, count=len(keys))

