@@ -43,6 +43,7 @@ from i2e_engine.records import Candidate, Link, Mention
 
 _WORDS = re.compile(r"[^\W_]+")
 _WORDS_CACHE = 200_000
+_ARTICLES = frozenset({"a", "an", "the"})
 
 
 def content_words(text: str) -> frozenset[str]:
@@ -58,6 +59,15 @@ def _singular(word: str) -> str:
     if len(word) > 3 and word.endswith("s") and not word.endswith(("ss", "us", "is")):
         return word[:-1]
     return word
+
+
+def common_noun(mention: str) -> bool:
+    """A mention written in lower case after any leading article ("a man", "A man", "the
+    cat"): a common noun, not a name ("the Moon", "Man")."""
+    words = mention.split()
+    if len(words) > 1 and words[0].lower() in _ARTICLES:
+        words = words[1:]
+    return bool(words) and all(word.islower() for word in words)
 
 
 def bag_cosine(a: frozenset[str], b: frozenset[str]) -> float:
@@ -115,7 +125,7 @@ class Linker:
             return []
         rows, priors = index.candidate_rows(key_id, self.config.top_k_candidates)
         candidates = list(zip(rows.tolist(), priors.tolist()))
-        excluded = set(self.config.proper_noun_kinds) if text.islower() else set()
+        excluded = set(self.config.proper_noun_kinds) if common_noun(text) else set()
         excluded.update(self._label_kinds.get(label, ()))
         if not excluded:
             return candidates
@@ -127,7 +137,7 @@ class Linker:
         """A title with a disambiguator ("Group (mathematics)") is not a candidate for a
         lower-case common noun ("a group of people") unless the context shares a word with
         the entity's name or description."""
-        return sim == 0.0 and mention_text.islower() and "(" in self.alias_index.field(row, "name")
+        return sim == 0.0 and common_noun(mention_text) and "(" in self.alias_index.field(row, "name")
 
     def _link_one(self, alt_text: str, mention: Mention) -> Optional[Link]:
         candidates = self.candidates(mention["text"], mention["label"])

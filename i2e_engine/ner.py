@@ -29,6 +29,8 @@ log = logging.getLogger(__name__)
 # The tagger and attribute_ruler stay: they give the part of speech that keeps alias
 # hits to nouns ("a nice day" must not link the city of Nice).
 _UNNEEDED = ("parser", "lemmatizer", "senter")
+TITLE_CASE_RUN = 4
+_SENTENCE_ENDS = frozenset({".", "!", "?", ":", '"', "-", "|", "\u2026"})
 
 
 def load_nlp(config: NerConfig) -> Language:
@@ -80,7 +82,10 @@ class MentionExtractor:
                             source="ner")
                     for ent in doc.ents if ent.label_ in self.labels]
         ner_offsets = {(m["start"], m["end"]) for m in mentions}
-        alias_spans = filter_spans([span for span in self.alias_spans(doc) if self._is_nominal(span)])
+        alias_spans = [span for span in self.alias_spans(doc) if self._is_nominal(span)]
+        if self.alias_case == "capitalized":
+            alias_spans = self._whole_names(doc, alias_spans)
+        alias_spans = filter_spans(alias_spans)
         mentions += [Mention(text=span.text, label="ALIAS", start=span.start_char, end=span.end_char,
                              source="alias")
                      for span in alias_spans if (span.start_char, span.end_char) not in ner_offsets]
@@ -104,6 +109,32 @@ class MentionExtractor:
                 if not index.has_prefix(key):
                     break
         return spans
+
+    @staticmethod
+    def _whole_names(doc, spans: list) -> list:
+        """Capitalized mode: a hit must be a whole run of capitalized words ("Hennon" in
+        "Hennon Stadium" is a piece of a name the KB lacks, not Hennon), unless the run is
+        so long the text is in title case (``TITLE_CASE_RUN`` words); and a one-word hit
+        that starts the text or a sentence is capitalized for that reason alone ("Dinner
+        tonight"). Measured on the Tweeki gold set: precision 0.517 -> 0.587, recall 0.473 -> 0.463."""
+        run_of = {}
+        start = None
+        for i in range(len(doc) + 1):
+            capitalized = i < len(doc) and (doc[i].text[:1].isupper() or (start is not None and doc[i].text[:1].isdigit()))
+            if capitalized and start is None:
+                start = i
+            elif not capitalized and start is not None:
+                for j in range(start, i):
+                    run_of[j] = (start, i)
+                start = None
+
+        def keep(span) -> bool:
+            run_start, run_end = run_of.get(span.start, (span.start, span.end))
+            whole = (span.start, span.end) == (run_start, run_end) or run_end - run_start >= TITLE_CASE_RUN
+            sentence_start = span.start == 0 or doc[span.start - 1].text in _SENTENCE_ENDS
+            return whole and not (len(span) == 1 and sentence_start)
+
+        return [span for span in spans if keep(span)]
 
     def _is_nominal(self, span) -> bool:
         """In "capitalized" mode an alias hit counts only when its last token is a proper

@@ -73,6 +73,7 @@ _DASHES = re.compile(r"[-_\u2010-\u2015]+")
 # that can be part of a name (C++, C#, AT&T) are kept.
 _END_PUNCT = ".,;:!?'\"()[]{}<>\u00ab\u00bb\u201c\u201d\u2026/\\|*~ "
 _NUMERIC = re.compile(r"[\d\W_]+")
+_INDEFINITE = re.compile(r"^an? +(?=\S)")
 _WORDS = re.compile(r"[^\W_]+")
 
 
@@ -94,10 +95,12 @@ def normalize_alias(text: str) -> str:
 
     Folded (:func:`fold`), possessive "'s" removed ("Paris's" -> "paris"), hyphens and
     underscores read as spaces ("Coca-Cola" = "Coca Cola"), whitespace collapsed,
-    sentence punctuation stripped at both ends, and a leading "the " dropped ("The
-    Beatles" = "Beatles").
+    sentence punctuation stripped at both ends, and a leading article dropped ("The
+    Beatles" = "Beatles"; "a man" = "man": otherwise every "a dog" of an alt-text would
+    name a work titled "A Dog").
     """
-    text = " ".join(_DASHES.sub(" ", fold(text)).split()).strip(_END_PUNCT)
+    text = _INDEFINITE.sub("", fold(text).lstrip(_END_PUNCT))
+    text = " ".join(_DASHES.sub(" ", text).split()).strip(_END_PUNCT)
     if text.startswith("the "):
         text = text[4:].strip(_END_PUNCT)
     return text

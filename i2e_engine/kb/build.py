@@ -36,6 +36,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import shutil
 import tempfile
 import time
@@ -70,6 +71,9 @@ _NAME_ORDER = ("vital_articles", "ncbi_taxon", "geonames", "wikidata", "dbpedia"
 _DESCRIPTION_ORDER = ("vital_articles", "wikidata", "ncbi_taxon", "geonames", "dbpedia", "custom")
 _SPECIFIC_KINDS = ("country", "admin_division", "place", "taxon")
 _HASH_BATCH = 20_000
+# A vital article whose description has none of these is no place a town could be named after.
+_PLACE_WORDS = re.compile(r"\b(city|capital|town|village|country|state|province|region|island|county|"
+                          r"municipality|commune|district|metropolis|port|kingdom|republic|territory)\b", re.IGNORECASE)
 
 Progress = Callable[[str, int, int], None]   # (source, done, total)
 
@@ -215,9 +219,14 @@ def _source_tables(sources: Sequence[str], *, wikidata_dump, min_population: int
     from i2e_engine.kb.vital import vital_table
 
     titles: set[str] = set()
+    reserved: set[str] = set()
 
     def note_titles(table: pa.Table) -> pa.Table:
         titles.update(title_key(t) for t in pc.drop_null(table.column("wiki_title")).to_pylist())
+        for title, description, source in zip(*(table.column(c).to_pylist()
+                                               for c in ("wiki_title", "description", "source"))):
+            if title and (source == "ncbi_taxon" or (source == "vital_articles" and not _PLACE_WORDS.search(description))):
+                reserved.add(title_key(title))
         return table
 
     def step(source: str):
@@ -237,7 +246,8 @@ def _source_tables(sources: Sequence[str], *, wikidata_dump, min_population: int
             from i2e_engine.kb.wikidata import wikidata_table
             table = wikidata_table(wikidata_dump, language=language, limit=limit)
         else:
-            table = geonames_table(min_population, limit=limit, wiki_titles=titles or None, progress=step(source))
+            table = geonames_table(min_population, limit=limit, wiki_titles=titles or None, reserved_titles=reserved,
+                                   progress=step(source))
         log.info("KB source %s: %d rows in %.1f s", source, table.num_rows, time.perf_counter() - started)
         progress(source, table.num_rows, table.num_rows)
         yield note_titles(table)

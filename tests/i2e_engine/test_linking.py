@@ -7,7 +7,7 @@ import schemas
 from i2e_engine.config import LinkConfig
 from i2e_engine.kb.alias_index import AliasIndex
 from i2e_engine.kb.vital import vital_table
-from i2e_engine.linking import (Linker, bag_cosine, best_link_per_entity, choose_with_image, content_words,
+from i2e_engine.linking import (Linker, bag_cosine, best_link_per_entity, choose_with_image, common_noun, content_words,
                                 resolve_overlaps)
 from i2e_engine.records import Mention
 
@@ -236,3 +236,10 @@ def test_best_link_per_entity_keeps_the_higher_score_in_text_order():
     c = {**_link("e:2", 0.1, []), "mention_start": 0}
     assert [(l["entity_id"], l["mention_start"]) for l in best_link_per_entity([a, None, b, c])] == [
         ("e:2", 0), ("e:1", 20)]
+
+
+@pytest.mark.parametrize("mention, common", [("man", True), ("a man", True), ("A man", True), ("the cat", True),
+                                             ("The cat", True), ("the Moon", False), ("Man", False),
+                                             ("NYC", False), ("A", False), ("New York", False)])
+def test_common_noun(mention, common):
+    assert common_noun(mention) is common

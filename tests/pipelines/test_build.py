@@ -69,6 +69,9 @@ def test_demo_links_real_entities(demo_build):
     assert "Cat" in set(cat["name"])
     coffee = joined[joined["alt_text"].str.contains("coffee")]
     assert "Coffee" in set(coffee["name"])
+    # the default KB knows SpaceX's rocket: "SpaceX Falcon 9" is not the bird of prey
+    rocket = joined[joined["alt_text"].str.contains("Falcon 9")]
+    assert len(rocket) and "enwiki:Falcon" not in set(joined["entity_id"])
 
 
 def test_rerun_resumes_and_refilters_without_reannotating(demo_build, tmp_path):
