@@ -50,26 +50,28 @@ def measure_build(tmp: Path) -> dict:
 
 _LOAD_SCRIPT = """
 import json, sys, time
-t0 = time.perf_counter()
+def status(field):
+    for line in open('/proc/self/status'):
+        if line.startswith(field + ':'):
+            return int(line.split()[1]) / 1024
 from i2e_engine.kb.alias_index import AliasIndex
+before = {f: status(f) for f in ('VmRSS', 'RssAnon', 'RssFile')}
 t1 = time.perf_counter()
 index = AliasIndex(sys.argv[1])
 t2 = time.perf_counter()
 found = sum(bool(index.candidates(w)) for w in sys.argv[2:])
 t3 = time.perf_counter()
-def status(field):
-    for line in open('/proc/self/status'):
-        if line.startswith(field + ':'):
-            return int(line.split()[1])
 print(json.dumps({"open_seconds": t2 - t1, "first_lookups_seconds": t3 - t2, "found": found,
-                  "rss_mib": status('VmRSS') / 1024, "rss_anon_mib": status('RssAnon') / 1024,
-                  "rss_file_mib": status('RssFile') / 1024}))
+                  "rss_mib": status('VmRSS'), "index_rss_mib": status('VmRSS') - before['VmRSS'],
+                  "index_private_mib": status('RssAnon') - before['RssAnon'],
+                  "index_shared_mib": status('RssFile') - before['RssFile']}))
 """
 
 
 def measure_load(index_folder: Path, repeats: int) -> dict:
-    """Open the index in fresh processes: time to open and to answer a few lookups, and the
-    memory: RssAnon is the process's own, RssFile the mapped index pages it shares."""
+    """Open the index in fresh processes: time to open and to answer a few lookups, the
+    process's whole RSS, and what opening the index added to it: private (RssAnon) and
+    mapped index pages, which the processes of a machine share (RssFile)."""
     words = ["Paris", "dog", "Barack Obama", "Falcon 9", "red fox", "pizza", "Eiffel Tower", "Springfield"]
     runs = [json.loads(subprocess.run([sys.executable, "-c", _LOAD_SCRIPT, str(index_folder), *words], check=True,
                                       capture_output=True, text=True, cwd=REPO).stdout) for _ in range(repeats)]
@@ -154,15 +156,54 @@ def measure_candidates(kb_path: str, texts: list[str], repeats: int) -> dict:
             "full_link_mentions_per_second": round(len(surfaces) / link_seconds)}
 
 
+def measure_image_nil(kb_path: str, photos: int = 150) -> dict:
+    """The offline scorer's image-entity scores of a coco-mini caption's own links against
+    links of another photo's caption (the shipped stages and scorer): the quantiles, and
+    how much of each a NIL threshold keeps. Its ``nil_score`` is the 5th percentile of own."""
+    import dataclasses
+    import random
+
+    import numpy as np
+
+    from _common import coco_pairs
+    from i2e_engine.config import BuildConfig
+    from i2e_engine.images import decode_rgb
+    from i2e_engine.stages import Annotator, run_stage
+
+    config = dataclasses.replace(BuildConfig(), link=LinkConfig(image_nil_score=-1.0))
+    annotator = Annotator(config, kb_path).setup()
+    items = run_stage(annotator.check, coco_pairs(COCO)[:photos]).kept
+    for stage in (annotator.ner, annotator.link):
+        items = run_stage(stage, items).kept
+    scorer = annotator.score.scorer
+    texts = [[next(iter(by_entity.values())) for by_entity in item.candidate_texts] for item in items]
+    images = scorer.embed_images([decode_rgb(item.record["image"], config.image) for item in items])
+    rng = random.Random(0)
+    own, other = [], []
+    for i in range(len(items)):
+        own += (scorer.embed_texts(texts[i]) @ images[i]).tolist()
+        j = rng.randrange(len(items))
+        if j != i:
+            other += (scorer.embed_texts(texts[j]) @ images[i]).tolist()
+    own, other = np.array(own), np.array(other)
+    return {"photos": len(items), "own_links": len(own), "other_links": len(other),
+            "quantiles": {q: [round(float(np.quantile(own, q)), 3), round(float(np.quantile(other, q)), 3)]
+                          for q in (0.05, 0.1, 0.25, 0.5, 0.75, 0.95)},
+            "kept_at": {th: [round(float((own >= th).mean()), 3), round(float((other >= th).mean()), 3)]
+                        for th in (0.05, 0.09, 0.15)}}
+
+
 def measure_tweeki(kb_paths: dict[str, str]) -> dict:
-    """``i2e kb eval`` on the Tweeki gold set for each KB, with and without the alias matcher."""
+    """``i2e kb eval`` on the Tweeki gold set for each KB and mention setting."""
+    settings = {"every alias hit (default)": [], "capitalized alias hits": ["--alias-case", "capitalized"],
+                "NER mentions only": ["--no-alias-matcher"]}
     out = {}
     for name, kb in kb_paths.items():
-        for flags in ([], ["--no-alias-matcher"]):
+        for setting, flags in settings.items():
             command = [sys.executable, "-m", "pipelines.cli", "kb", "eval", str(GOLD), "--kb", kb, "--json", *flags]
             result = json.loads(subprocess.run(command, check=True, capture_output=True, text=True, cwd=REPO).stdout)
-            key = f"{name}{'' if not flags else ' (NER mentions only)'}"
-            out[key] = {k: round(v, 3) if isinstance(v, float) else v for k, v in result.items() if k != "kb"}
+            out[f"{name}, {setting}"] = {k: round(v, 3) if isinstance(v, float) else v
+                                         for k, v in result.items() if k != "kb"}
     return out
 
 
@@ -189,6 +230,8 @@ def main() -> int:
         print(json.dumps(report["matching"], indent=1), flush=True)
         report["candidates"] = measure_candidates(kb_path, texts, args.repeats)
         print(json.dumps(report["candidates"], indent=1), flush=True)
+        report["image_nil"] = measure_image_nil(kb_path)
+        print(json.dumps(report["image_nil"], indent=1), flush=True)
         if GOLD.is_file():
             demo_kb = ensure_kb(DEMO_SOURCES, 100_000)
             report["tweeki"] = measure_tweeki({"old KB (vital+geonames>=100k)": str(demo_kb),

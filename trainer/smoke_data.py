@@ -77,8 +77,8 @@ def build_caltech_tables(caltech: str | Path, out: str | Path, per_category: int
         part = images[i * per_file:(i + 1) * per_file]
         schemas.write_table(schemas.from_records(part, "images"), out / "images" / f"part-{i:05d}.parquet",
                             "images", row_group_size=row_group_size)
-    entities = [dict(entity_id=qid, name=name, description=desc, aliases=[], source="custom",
-                     image_count=counts.get(qid, 0), kb_version="smoke")
+    entities = [dict(entity_id=qid, name=name, description=desc, aliases=[], source="custom", qid=qid,
+                     wiki_title=None, image_count=counts.get(qid, 0), kb_version="smoke")
                 for qid, name, desc in list(CATEGORIES.values()) + [VEHICLE]]
     schemas.write_table(schemas.from_records(entities, "entities"), out / "entities" / "part-00000.parquet", "entities")
     schemas.write_table(schemas.from_records(links, "image_entities"),

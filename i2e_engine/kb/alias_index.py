@@ -48,7 +48,6 @@ import marisa_trie
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-from spacy.lang.en.stop_words import STOP_WORDS
 
 import schemas
 from i2e_engine.inflect import singulars
@@ -123,6 +122,8 @@ def matchable_key(key: str) -> bool:
     """Whether a key may be found in free text at all: at least ``MIN_MATCH_CHARS``
     characters, not only digits and punctuation ("1984"), not only English stop words
     ("The Who", "It"), and no parenthetical ("mercury (planet)" never occurs as such)."""
+    from spacy.lang.en.stop_words import STOP_WORDS   # here: opening an index must not import spaCy
+
     return (len(key) >= MIN_MATCH_CHARS and "(" not in key and not _NUMERIC.fullmatch(key)
             and not all(word in STOP_WORDS for word in _WORDS.findall(key)))
 

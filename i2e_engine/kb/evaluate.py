@@ -82,7 +82,7 @@ def load_gold(path: str, limit: Optional[int] = None) -> list[GoldText]:
 def link_texts(texts: Sequence[str], kb_path: str, ner: NerConfig = NerConfig(), link: LinkConfig = LinkConfig(),
                batch_size: int = 256) -> Iterator[list[Link]]:
     """The links of each text, by the engine's own NER and linker stages (no image)."""
-    from i2e_engine.stages import LinkStage, Mentioned, NerStage
+    from i2e_engine.stages import LinkStage, NerStage
 
     ner_stage, link_stage = NerStage(ner, kb_path), LinkStage(link, kb_path, "name")
     ner_stage.setup()

@@ -113,6 +113,11 @@ class OfflineBridgeScorer(Scorer):
     """EfficientNet-Lite0 class probabilities bridged to MiniLM text space (see module doc)."""
 
     dim = 384  # MiniLM-L6 sentence embedding width
+    # The 5th percentile of the scores of coco-mini captions' own links (0.093 over 1,498
+    # links of 150 photos): a mention whose every candidate scores under it is NIL. It
+    # keeps about 95% of a caption's own links and drops about 12% of links to another
+    # photo's entities (benchmarks: BENCHMARKS.md, "image-aware NIL").
+    nil_score = 0.09
 
     def __init__(self, device: str = "auto", batch_size: int = 32,
                  temperature: float = DEFAULT_TEMPERATURE, top_k: int | None = DEFAULT_TOP_K,
