@@ -238,6 +238,10 @@ def build_index(kb: pa.Table, folder: str | Path, *, kb_version: str = "",
     return folder
 
 
+def _single_chunk(column: pa.ChunkedArray) -> pa.Array:
+    return column.chunk(0) if column.num_chunks == 1 else column.combine_chunks()
+
+
 class AliasIndex:
     """Candidate entities of a normalized alias, with priors, read from an index folder
     (:func:`build_index`). Opening maps the files; nothing is parsed or copied."""
@@ -259,7 +263,9 @@ class AliasIndex:
         self._offsets, self._candidates, self._priors = load("offsets.npy"), load("candidates.npy"), load("priors.npy")
         self._matchable, self._entity_rows = load("matchable.npy"), load("entity_rows.npy")
         self._entities = pa.ipc.open_file(pa.memory_map(str(self.folder / "entities.arrow"))).read_all()
-        self._columns = {name: self._entities.column(name).combine_chunks() for name in self._entities.column_names}
+        # One record batch per file, so each column is one chunk of the mapped file; taking
+        # it (not combine_chunks, which copies) keeps the process's private memory small.
+        self._columns = {name: _single_chunk(self._entities.column(name)) for name in self._entities.column_names}
 
     @classmethod
     def from_kb_table(cls, kb: pa.Table, *, smoothing: float = DEFAULT_SMOOTHING) -> "AliasIndex":
