@@ -159,3 +159,12 @@ def test_a_remote_kb_publishes_its_index_and_another_machine_copies_it(tmp_path,
     assert folder.is_relative_to(tmp_path / "machine-b")
     first = table.to_pylist()[0]
     assert AliasIndex(folder).candidates(first["name"])[0][0] == first["entity_id"]
+
+
+def test_build_reports_progress_per_source(tmp_path, monkeypatch):
+    monkeypatch.setenv("I2E_CACHE", str(tmp_path / "cache"))
+    calls = []
+    build_kb(["vital", "geonames"], tmp_path / "kb.parquet", limit=5, progress=lambda *call: calls.append(call))
+    finished = {source: done for source, done, total in calls if done == total}
+    assert finished == {"vital": 5, "geonames": 5}
+    assert all(0 <= done <= total for _, done, total in calls)
