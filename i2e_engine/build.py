@@ -222,13 +222,13 @@ def publish_kb(kb_path: str, out: str) -> str:
     """The KB every worker reads: as given, or, when the output is on object storage and the
     KB on this machine's disk, a copy published next to the output (``<output>/_kb/``) with
     its alias index, so remote workers copy the index instead of each building it."""
-    from i2e_engine.kb.build import publish_alias_index, published_index_uri
+    from i2e_engine.kb.build import publish_alias_index, published_index_is_current, stored_kb_version
 
     if storage.is_local(kb_path) and not storage.is_local(out):
         published = storage.join(out, "_kb", storage.name(kb_path))
-        if not storage.exists(published):
-            storage.write_bytes(published, storage.read_bytes(kb_path))
-        if not storage.exists(storage.join(published_index_uri(published), "meta.json")):
+        if not storage.exists(published) or stored_kb_version(published) != stored_kb_version(kb_path):
+            storage.write_bytes(published, storage.read_bytes(kb_path))   # new, or the local KB was rebuilt
+        if not published_index_is_current(published, stored_kb_version(published) or ""):
             publish_alias_index(published)
         return published
     return kb_path

@@ -35,6 +35,7 @@ source so that its median entity weighs 1, see :mod:`i2e_engine.kb.build`):
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 import shutil
@@ -103,6 +104,12 @@ def normalize_alias(text: str) -> str:
     if text.startswith("the "):
         text = text[4:].strip(_END_PUNCT)
     return text
+
+
+def index_code_version() -> str:
+    """A hash of this module's source: an index built by other code (other priors, keys or
+    matchable rules) is never reused, even for the same KB version."""
+    return hashlib.sha256(Path(__file__).read_bytes()).hexdigest()[:12]
 
 
 def initialism(name: str) -> Optional[str]:
@@ -232,7 +239,8 @@ def build_index(kb: pa.Table, folder: str | Path, *, kb_version: str = "",
     with pa.OSFile(str(folder / "entities.arrow"), "wb") as sink:
         with pa.ipc.new_file(sink, kb.schema) as writer:
             writer.write_table(kb.combine_chunks(), max_chunksize=kb.num_rows or None)
-    meta = {"format": FORMAT_VERSION, "kb_version": kb_version, "entities": kb.num_rows, "keys": len(trie),
+    meta = {"format": FORMAT_VERSION, "code": index_code_version(), "kb_version": kb_version,
+            "entities": kb.num_rows, "keys": len(trie),
             "candidates": int(len(rows)), "smoothing": smoothing}
     (folder / "meta.json").write_text(json.dumps(meta, indent=1))
     return folder

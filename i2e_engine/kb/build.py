@@ -51,7 +51,7 @@ import pyarrow.parquet as pq
 
 import schemas
 from i2e_engine import storage
-from i2e_engine.kb.alias_index import FORMAT_VERSION, AliasIndex, build_index, source_parts
+from i2e_engine.kb.alias_index import AliasIndex, build_index, index_code_version, source_parts
 from i2e_engine.kb.geonames import DEFAULT_MIN_POPULATION, geonames_table, title_key
 
 log = logging.getLogger(__name__)
@@ -334,13 +334,14 @@ def ensure_alias_index(kb_uri: str, *, table: Optional[pa.Table] = None, version
     """The local folder of a KB's alias index, made once per machine and KB version.
 
     The index is memory-mapped by every process, so it must be on a local disk: it lives
-    in the cache under the KB's version. When missing it is copied from the published
-    index beside the KB (``<kb>.aliases``, written by ``i2e kb build`` and by a build that
-    publishes its KB to object storage) when that one has the same KB version, else built
-    from the KB table.
+    in the cache under the KB's version and the index code's version. When missing it is
+    copied from the published index beside the KB (``<kb>.aliases``, written by ``i2e kb
+    build`` and by a build that publishes its KB to object storage) when that one has the
+    same KB and code versions, else built from the KB table.
     """
     version = version or stored_kb_version(kb_uri) or read_kb(kb_uri)[1]
-    folder = cache_root() / "alias-index" / f"{version}-f{FORMAT_VERSION}"
+    code = index_code_version()
+    folder = cache_root() / "alias-index" / f"{version}-{code}"
     if (folder / "meta.json").is_file():
         return folder
     with _machine_lock(folder.with_name(folder.name + ".lock")):
@@ -350,8 +351,7 @@ def ensure_alias_index(kb_uri: str, *, table: Optional[pa.Table] = None, version
         tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
         try:
             published = published_index_uri(kb_uri)
-            meta_uri = storage.join(published, "meta.json")
-            if storage.exists(meta_uri) and json.loads(storage.read_text(meta_uri)).get("kb_version") == version:
+            if published_index_is_current(kb_uri, version):
                 for name in _INDEX_FILES:
                     (tmp / name).write_bytes(storage.read_bytes(storage.join(published, name)))
                 how = f"copied from {published}"
@@ -363,6 +363,15 @@ def ensure_alias_index(kb_uri: str, *, table: Optional[pa.Table] = None, version
             shutil.rmtree(tmp, ignore_errors=True)
         log.info("alias index of KB %s %s in %.1f s at %s", version, how, time.perf_counter() - started, folder)
     return folder
+
+
+def published_index_is_current(kb_uri: str, version: str) -> bool:
+    """Whether the index published beside a KB was built from this KB version by this code."""
+    meta_uri = storage.join(published_index_uri(kb_uri), "meta.json")
+    if not storage.exists(meta_uri):
+        return False
+    meta = json.loads(storage.read_text(meta_uri))
+    return (meta.get("kb_version"), meta.get("code")) == (version, index_code_version())
 
 
 def publish_alias_index(kb_uri: str) -> str:

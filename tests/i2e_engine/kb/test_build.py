@@ -168,3 +168,13 @@ def test_build_reports_progress_per_source(tmp_path, monkeypatch):
     finished = {source: done for source, done, total in calls if done == total}
     assert finished == {"vital": 5, "geonames": 5}
     assert all(0 <= done <= total for _, done, total in calls)
+
+
+def test_an_index_built_by_other_index_code_is_not_reused(tmp_path, monkeypatch):
+    monkeypatch.setenv("I2E_CACHE", str(tmp_path / "cache"))
+    kb = tmp_path / "kb.parquet"
+    build_kb(["vital"], kb, limit=20)
+    first = ensure_alias_index(str(kb))
+    monkeypatch.setattr("i2e_engine.kb.build.index_code_version", lambda: "changed-code")
+    second = ensure_alias_index(str(kb))
+    assert second != first and second.name.endswith("-changed-code") and (second / "meta.json").is_file()
