@@ -30,6 +30,7 @@ log = logging.getLogger(__name__)
 # hits to nouns ("a nice day" must not link the city of Nice).
 _UNNEEDED = ("parser", "lemmatizer", "senter")
 TITLE_CASE_RUN = 4
+_ARTICLES = frozenset({"a", "an", "the"})
 _SENTENCE_ENDS = frozenset({".", "!", "?", ":", '"', "-", "|", "\u2026"})
 
 
@@ -93,7 +94,9 @@ class MentionExtractor:
 
     def alias_spans(self, doc) -> list:
         """Every span of ``doc`` whose normalized text (or its singular) is a matchable KB
-        key, found by extending spans from each word while some key starts with them."""
+        key, found by extending spans from each word while some key starts with them. A
+        span never starts at a stop word other than an article ("in the kitchen" is the
+        title of a song, not a mention)."""
         index = self.alias_index
         if index is None:
             return []
@@ -102,6 +105,8 @@ class MentionExtractor:
         for start, token in enumerate(doc):
             if token.is_punct or token.is_space or (capitalized and not token.text[:1].isupper()):
                 continue
+            if token.is_stop and token.lower_ not in _ARTICLES:
+                continue      # "in the kitchen", "on the table": the titles of songs, not mentions
             for end in range(start + 1, min(len(doc), start + self.max_alias_tokens) + 1):
                 key = normalize_alias(doc[start:end].text)
                 if key and index.is_match_key(key):

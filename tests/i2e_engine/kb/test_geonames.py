@@ -88,3 +88,12 @@ def test_places_claim_wikipedia_titles_largest_first():
     assert "Vila" not in claimed                                           # a village does not take a bare title
     assert len(claimed) == 6 - 1
     assert geonames_table(limit=5).column("wiki_title").null_count == 5    # no titles given, none claimed
+
+
+def test_a_town_wikipedia_qualifies_does_not_take_the_bare_title():
+    # Street, Somerset (12,911 people) has its own "Street, Somerset" article: "Street" is the concept
+    titles = {"street", "street, somerset", "amalfi"}
+    claimed = {row["wiki_title"]: row["name"] for row in geonames_table(min_population=500, wiki_titles=titles)
+               .to_pylist() if row["wiki_title"]}
+    assert "Street" not in claimed
+    assert claimed["Amalfi"] == "Amalfi"        # no "Amalfi, ..." article: the larger Amalfi (9,733) takes it
