@@ -169,7 +169,7 @@ def _kb_parser(commands) -> None:
         description="Merge entity sources into one KB table (entity_id, name, aliases, description, popularity, "
                     "qid, wiki_title, kind), then build its memory-mapped alias index in the local cache "
                     "(published beside the KB when --out is on object storage). The default sources take "
-                    "a few minutes on 2 cores (BENCHMARKS.md).")
+                    "2 to 2.5 minutes on 2 cores (BENCHMARKS.md).")
     build.add_argument("--sources", default="vital,geonames,dbpedia,taxon",
                        help="comma-separated, merged into one entity per Wikipedia title or Wikidata id: vital "
                             "(Wikipedia vital articles), geonames (countries, US states and counties, cities of "
