@@ -139,7 +139,7 @@ def plan_run(config: BuildConfig, overwrite: bool = False, retry_failed: bool = 
     (``workdir.RETRYABLE_REASONS``); other committed shards are kept as they are.
     """
     from i2e_engine.demo import write_demo_parquet
-    from i2e_engine.kb.build import ensure_default_kb, read_kb, stored_kb_version
+    from i2e_engine.kb.build import ensure_default_kb, kb_file_version
 
     started = time.time()
     run_id = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(started)) + "-" + uuid.uuid4().hex[:6]
@@ -149,9 +149,8 @@ def plan_run(config: BuildConfig, overwrite: bool = False, retry_failed: bool = 
     for leftover in storage.listdir(out, prefix=".staging-"):  # from a run killed while finalizing
         storage.remove(leftover)
     inputs = list(config.inputs) or [str(write_demo_parquet(cache_dir() / "demo" / "skimage-demo.parquet"))]
-    kb_path = publish_kb(storage.normalize(config.kb) if config.kb else str(ensure_default_kb()),
-                         out)
-    kb_version = stored_kb_version(kb_path) or read_kb(kb_path)[1]
+    kb_path = publish_kb(storage.normalize(config.kb) if config.kb else str(ensure_default_kb()), out)
+    kb_version = kb_file_version(kb_path)
     scorer = scorer_name(config)
     fingerprint = annotation_fingerprint(config, kb_version, scorer)
     work = WorkDir(out)
@@ -226,9 +225,10 @@ def publish_kb(kb_path: str, out: str) -> str:
 
     if storage.is_local(kb_path) and not storage.is_local(out):
         published = storage.join(out, "_kb", storage.name(kb_path))
-        if not storage.exists(published) or stored_kb_version(published) != stored_kb_version(kb_path):
+        version = stored_kb_version(kb_path)
+        if not storage.exists(published) or stored_kb_version(published) != version:
             storage.write_bytes(published, storage.read_bytes(kb_path))   # new, or the local KB was rebuilt
-        if not published_index_is_current(published, stored_kb_version(published) or ""):
+        if not published_index_is_current(published, version or ""):
             publish_alias_index(published)
         return published
     return kb_path

@@ -38,12 +38,11 @@ from typing import Iterable, Optional
 from spacy.lang.en.stop_words import STOP_WORDS
 
 from i2e_engine.config import LinkConfig
-from i2e_engine.kb.alias_index import AliasIndex, fold
+from i2e_engine.kb.alias_index import ARTICLES, AliasIndex, fold
 from i2e_engine.records import Candidate, Link, Mention
 
 _WORDS = re.compile(r"[^\W_]+")
 _WORDS_CACHE = 200_000
-_ARTICLES = frozenset({"a", "an", "the"})
 
 
 def content_words(text: str) -> frozenset[str]:
@@ -65,7 +64,7 @@ def common_noun(mention: str) -> bool:
     """A mention written in lower case after any leading article ("a man", "A man", "the
     cat"): a common noun, not a name ("the Moon", "Man")."""
     words = mention.split()
-    if len(words) > 1 and words[0].lower() in _ARTICLES:
+    if len(words) > 1 and words[0].lower() in ARTICLES:
         words = words[1:]
     return bool(words) and all(word.islower() for word in words)
 
@@ -171,14 +170,14 @@ class Linker:
         return best_link_per_entity(self._link_one(alt_text, mention) for mention in resolve_overlaps(mentions))
 
 
-def best_link_per_entity(links: Iterable[Optional[Link]], score: str = "link_score") -> list[Link]:
-    """One link per entity (the higher ``score``, the earlier mention on a tie), in text order."""
+def best_link_per_entity(links: Iterable[Optional[Link]]) -> list[Link]:
+    """One link per entity (the higher link score, the earlier mention on a tie), in text order."""
     best: dict[str, Link] = {}
     for link in links:
         if link is None:
             continue
         held = best.get(link["entity_id"])
-        if held is None or link[score] > held[score]:
+        if held is None or link["link_score"] > held["link_score"]:
             best[link["entity_id"]] = link
     return sorted(best.values(), key=lambda l: (l["mention_start"], l["entity_id"]))
 

@@ -20,7 +20,7 @@ from spacy.language import Language
 from spacy.util import filter_spans
 
 from i2e_engine.config import NerConfig
-from i2e_engine.kb.alias_index import AliasIndex, normalize_alias
+from i2e_engine.kb.alias_index import ARTICLES, AliasIndex, normalize_alias
 from i2e_engine.records import Mention
 
 log = logging.getLogger(__name__)
@@ -30,7 +30,6 @@ log = logging.getLogger(__name__)
 # hits to nouns ("a nice day" must not link the city of Nice).
 _UNNEEDED = ("parser", "lemmatizer", "senter")
 TITLE_CASE_RUN = 4
-_ARTICLES = frozenset({"a", "an", "the"})
 _SENTENCE_ENDS = frozenset({".", "!", "?", ":", '"', "-", "|", "\u2026"})
 
 
@@ -105,7 +104,7 @@ class MentionExtractor:
         for start, token in enumerate(doc):
             if token.is_punct or token.is_space or (capitalized and not token.text[:1].isupper()):
                 continue
-            if token.is_stop and token.lower_ not in _ARTICLES:
+            if token.is_stop and token.lower_ not in ARTICLES:
                 continue      # "in the kitchen", "on the table": the titles of songs, not mentions
             for end in range(start + 1, min(len(doc), start + self.max_alias_tokens) + 1):
                 key = normalize_alias(doc[start:end].text)

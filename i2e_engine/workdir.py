@@ -62,13 +62,19 @@ def _package_versions(names: Sequence[str]) -> dict[str, Optional[str]]:
     return found
 
 
-def stage_code_hash() -> str:
-    """sha256 of the engine source files that shape an annotation row."""
+def code_digest(patterns: Sequence[str]) -> str:
+    """sha256 of the engine source files matching ``patterns`` (relative to ``i2e_engine/``),
+    names and contents: what keys work made by that code."""
     root = Path(__file__).parent
     digest = hashlib.sha256()
-    for path in sorted(p for pattern in STAGE_CODE for p in root.glob(pattern)):
+    for path in sorted(p for pattern in patterns for p in root.glob(pattern)):
         digest.update(path.relative_to(root).as_posix().encode() + b"\0" + path.read_bytes())
     return digest.hexdigest()
+
+
+def stage_code_hash() -> str:
+    """sha256 of the engine source files that shape an annotation row."""
+    return code_digest(STAGE_CODE)
 
 
 def annotation_fingerprint(config: BuildConfig, kb_version: str, scorer_identity: str) -> str:

@@ -35,7 +35,6 @@ source so that its median entity weighs 1, see :mod:`i2e_engine.kb.build`):
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 import shutil
@@ -43,7 +42,7 @@ import tempfile
 import unicodedata
 import weakref
 from pathlib import Path
-from typing import Optional
+from typing import Collection, Optional
 
 import marisa_trie
 import numpy as np
@@ -74,6 +73,7 @@ _DASHES = re.compile(r"[-_\u2010-\u2015]+")
 _END_PUNCT = ".,;:!?'\"()[]{}<>\u00ab\u00bb\u201c\u201d\u2026/\\|*~ "
 _NUMERIC = re.compile(r"[\d\W_]+")
 _INDEFINITE = re.compile(r"^an? +(?=\S)")
+ARTICLES = frozenset({"a", "an", "the"})     # dropped from alias keys; a mention may start with one
 _WORDS = re.compile(r"[^\W_]+")
 
 
@@ -109,7 +109,9 @@ def normalize_alias(text: str) -> str:
 def index_code_version() -> str:
     """A hash of this module's source: an index built by other code (other priors, keys or
     matchable rules) is never reused, even for the same KB version."""
-    return hashlib.sha256(Path(__file__).read_bytes()).hexdigest()[:12]
+    from i2e_engine.workdir import code_digest
+
+    return code_digest(("kb/alias_index.py",))[:12]
 
 
 def initialism(name: str) -> Optional[str]:
@@ -125,14 +127,12 @@ def initialism(name: str) -> Optional[str]:
     return "".join(w[0].upper() for w in words)
 
 
-def matchable_key(key: str) -> bool:
+def matchable_key(key: str, stop_words: Collection[str]) -> bool:
     """Whether a key may be found in free text at all: at least ``MIN_MATCH_CHARS``
-    characters, not only digits and punctuation ("1984"), not only English stop words
+    characters, not only digits and punctuation ("1984"), not only English ``stop_words``
     ("The Who", "It"), and no parenthetical ("mercury (planet)" never occurs as such)."""
-    from spacy.lang.en.stop_words import STOP_WORDS   # here: opening an index must not import spaCy
-
     return (len(key) >= MIN_MATCH_CHARS and "(" not in key and not _NUMERIC.fullmatch(key)
-            and not all(word in STOP_WORDS for word in _WORDS.findall(key)))
+            and not all(word in stop_words for word in _WORDS.findall(key)))
 
 
 def source_parts(source: str) -> frozenset[str]:
@@ -192,7 +192,9 @@ def build_index(kb: pa.Table, folder: str | Path, *, kb_version: str = "",
     id_of = {key: trie[key] for key in distinct}
     key_ids = np.fromiter((id_of.get(key, -1) for key in keys), dtype=np.int64, count=len(keys))
     key_ok = np.zeros(len(trie), dtype=bool)
-    key_ok[[id_of[key] for key in distinct if matchable_key(key)]] = True
+    from spacy.lang.en.stop_words import STOP_WORDS   # here, once: opening an index must not import spaCy
+
+    key_ok[[id_of[key] for key in distinct if matchable_key(key, STOP_WORDS)]] = True
     del keys, id_of, distinct
 
     key_ids, rows, mass = key_ids[present], rows[present], (weights * popularity[rows])[present]

@@ -33,6 +33,7 @@ import contextlib
 import fcntl
 import functools
 import hashlib
+import itertools
 import json
 import logging
 import os
@@ -69,6 +70,8 @@ _NAME_ORDER = ("vital_articles", "ncbi_taxon", "geonames", "wikidata", "dbpedia"
 _DESCRIPTION_ORDER = ("vital_articles", "wikidata", "ncbi_taxon", "geonames", "dbpedia", "custom")
 _SPECIFIC_KINDS = ("country", "admin_division", "place", "taxon")
 _HASH_BATCH = 20_000
+_KB_CODE = ("kb/alias_index.py", "kb/build.py", "kb/dbpedia.py", "kb/geonames.py", "kb/taxon.py", "kb/vital.py",
+            "kb/wikidata.py")
 # A vital article whose description has none of these is no place a town could be named after.
 _PLACE_WORDS = re.compile(r"\b(city|capital|town|village|country|state|province|region|island|county|"
                           r"municipality|commune|district|metropolis|port|kingdom|republic|territory)\b", re.IGNORECASE)
@@ -155,15 +158,9 @@ def merge_sources(tables_by_source: Sequence[pa.Table]) -> pa.Table:
     repeated = counts.field("values").filter(pc.greater(counts.field("counts"), 1))
     in_group = pc.is_in(keys, value_set=repeated)
     singles = table.filter(pc.invert(in_group))
-    grouped = table.filter(in_group).append_column("_key", keys.filter(in_group))
-    grouped = grouped.sort_by([("_key", "ascending")]).drop_columns(["_key"])
-    group_keys = keys.filter(in_group).sort().to_pylist()
-    merged, rows, held = [], grouped.to_pylist(), []
-    for i, row in enumerate(rows):
-        held.append(row)
-        if i + 1 == len(rows) or group_keys[i + 1] != group_keys[i]:
-            merged.append(_merge_group(held))
-            held = []
+    grouped = table.filter(in_group).append_column("_key", keys.filter(in_group)).sort_by("_key")
+    merged = [_merge_group([{k: v for k, v in row.items() if k != "_key"} for row in rows])
+              for _, rows in itertools.groupby(grouped.to_pylist(), key=lambda row: row["_key"])]
     out = pa.concat_tables([singles, schemas.from_records(merged, "kb")]) if merged else singles
     out = _drop_duplicate_ids(_final_ids(out))
     log.info("merged %d source rows into %d entities (%d of them from several rows)", table.num_rows,
@@ -287,19 +284,28 @@ def read_kb(uri: str | Path) -> tuple[pa.Table, str]:
 
     A KB written before schema v4 (no qid, wiki_title, kind columns) is read with those
     columns empty, so custom KBs keep working."""
-    table = storage.parquet_file(str(uri)).read()
+    file = storage.parquet_file(str(uri))
+    table = file.read()
     for name, value in (("qid", None), ("wiki_title", None), ("kind", "thing")):
         if name not in table.column_names:
             table = table.append_column(name, pa.array([value] * table.num_rows, pa.string()))
     table = schemas.validate(table.select(schemas.column_names("kb")).replace_schema_metadata(), "kb")
-    stored = (storage.parquet_file(str(uri)).schema_arrow.metadata or {}).get(VERSION_KEY)
-    return table, stored.decode() if stored else kb_version(table)
+    return table, _footer_version(file) or kb_version(table)
+
+
+def _footer_version(file: pq.ParquetFile) -> Optional[str]:
+    stored = (file.schema_arrow.metadata or {}).get(VERSION_KEY)
+    return stored.decode() if stored else None
 
 
 def stored_kb_version(uri: str) -> Optional[str]:
     """The version in a KB file's footer, without reading its rows."""
-    stored = (storage.parquet_file(uri).schema_arrow.metadata or {}).get(VERSION_KEY)
-    return stored.decode() if stored else None
+    return _footer_version(storage.parquet_file(uri))
+
+
+def kb_file_version(uri: str) -> str:
+    """A KB file's version: from its footer, else computed from its rows (a custom KB)."""
+    return stored_kb_version(uri) or read_kb(uri)[1]
 
 
 def cache_root() -> Path:
@@ -337,7 +343,7 @@ def ensure_alias_index(kb_uri: str, *, table: Optional[pa.Table] = None, version
     build`` and by a build that publishes its KB to object storage) when that one has the
     same KB and code versions, else built from the KB table.
     """
-    version = version or stored_kb_version(kb_uri) or read_kb(kb_uri)[1]
+    version = version or kb_file_version(kb_uri)
     code = index_code_version()
     folder = cache_root() / "alias-index" / f"{version}-{code}"
     if (folder / "meta.json").is_file():
@@ -417,11 +423,9 @@ def default_kb_path(sources: Sequence[str] = DEFAULT_SOURCES, min_population: in
 def kb_code_version() -> str:
     """A hash of the code that turns the packages into KB rows (the source modules, the merge
     and the key folding they use): a cached KB made by other code is never reused."""
-    digest = hashlib.sha256()
-    for path in sorted(Path(__file__).parent.glob("*.py")):
-        if path.name not in ("evaluate.py", "__init__.py"):
-            digest.update(path.name.encode() + b"\0" + path.read_bytes())
-    return digest.hexdigest()[:12]
+    from i2e_engine.workdir import code_digest
+
+    return code_digest(_KB_CODE)[:12]
 
 
 def ensure_kb(sources: Sequence[str], min_population: int) -> Path:

@@ -79,18 +79,22 @@ def load_gold(path: str, limit: Optional[int] = None) -> list[GoldText]:
     return out
 
 
-def link_texts(texts: Sequence[str], kb_path: str, ner: NerConfig = NerConfig(), link: LinkConfig = LinkConfig(),
-               batch_size: int = 256) -> Iterator[list[Link]]:
-    """The links of each text, by the engine's own NER and linker stages (no image)."""
-    from i2e_engine.stages import LinkStage, NerStage
+class TextLinker:
+    """The engine's own NER and link stages over plain texts (no image), set up once."""
 
-    ner_stage, link_stage = NerStage(ner, kb_path), LinkStage(link, kb_path, "name")
-    ner_stage.setup()
-    link_stage.setup()
-    for start in range(0, len(texts), batch_size):
-        batch = list(texts[start:start + batch_size])
-        for text, mentions in zip(batch, ner_stage.extractor.extract(batch, ner.batch_size)):
-            yield link_stage.linker.link(text, list(mentions)) if mentions else []
+    def __init__(self, kb_path: str, ner: NerConfig = NerConfig(), link: LinkConfig = LinkConfig()):
+        from i2e_engine.stages import LinkStage, NerStage
+
+        self.ner, self.link = NerStage(ner, kb_path), LinkStage(link, kb_path, "name")
+        self.ner.setup()
+        self.link.setup()
+
+    def __call__(self, texts: Sequence[str], batch_size: int = 256) -> Iterator[list[Link]]:
+        """The links of each text, in order."""
+        for start in range(0, len(texts), batch_size):
+            batch = list(texts[start:start + batch_size])
+            for text, mentions in zip(batch, self.ner.extractor.extract(batch, self.ner.config.batch_size)):
+                yield self.link.linker.link(text, list(mentions)) if mentions else []
 
 
 class _EntityTest:
@@ -133,15 +137,13 @@ def score_links(gold: Sequence[GoldText], predicted: Iterable[list[Link]], index
 
 def evaluate(gold: Sequence[GoldText], kb_path: str, ner: NerConfig = NerConfig(),
              link: LinkConfig = LinkConfig()) -> LinkingScore:
-    """Link every gold text and score the links (rule in the module docstring)."""
-    from i2e_engine.kb.build import shared_alias_index
-
-    index = shared_alias_index(kb_path)
-    list(link_texts([gold[0].text] if gold else [], kb_path, ner, link))   # load the models before timing
+    """Link every gold text and score the links (rule in the module docstring). The time
+    covers NER and linking, not loading the models."""
+    linker = TextLinker(kb_path, ner, link)
     started = time.perf_counter()
-    predicted = list(link_texts([item.text for item in gold], kb_path, ner, link))
+    predicted = list(linker([item.text for item in gold]))
     seconds = time.perf_counter() - started
-    correct, predicted_links, covered = score_links(gold, predicted, index)
+    correct, predicted_links, covered = score_links(gold, predicted, linker.link.linker.alias_index)
     gold_mentions = sum(len(item.mentions) for item in gold)
     return LinkingScore(texts=len(gold), gold_mentions=gold_mentions, predicted_links=predicted_links,
                         correct=correct, covered=covered,

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from i2e_engine.kb.build import DEMO_SOURCES, ensure_default_kb, ensure_kb
-from i2e_engine.kb.evaluate import link_texts
+from i2e_engine.kb.evaluate import TextLinker
 from pipelines.cli import main
 
 DATA = Path(__file__).resolve().parents[3].parent / "shared" / "data"
@@ -54,7 +54,7 @@ def test_common_nouns_of_coco_captions_link_to_concepts(default_kb):
     if not captions:
         pytest.skip(f"coco-mini captions are not under {DATA / 'coco-mini'}")
     links = collections.Counter((link["mention"].lower().strip(". "), link["entity_id"])
-                                for found in link_texts(captions, default_kb) for link in found)
+                                for found in TextLinker(default_kb)(captions) for link in found)
     linked = {entity for (_, entity) in links}
     assert not {"enwiki:Group_(mathematics)", "enwiki:Field_(mathematics)"} & linked
     by_mention = collections.defaultdict(set)
@@ -67,7 +67,7 @@ def test_common_nouns_of_coco_captions_link_to_concepts(default_kb):
 
 def test_the_demo_captions_link_the_rocket_not_the_bird(default_kb):
     text = "Launch of the DSCOVR satellite on a SpaceX Falcon 9 rocket from Florida"
-    [links] = list(link_texts([text], default_kb))
+    [links] = list(TextLinker(default_kb)([text]))
     linked = {link["entity_id"] for link in links}
     assert "enwiki:Falcon" not in linked
     assert {"enwiki:Rocket", "enwiki:Florida", "enwiki:Deep_Space_Climate_Observatory"} <= linked
