@@ -16,13 +16,11 @@ from __future__ import annotations
 
 import collections
 import json
-import os
 import platform
 import time
 import uuid
 from dataclasses import dataclass
 from importlib import metadata
-from pathlib import Path
 from typing import Callable, Optional
 
 import schemas
@@ -40,10 +38,6 @@ Progress = Callable[[str], None]
 
 class AccountingError(RuntimeError):
     """The tables do not account for every pair read from the inputs."""
-
-
-def cache_dir() -> Path:
-    return Path(os.environ.get("I2E_CACHE", Path.home() / ".cache" / "i2e"))
 
 
 def scorer_name(config: BuildConfig) -> str:
@@ -148,7 +142,7 @@ def plan_run(config: BuildConfig, overwrite: bool = False, retry_failed: bool = 
         storage.remove(out)
     for leftover in storage.listdir(out, prefix=".staging-"):  # from a run killed while finalizing
         storage.remove(leftover)
-    inputs = list(config.inputs) or [str(write_demo_parquet(cache_dir() / "demo" / "skimage-demo.parquet"))]
+    inputs = list(config.inputs) or [str(write_demo_parquet(storage.local_cache() / "demo" / "skimage-demo.parquet"))]
     kb_path = publish_kb(storage.normalize(config.kb) if config.kb else str(ensure_default_kb()), out)
     kb_version = kb_file_version(kb_path)
     scorer = scorer_name(config)

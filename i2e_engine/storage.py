@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import posixpath
 import uuid
+from pathlib import Path
 from typing import IO, Optional
 
 import fsspec
@@ -20,6 +21,12 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 from fsspec.core import url_to_fs
+
+
+def local_cache() -> Path:
+    """This machine's cache, ``$I2E_CACHE`` or ``~/.cache/i2e``: what each machine builds or
+    copies once and then reuses (default KBs, alias indexes, fetched encoders, the demo)."""
+    return Path(os.environ.get("I2E_CACHE") or Path.home() / ".cache" / "i2e")
 
 
 def is_local(uri: str | os.PathLike) -> bool:

@@ -308,11 +308,6 @@ def kb_file_version(uri: str) -> str:
     return stored_kb_version(uri) or read_kb(uri)[1]
 
 
-def cache_root() -> Path:
-    """``$I2E_CACHE`` or ``~/.cache/i2e``: the default KBs and alias indexes of this machine."""
-    return Path(os.environ.get("I2E_CACHE") or Path.home() / ".cache" / "i2e")
-
-
 def published_index_uri(kb_uri: str) -> str:
     """Where an alias index is published beside its KB file for other machines."""
     return storage.normalize(kb_uri) + ".aliases"
@@ -345,7 +340,7 @@ def ensure_alias_index(kb_uri: str, *, table: Optional[pa.Table] = None, version
     """
     version = version or kb_file_version(kb_uri)
     code = index_code_version()
-    folder = cache_root() / "alias-index" / f"{version}-{code}"
+    folder = storage.local_cache() / "alias-index" / f"{version}-{code}"
     if (folder / "meta.json").is_file():
         return folder
     with _machine_lock(folder.with_name(folder.name + ".lock")):
@@ -410,14 +405,14 @@ def _installed(sources: Sequence[str]) -> bool:
 
 
 def default_kb_path(sources: Sequence[str] = DEFAULT_SOURCES, min_population: int = DEFAULT_KB_MIN_POPULATION) -> Path:
-    """Where an offline KB of ``sources`` is cached: ``cache_root()/kb/``.
+    """Where an offline KB of ``sources`` is cached: ``storage.local_cache()/kb/``.
 
     The file name carries everything the content depends on (the versions of the data
     packages, the population cut, a hash of the code that makes the rows), so an upgrade
     builds a new file instead of reusing a stale one.
     """
     packages = "-".join(f"{source}{metadata.version(_SOURCE_PACKAGES[source])}" for source in sources)
-    return cache_root() / "kb" / f"{packages}-pop{min_population}-{kb_code_version()}.parquet"
+    return storage.local_cache() / "kb" / f"{packages}-pop{min_population}-{kb_code_version()}.parquet"
 
 
 def kb_code_version() -> str:

@@ -25,7 +25,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import shutil
 import uuid
 from dataclasses import dataclass
@@ -74,10 +73,6 @@ def _sha256(path: Path, prefix_chars: int = 16) -> str:
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()[:prefix_chars]
-
-
-def mofi_cache_dir() -> Path:
-    return Path(os.environ.get("I2E_CACHE") or Path.home() / ".cache" / "i2e") / "mofi"
 
 
 def _weight_files(card: dict, where: str) -> list[str]:
@@ -162,7 +157,7 @@ def resolve_mofi_export(uri: Optional[str], cache_root: Optional[Path] = None) -
         if not (local / CARD).is_file():
             raise ScorerWeightsMissing(f"{uri!r} is not an exported MOFI encoder (no {CARD}). {_HOW_TO_EXPORT}")
     else:
-        local = _fetch_remote(uri, cache_root or mofi_cache_dir())
+        local = _fetch_remote(uri, cache_root or storage.local_cache() / "mofi")
     card = _read_card((local / CARD).read_text(), repr(uri))
     names = _weight_files(card, repr(uri))
     missing = [n for n in names if not (local / n).is_file()]
