@@ -6,19 +6,23 @@
   dedup plan (``i2e_engine.dedup.plan``) on the narrow hash rows as RDD steps: distinct
   vertices -> ``groupByKey`` by bucket key -> verified near pairs -> connected components on
   the driver (the one global step, over edges only) -> ``groupByKey`` by cluster.
-- *Annotate*: one task per shard, with its decisions; the task annotates and commits it
-  with :func:`i2e_engine.shard.annotate_shard` (skipped when committed under the same
-  decisions). Models are loaded once per executor Python process (Spark reuses its Python
-  workers between tasks) and kept in ``_ANNOTATORS``.
-- *Finalize* (``i2e_engine.finalize``): the narrow rows of every committed shard become a
-  DataFrame; optional SemDeDup groups them by k-means cluster; the exact quantile's two
-  passes and the per-entity counts are DataFrame group-bys; each shard is then written by
-  one task, joined with its semantic decisions. Only narrow rows, keys and counts are
-  shuffled; image bytes are read once per pass and written once by the shard writer.
+- *Annotate*: one task per executor core, each taking a share of the shards with their
+  decisions (``_per_shard``); each shard is annotated and committed by
+  :func:`i2e_engine.shard.annotate_shard` (skipped when committed under the same
+  decisions). Models are loaded once per task at most, and kept per executor Python process
+  in ``_ANNOTATORS`` (Spark reuses its Python workers between tasks).
+- *Finalize* (``i2e_engine.finalize``): the narrow rows of every committed shard, an RDD
+  cached in the executors; optional SemDeDup groups them by k-means cluster; the exact
+  quantile's two passes are counts per bin and the per-entity counts a ``reduceByKey``;
+  each shard is then written with its semantic decisions (``_per_shard`` again). Only
+  narrow rows, keys and counts are shuffled; image bytes are read once per pass and
+  written once by the shard writer.
 """
 from __future__ import annotations
 
 import dataclasses
+import itertools
+import operator
 import os
 import sys
 from typing import Iterable, Optional, Sequence
@@ -26,7 +30,7 @@ from typing import Iterable, Optional, Sequence
 from i2e_engine import finalize
 from i2e_engine.build import RunPlan
 from i2e_engine.config import BuildConfig
-from i2e_engine.finalize import Decisions, Target
+from i2e_engine.finalize import Decisions, ExactQuantile, Target
 from i2e_engine.readers import ShardRef
 from i2e_engine.dedup import plan as dedup_plan
 from i2e_engine.dedup.hashes import to_signed
@@ -72,6 +76,35 @@ def _annotate_task(shard: ShardRef, decisions: Iterable[RowDedup], config: Build
     marker = annotate_shard(shard, annotator, work, fingerprint, run_id, ShardDedup.of(decisions or ()),
                             config.batch_rows)
     return marker.shard_id, marker.stem
+
+
+def _per_shard(sc, items: list, values_by_position, work_fn):
+    """``work_fn(items[p], values of position p)`` for every position p of ``items`` (shards or
+    their stems), returned as an RDD of the results.
+
+    ``values_by_position`` is an RDD of (p, value) (a shard's dedup or semantic decisions,
+    sparse and narrow). It reaches the work through one shuffle into ``min(len(items),
+    defaultParallelism)`` tasks, each task taking positions i, i + tasks, ... in order with
+    its values sorted by position, so no task holds more than one shard's values. Never a
+    cogroup or union of Python RDDs: Spark runs those with a second Python worker per task,
+    its pool of Python workers grows, and later tasks land on workers that have to load the
+    models again (measured: four model loads for two task slots, each shard 3.5x slower).
+    """
+    tasks = max(1, min(len(items), sc.defaultParallelism))
+    items_broadcast = sc.broadcast(items)
+
+    def run(index: int, pairs):
+        groups = itertools.groupby(pairs, key=operator.itemgetter(0))
+        pending = next(groups, None)
+        for position in range(index, len(items_broadcast.value), tasks):
+            values = []
+            if pending is not None and pending[0] == position:
+                values = [value for _, value in pending[1]]
+                pending = next(groups, None)
+            yield work_fn(items_broadcast.value[position], values)
+
+    return (values_by_position.repartitionAndSortWithinPartitions(tasks, partitionFunc=lambda p: p % tasks)
+            .mapPartitionsWithIndex(run))
 
 
 def _near_edges(spark, vertices, index):
@@ -122,22 +155,6 @@ def _dedup_decisions(spark, plan: RunPlan):
     return tainted.union(decisions), checked, labels_broadcast
 
 
-def _narrow_schema():
-    from pyspark.sql import types as T
-
-    link = T.StructType([T.StructField("entity_id", T.StringType(), False),
-                         T.StructField("image_entity_score", T.DoubleType(), False)])
-    return T.StructType([
-        T.StructField("source_shard", T.StringType(), False),
-        T.StructField("row_in_shard", T.LongType(), False),
-        T.StructField("sample_id", T.StringType(), False),
-        T.StructField("pixels", T.LongType(), False),
-        T.StructField("links", T.ArrayType(link, False), False),
-        T.StructField("score_keys", T.ArrayType(T.LongType(), False), False),
-        T.StructField("image_embedding", T.ArrayType(T.FloatType(), False), False),
-    ])
-
-
 def _write_task(stem: str, semantic: Iterable, work: WorkDir, target: Target, decisions: Decisions,
                 counts_broadcast) -> str:
     decisions = dataclasses.replace(decisions, entity_counts=counts_broadcast.value)
@@ -163,62 +180,45 @@ def _semantic(narrow_rdd, plan: RunPlan):
 
 def execute(plan: RunPlan, spark) -> str:
     """Hash, dedup, annotate and write the tables into ``plan.target``; returns the runner's name."""
-    from pyspark.sql import functions as F
-
     sc = spark.sparkContext
     config, work, target, cfg = plan.config, plan.work, plan.target, plan.config.filter
     decisions, checked, labels_broadcast = _dedup_decisions(spark, plan)
     sc.setJobDescription(f"i2e annotate {len(plan.shards)} shards")
-    # Keyed by the shard's position, which Spark's hash partitioner maps to itself: one shard
-    # per task, with its decisions.
     position = sc.broadcast({s.shard_id: i for i, s in enumerate(plan.shards)})
-    shard_refs = sc.parallelize(list(enumerate(plan.shards)), max(1, len(plan.shards)))
-    committed = (shard_refs.cogroup(decisions.map(lambda item: (position.value[item[0]], item[1])),
-                                    max(1, len(plan.shards)))
-                 .flatMap(lambda item: [_annotate_task(shard, item[1][1], config, plan.kb_path, work,
-                                                       plan.fingerprint, plan.run_id) for shard in item[1][0]])
-                 .collect())
+    committed = _per_shard(sc, plan.shards, decisions.map(lambda item: (position.value[item[0]], item[1])),
+                           lambda shard, rows: _annotate_task(shard, rows, config, plan.kb_path, work,
+                                                              plan.fingerprint, plan.run_id)).collect()
     checked.unpersist()
     labels_broadcast.destroy()
-    position.destroy()
     sc.setJobDescription("i2e finalize")
     slices = max(1, len(committed))
     narrow_rdd = (sc.parallelize([stem for _, stem in committed], slices)
                   .flatMap(lambda stem: finalize.project_shard(work, stem, config.dedup.semantic)).cache())
     semantic = _semantic(narrow_rdd, plan)
-    narrow = spark.createDataFrame(narrow_rdd, _narrow_schema())
+    survivors = narrow_rdd
     if semantic is not None:
         semantic = semantic.cache()
-        drops = spark.createDataFrame(semantic.filter(lambda item: item[1].dropped)
-                                      .map(lambda item: (item[0], item[1].row_in_shard)),
-                                      "source_shard string, row_in_shard long")
-        narrow = narrow.join(drops, ["source_shard", "row_in_shard"], "left_anti")
-    survivors = narrow.cache()
-    keys = survivors.select(F.explode("score_keys").alias("key"))
-
-    def bin_counts(frame, expression) -> dict[int, int]:
-        return {r["bin"]: r["count"] for r in frame.groupBy(expression.alias("bin")).count().collect()}
-
+        drops = semantic.filter(lambda item: item[1].dropped).map(lambda item: ((item[0], item[1].row_in_shard), None))
+        survivors = (narrow_rdd.keyBy(lambda row: (row["source_shard"], row["row_in_shard"]))
+                     .subtractByKey(drops).values().cache())
+    keys = survivors.flatMap(lambda row: row["score_keys"])
+    # Global, bounded: counts per bin of the exact quantile's two passes (at most 65,536 each).
     cutoff = finalize.quantile_cutoff(
         cfg.keep_top_fraction,
-        lambda: bin_counts(keys, F.shiftright("key", finalize.ExactQuantile.BITS)),
-        lambda high: bin_counts(keys.filter(F.shiftright("key", finalize.ExactQuantile.BITS) == high),
-                                F.col("key").bitwiseAND((1 << finalize.ExactQuantile.BITS) - 1)))
-    kept_ids = (survivors.rdd.flatMap(lambda r: [(e,) for e in finalize.kept_entity_ids(r.asDict(True), cfg, cutoff)])
-                .toDF("entity_id string"))
-    counts_frame = kept_ids.groupBy("entity_id").count()
+        lambda: dict(keys.map(ExactQuantile.high).countByValue()),
+        lambda high: dict(keys.filter(lambda key: ExactQuantile.high(key) == high).map(ExactQuantile.low)
+                          .countByValue()))
     # Global, O(entities) not O(rows): one count per entity, broadcast to the shard writers.
-    counts = {r["entity_id"]: r["count"] for r in counts_frame.collect()}
+    counts = dict(survivors.flatMap(lambda row: [(e, 1) for e in finalize.kept_entity_ids(row, cfg, cutoff)])
+                  .reduceByKey(operator.add).collect())
     counts_broadcast = sc.broadcast(counts)
 
     decisions = plan.decisions(cutoff, {})
-    stems = sc.parallelize([(shard_id, stem) for shard_id, stem in committed], slices)
-    semantic_by_shard = semantic if semantic is not None else sc.parallelize([], 1)
-    (stems.cogroup(semantic_by_shard, slices)
-     .flatMap(lambda item: [_write_task(stem, item[1][1], work, target, decisions, counts_broadcast)
-                            for stem in item[1][0]])
-     .collect())
-
+    stem_of = dict(committed)
+    semantic_by_position = (semantic.map(lambda item: (position.value[item[0]], item[1])) if semantic is not None
+                            else sc.parallelize([], 1))
+    _per_shard(sc, [stem_of[shard.shard_id] for shard in plan.shards], semantic_by_position,
+               lambda stem, rows: _write_task(stem, rows, work, target, decisions, counts_broadcast)).collect()
     parts = plan.entity_parts()
     kept_entities = [(finalize.entity_part(e, parts), (e, c)) for e, c in counts.items() if finalize.keeps_entity(c, cfg)]
     if kept_entities:
@@ -228,6 +228,7 @@ def execute(plan: RunPlan, spark) -> str:
     survivors.unpersist()
     narrow_rdd.unpersist()
     counts_broadcast.destroy()
+    position.destroy()
     return f"spark:{sc.master}"
 
 
