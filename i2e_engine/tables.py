@@ -42,10 +42,11 @@ def _filesystem(uri: str):
     return path, filesystem
 
 
-def write_rows(rows: list[dict], table: str, uri: str) -> str:
+def write_rows(rows: list[dict], table: str, uri: str, row_group_size: int = 1024) -> str:
     """Validate ``rows`` against ``table``'s schema and write them atomically to ``uri``."""
     path, filesystem = _filesystem(str(uri))
-    schemas.write_table(schemas.from_records(rows, table), path, table, filesystem=filesystem)
+    schemas.write_table(schemas.from_records(rows, table), path, table, row_group_size=row_group_size,
+                        filesystem=filesystem)
     return str(uri)
 
 

@@ -1,4 +1,5 @@
-"""`i2e`: build Image-to-Entities tables, build knowledge bases, print schemas and reports.
+"""`i2e`: build Image-to-Entities tables, pack them into training shards, build knowledge bases,
+print schemas and reports.
 
 `i2e build` runs on Beam (default), Spark (`--runner spark`) or in one process
 (`--runner local`). With Beam, arguments the CLI does not know are Beam pipeline options,
@@ -82,10 +83,7 @@ def _build_parser(commands) -> None:
     build.add_argument("--runner", default="beam",
                        help="beam (default; Beam's local FnApiRunner), spark (PySpark), local (one process), "
                             "or a Beam runner name such as DataflowRunner or FlinkRunner")
-    build.add_argument("--spark-master", default="local[*]",
-                       help="Spark master for --runner spark (default: %(default)s; empty = spark-submit's)")
-    build.add_argument("--spark-conf", action="append", default=[], metavar="KEY=VALUE",
-                       help="Spark configuration for --runner spark, repeatable")
+    _spark_arguments(build)
     build.add_argument("--overwrite", action="store_true", help="delete the output folder first")
     build.add_argument("--retry-failed", action="store_true",
                        help="re-annotate the committed shards whose rows failed in a model stage "
@@ -110,6 +108,14 @@ def _build_parser(commands) -> None:
     dedup.add_argument("--decontaminate", action="append", default=[], metavar="PATH_OR_URI",
                        help="a folder of evaluation images (repeat for several): training rows that are exact or "
                             "near copies of any of them are dropped (the reject names the image matched)")
+
+
+def _spark_arguments(parser: argparse.ArgumentParser) -> None:
+    """The Spark session options of `i2e build` and `i2e pack`."""
+    parser.add_argument("--spark-master", default="local[*]",
+                        help="Spark master for --runner spark (default: %(default)s; empty = spark-submit's)")
+    parser.add_argument("--spark-conf", action="append", default=[], metavar="KEY=VALUE",
+                        help="Spark configuration for --runner spark, repeatable")
 
 
 def _linking_arguments(parser: argparse.ArgumentParser) -> None:
@@ -159,6 +165,80 @@ def config_from_args(args: argparse.Namespace) -> BuildConfig:
                           semantic_clusters=args.semantic_clusters, seed=args.seed,
                           decontaminate=list(args.decontaminate)),
     )
+
+
+PACK_EPILOG = """\
+examples:
+  i2e pack i2e_out --output packed/                         # webdataset tars of 1000 samples, 256 px
+  i2e pack i2e_out --output packed/ --min-score 0.25 --min-images-per-entity 5
+  i2e pack i2e_out --output packed/ --keep-top-fraction 0.5 --shard-format parquet --seed 7
+  i2e pack s3://bucket/i2e --output s3://bucket/packed --runner spark --spark-master local[4]
+  i2e pack gs://bucket/i2e --output gs://bucket/packed --runner beam --runner=DataflowRunner ...
+
+Pairs are filtered in this order, each dropped pair counted with its reason in index.json:
+a repeated entity on an image (duplicate_entity), the score filter (score_below_threshold
+or score_below_quantile), entities with fewer than --min-images-per-entity images after
+the score filter (entity_below_min_images), classes beyond --max-labels per image
+(beyond_max_labels). Images with no class left (no_entity_left) or that fail to decode
+(undecodable_image) are dropped. Rerunning the same command over the same tables does
+nothing; another config or other tables into the same --output need --overwrite.
+The shard format is described by `i2e schema packed` and `i2e schema vocab`.
+"""
+
+
+def _pack_parser(commands) -> None:
+    pack = commands.add_parser(
+        "pack", help="turn I2E tables into shuffled, resized training shards", epilog=PACK_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Filter the image-entity pairs of I2E tables, give the kept entities integer class ids "
+                    "(vocab.parquet), resize every kept image once, shuffle all samples globally with a seed, and "
+                    "write webdataset tar or parquet shards plus index.json (shards, row counts, counts of "
+                    "everything dropped, by reason).")
+    pack.add_argument("tables", help="the output folder of `i2e build` (a path or a URI)")
+    pack.add_argument("--output", "-o", required=True, help="pack folder: a path or a URI such as s3://bucket/packed")
+    pack.add_argument("--runner", default="local", choices=["local", "beam", "spark"],
+                      help="local (default; one process, with a progress bar), beam (FnApiRunner, or any Beam "
+                           "runner given as Beam options) or spark")
+    score = pack.add_mutually_exclusive_group()
+    score.add_argument("--min-score", type=float, help="drop pairs whose image_entity_score is below this")
+    score.add_argument("--keep-top-fraction", type=float,
+                       help="keep the pairs in the top fraction of all scores (an exact global quantile), e.g. 0.5")
+    pack.add_argument("--min-images-per-entity", type=int, default=1,
+                      help="drop entities with fewer images after the score filter (default: %(default)s)")
+    pack.add_argument("--max-labels", type=int, default=8,
+                      help="most classes an image keeps, best rank first (default: %(default)s)")
+    pack.add_argument("--image-size", type=int, default=256,
+                      help="shorter side of the packed images in pixels, never upscaled (default: %(default)s)")
+    pack.add_argument("--jpeg-quality", type=int, default=90, help="JPEG quality of the packed images (default: %(default)s)")
+    pack.add_argument("--shard-rows", type=int, default=1000, help="samples a shard, about (default: %(default)s)")
+    pack.add_argument("--shard-format", default="webdataset", choices=["webdataset", "parquet"],
+                      help="webdataset tars (default) or parquet files")
+    pack.add_argument("--seed", type=int, default=0, help="seed of the global shuffle (default: %(default)s)")
+    _spark_arguments(pack)
+    pack.add_argument("--overwrite", action="store_true", help="replace a pack already in --output")
+
+
+def _pack_command(args: argparse.Namespace, beam_args: Sequence[str], parser: argparse.ArgumentParser) -> int:
+    from i2e_engine.pack import PackConfig, PackError, format_summary
+    from pipelines.pack import run_pack
+
+    if beam_args and args.runner != "beam":
+        parser.error(f"unrecognized arguments for --runner {args.runner}: {' '.join(beam_args)}")
+    try:
+        config = PackConfig(tables=args.tables, output=args.output, min_image_entity_score=args.min_score,
+                            keep_top_fraction=args.keep_top_fraction,
+                            min_images_per_entity=args.min_images_per_entity, image_size=args.image_size,
+                            jpeg_quality=args.jpeg_quality, shard_rows=args.shard_rows,
+                            shard_format=args.shard_format, seed=args.seed, max_labels=args.max_labels)
+    except ValueError as error:
+        parser.error(str(error))
+    try:
+        index = run_pack(config, args.runner, overwrite=args.overwrite, beam_args=beam_args,
+                         spark_master=args.spark_master, spark_conf=args.spark_conf, progress=print)
+    except (PackError, FileNotFoundError, ValueError) as error:
+        parser.exit(2, f"i2e pack: error: {error}\n")
+    print(format_summary(index, config.normalized().output))
+    return 0
 
 
 def _kb_parser(commands) -> None:
@@ -257,6 +337,7 @@ def make_parser() -> argparse.ArgumentParser:
     parser.add_argument("--verbose", "-v", action="store_true", help="log at INFO level")
     commands = parser.add_subparsers(dest="command", required=True)
     _build_parser(commands)
+    _pack_parser(commands)
     _kb_parser(commands)
     schema = commands.add_parser("schema", help="print the schema of a table (or all tables)")
     schema.add_argument("table", nargs="?", choices=schemas.TABLES)
@@ -290,13 +371,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = make_parser()
     args, beam_args = parser.parse_known_args(argv)
     _setup_logging(args.verbose)
-    if beam_args and args.command != "build":
+    if beam_args and args.command not in ("build", "pack"):
         parser.error(f"unrecognized arguments: {' '.join(beam_args)}")
     if args.command == "schema":
         print("\n\n".join(schemas.describe(t) for t in ([args.table] if args.table else schemas.TABLES)))
         return 0
     if args.command == "kb":
         return _kb_command(args)
+    if args.command == "pack":
+        return _pack_command(args, beam_args, parser)
     if args.command == "report":
         from i2e_engine import storage
         from i2e_engine.build import format_summary

@@ -19,8 +19,9 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 SCHEMA_DIR = Path(__file__).parent
-CURRENT_VERSION = 4
-TABLES = ("kb", "hashes", "annotations", "images", "entities", "image_entities", "rejects", "duplicates")
+CURRENT_VERSION = 5
+TABLES = ("kb", "hashes", "annotations", "images", "entities", "image_entities", "rejects", "duplicates",
+          "vocab", "packed", "pack_staging")
 
 _PRIMITIVES = {
     "string": pa.string(),
