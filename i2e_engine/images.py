@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import hashlib
 import io
+import math
 import re
 import warnings
 from dataclasses import dataclass
+from typing import Optional
 
 from PIL import Image, UnidentifiedImageError
 
@@ -100,9 +102,21 @@ def inspect_and_preview(data: bytes | None, limits: ImageLimits = ImageLimits())
     return ImageInfo(hashlib.sha256(data).hexdigest(), width, height, image_format), image
 
 
-def decode_rgb(data: bytes | None, limits: ImageLimits = ImageLimits()) -> Image.Image:
-    """Decode to an RGB PIL image under the same limits (transparent pixels onto white)."""
+def decode_rgb(data: bytes | None, limits: ImageLimits = ImageLimits(),
+               min_side: Optional[int] = None) -> Image.Image:
+    """Decode to an RGB PIL image under the same limits (transparent pixels onto white).
+
+    ``min_side``: the caller shrinks the image to about this shorter side anyway (packing,
+    training crops), so a JPEG is decoded at the smallest DCT scale (1/2 .. 1/8) that keeps
+    its shorter side at least this long (PIL's draft mode), which skips most of a large
+    photo's decoding. The image may still be larger than ``min_side``; never smaller than
+    the file's own size allows."""
     image = _open_checked(data, limits)
+    if min_side is not None and image.format == "JPEG":
+        width, height = image.size
+        scale = min_side / min(width, height)
+        if scale < 1:
+            image.draft("RGB", (math.ceil(width * scale), math.ceil(height * scale)))
     _load(image)
     if image.mode in ("RGBA", "LA") or (image.mode == "P" and "transparency" in image.info):
         image = image.convert("RGBA")

@@ -298,27 +298,14 @@ def order_key(seed: int, image_id: str) -> int:
 
 def resize_image(data: bytes, image_size: int, quality: int,
                  limits: images.ImageLimits = images.ImageLimits()) -> tuple[bytes, int, int]:
-    """(JPEG bytes, width, height): ``data`` decoded under the engine's limits, resized so its
-    shorter side is ``image_size`` (never upscaled), RGB, re-encoded; raises ImageRejected.
-
-    A JPEG is decoded at the smallest DCT scale (1/2 .. 1/8) still at least the target size,
-    which skips most of a large photo's decoding. Other formats go through
-    ``images.decode_rgb`` (transparency onto white). The JPEG path uses the decoder's
-    private checks directly because changing ``images.py`` would change the annotation
-    fingerprint of every build (it is stage code)."""
-    image = images._open_checked(data, limits)
+    """(JPEG bytes, width, height): ``data`` decoded under the engine's limits (a JPEG at a
+    reduced DCT scale, see ``images.decode_rgb``), resized so its shorter side is
+    ``image_size`` (never upscaled), RGB, re-encoded; raises ImageRejected."""
+    image = images.decode_rgb(data, limits, min_side=image_size)
     width, height = image.size
-    short = min(width, height)
-    target = (width, height) if short <= image_size else (
+    target = (width, height) if min(width, height) <= image_size else (
         (image_size, max(1, round(height * image_size / width))) if width <= height
         else (max(1, round(width * image_size / height)), image_size))
-    if image.format == "JPEG":
-        if target != (width, height):
-            image.draft("RGB", target)
-        images._load(image)
-        image = image if image.mode == "RGB" else image.convert("RGB")
-    else:
-        image = images.decode_rgb(data, limits)
     if image.size != target:
         image = image.resize(target, Image.Resampling.LANCZOS)
     buffer = io.BytesIO()

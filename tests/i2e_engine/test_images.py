@@ -77,3 +77,26 @@ def test_reject_detail_is_the_same_in_every_process():
             inspect_image(b"<html>not an image</html>")
         details.add(error.value.detail)
     assert len(details) == 1 and "0x" not in details.pop()
+
+
+@pytest.mark.parametrize("min_side, expected_short", [(50, 64), (100, 128), (300, 512), (1000, 512)])
+def test_min_side_decodes_a_jpeg_at_the_smallest_scale_that_keeps_it(min_side, expected_short):
+    """A 512x768 JPEG decodes at 1/8, 1/4, 1/2 or full scale (PIL's DCT scales): the smallest
+    whose shorter side is still at least ``min_side``; never below it, never upscaled."""
+    buffer = io.BytesIO()
+    Image.fromarray(data.astronaut()).resize((512, 768)).save(buffer, "JPEG", quality=90)
+    image = decode_rgb(buffer.getvalue(), min_side=min_side)
+    assert image.mode == "RGB"
+    assert min(image.size) == expected_short
+    assert image.size[1] / image.size[0] == pytest.approx(1.5)
+
+
+def test_min_side_keeps_every_limit():
+    buffer = io.BytesIO()
+    Image.fromarray(data.astronaut()).save(buffer, "JPEG")
+    with pytest.raises(ImageRejected) as error:
+        decode_rgb(buffer.getvalue()[:5000], min_side=64)
+    assert error.value.reason == "image_truncated"
+    with pytest.raises(ImageRejected) as error:
+        decode_rgb(buffer.getvalue(), ImageLimits(max_pixels=1000), min_side=64)
+    assert error.value.reason == "image_too_large"
