@@ -12,6 +12,9 @@ resized to 256 px and re-encoded.
 Each measured pack is ``pipelines.pack.run_pack(PackConfig(...), "local")`` into a fresh
 output folder, the whole call timed (plan, the narrow decisions, both passes, vocab,
 index); ``--repeats`` runs, medians. pairs/s = input pairs / wall; images/s likewise.
+The bare baseline, in the same rounds: one loop that reads every image of the same tables
+and puts it through the shipped ``i2e_engine.pack.resize_image`` (decode, resize,
+re-encode: the work no pack can skip), writing nothing. ratio = bare wall / pack wall.
 
     .venv/bin/python benchmarks/bench_pack.py --copies 20 --repeats 3 --out benchmarks/out/bench_pack.json
 """
@@ -23,6 +26,7 @@ import json
 import shutil
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -33,7 +37,7 @@ import pyarrow as pa  # noqa: E402
 import pyarrow.compute as pc  # noqa: E402
 import pyarrow.parquet as pq  # noqa: E402
 
-from i2e_engine.pack import PackConfig  # noqa: E402
+from i2e_engine.pack import PackConfig, resize_image  # noqa: E402
 from pipelines.pack import run_pack  # noqa: E402
 
 
@@ -75,6 +79,16 @@ def replicate_tables(tables: Path, copies: int, out: Path) -> dict[str, int]:
     return rows
 
 
+def bare_resize_loop(tables: Path, image_size: int = 256, quality: int = 90) -> float:
+    """Seconds for the floor: every image of ``tables`` read and resized, in one loop."""
+    start = time.perf_counter()
+    for part in sorted((tables / "images").glob("*.parquet")):
+        for batch in pq.ParquetFile(part).iter_batches(columns=["image"], batch_size=64):
+            for data in batch.column(0).to_pylist():
+                resize_image(data, image_size, quality)
+    return time.perf_counter() - start
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tables", help="an existing `i2e build` output (default: build coco-mini here)")
@@ -101,22 +115,29 @@ def main() -> None:
                          "input_images": counts["input_images"], "kept_images": counts["kept_images"],
                          "shards": len(index["shards"]),
                          "shard_bytes": sum((work / f"pack{number}" / s["path"]).stat().st_size for s in index["shards"])})
-            print(f"pack {number}: {seconds:.2f} s, {counts['input_pairs'] / seconds:.0f} pairs/s", file=sys.stderr)
+            runs[-1]["bare_seconds"] = round(bare_resize_loop(work / "tables"), 2)
+            print(f"pack {number}: {seconds:.2f} s, {counts['input_pairs'] / seconds:.0f} pairs/s; "
+                  f"bare resize loop {runs[-1]['bare_seconds']} s", file=sys.stderr)
             shutil.rmtree(work / f"pack{number}")
         wall = median([r["seconds"] for r in runs])
         result = {"facts": facts, "copies": args.copies, "table_rows": rows, "runs": runs, "median_seconds": wall,
                   "pairs_per_second": round(rows["image_entities"] / wall, 1),
-                  "images_per_second": round(rows["images"] / wall, 1), "peak_rss_mib": (proc_status_kib("VmHWM") or 0) // 1024}
+                  "images_per_second": round(rows["images"] / wall, 1),
+                  "bare_median_seconds": median([r["bare_seconds"] for r in runs]),
+                  "ratio_bare_over_pack": median([r["bare_seconds"] / r["seconds"] for r in runs]), "peak_rss_mib": (proc_status_kib("VmHWM") or 0) // 1024}
     finally:
         if not args.workdir:
             shutil.rmtree(work, ignore_errors=True)
     lines = facts_lines(facts) + [
         "", f"Input: {rows['images']} images, {rows['image_entities']} pairs ({args.copies} distinct replicas of "
         f"the coco-mini tables); {args.shard_format} shards of {args.shard_rows} rows, 256 px, JPEG q90.", "",
-        "| run | wall s | pairs/s | images/s | shards | MB written |", "|---|---|---|---|---|---|"]
+        "| run | pack wall s | pairs/s | images/s | shards | MB written | bare resize loop s | ratio bare / pack |",
+        "|---|---|---|---|---|---|---|---|"]
     lines += [f"| {i} | {r['seconds']} | {r['input_pairs'] / r['seconds']:.0f} | {r['input_images'] / r['seconds']:.0f} "
-              f"| {r['shards']} | {r['shard_bytes'] / 1e6:.1f} |" for i, r in enumerate(runs)]
-    lines += [f"| **median** | {wall} | **{result['pairs_per_second']:.0f}** | {result['images_per_second']:.0f} | | |",
+              f"| {r['shards']} | {r['shard_bytes'] / 1e6:.1f} | {r['bare_seconds']} | {r['bare_seconds'] / r['seconds']:.3f} |"
+              for i, r in enumerate(runs)]
+    lines += [f"| **median** | {wall} | **{result['pairs_per_second']:.0f}** | {result['images_per_second']:.0f} | | "
+              f"| {result['bare_median_seconds']} | **{result['ratio_bare_over_pack']:.3f}** |",
               "", f"Peak RSS of the benchmark process (build included when it built the tables): "
               f"{result['peak_rss_mib']} MiB."]
     print("\n".join(lines))
