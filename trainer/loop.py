@@ -5,6 +5,8 @@ merges their files)::
 
     meta.json                    format, step, world_size, config + fingerprints, data manifest,
                                  metrics, loss history            (rank 0)
+    loader_rank<r>_of_<W>.json   rank r's data loader position after this step (trainer.packed.Position:
+                                 epoch, batches yielded, next shard/offset, shuffle RNG + buffer refs)
     model.pt / optim.pt          replicated towers + their AdamW state   (rank 0)
     ema.pt                       EMA weights when optim.ema_decay > 0    (rank 0)
     head_rank<r>_of_<W>.pt       class-row shard r of the head + its AdamW state (rank r)
@@ -27,7 +29,7 @@ import torch
 
 from trainer.configs import TrainConfig, fingerprint, from_dict, to_dict
 
-CKPT_FORMAT, CKPT_VERSION = "mofi-train-checkpoint", 1
+CKPT_FORMAT, CKPT_VERSION = "mofi-train-checkpoint", 2
 
 
 class CheckpointError(RuntimeError):
@@ -58,7 +60,10 @@ def read_meta(ckpt: Path) -> dict:
     return meta
 
 
-def check_meta(meta: dict, cfg: TrainConfig, classes_fp: str, world: int, uses_head: bool, where) -> None:
+DATA_IDENTITY = ("num_samples", "shards", "shard_format", "seed")  # a loader position is only valid for these
+
+
+def check_meta(meta: dict, cfg: TrainConfig, classes_fp: str, world: int, where, data: dict | None = None) -> None:
     problems = []
     if meta["config_fingerprint"] != fingerprint(cfg):
         old, new = meta["config"], to_dict(cfg)
@@ -69,12 +74,31 @@ def check_meta(meta: dict, cfg: TrainConfig, classes_fp: str, world: int, uses_h
         problems.append(f"config differs in {diff}")
     if meta["classes_fingerprint"] != classes_fp:
         problems.append(f"entity classes differ (checkpoint {meta['num_classes']} classes, fingerprint "
-                        f"{meta['classes_fingerprint']}; tables give fingerprint {classes_fp})")
-    if uses_head and meta["world_size"] != world:
-        problems.append(f"head is sharded over {meta['world_size']} ranks in the checkpoint, this run has {world} "
-                        f"(resharding is not implemented: resume with num_workers={meta['world_size']})")
+                        f"{meta['classes_fingerprint']}; the packed vocab gives {classes_fp})")
+    old_data = meta.get("data_manifest") or {}
+    if data is not None and any(old_data.get(k) != data.get(k) for k in DATA_IDENTITY):
+        problems.append(f"packed data differs (checkpoint {[old_data.get(k) for k in DATA_IDENTITY]}, this run "
+                        f"{[data.get(k) for k in DATA_IDENTITY]} as {list(DATA_IDENTITY)}): the loader position "
+                        f"would not mean the same samples")
+    if meta["world_size"] != world:
+        problems.append(f"the checkpoint's loader positions (and head shards) are per rank of {meta['world_size']} "
+                        f"ranks, this run has {world} (resharding is not implemented: resume with "
+                        f"num_workers={meta['world_size']})")
     if problems:
         raise CheckpointError(f"checkpoint {where} does not match this run: " + "; ".join(problems))
+
+
+def _position_file(rank: int, world: int) -> str:
+    return f"loader_rank{rank:05d}_of_{world:05d}.json"
+
+
+def _read_position(path: Path) -> dict:
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint file {path} is missing (corrupted or partial checkpoint)")
+    try:
+        return json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise CheckpointError(f"{path} is corrupted: {error}") from error
 
 
 def lr_factor(step: int, warmup: int, total: int, min_ratio: float) -> float:
@@ -123,7 +147,8 @@ def train_loop_per_worker(loop_config: dict) -> dict:
     import ray.train.torch
     from ray.train import Checkpoint
 
-    from trainer.data import build_index, iter_rank_batches
+    from trainer.data import Loader
+    from trainer.packed import open_packed
     from trainer.dist import Comm
     from trainer.export import export_encoder
     from trainer.task import Task
@@ -137,20 +162,20 @@ def train_loop_per_worker(loop_config: dict) -> dict:
     if comm.world != world:
         comm = Comm(rank, world)
     torch.manual_seed(cfg.seed)
-    index = build_index(cfg.data.tables, cfg.data.max_labels, cfg.data.text_template)
-    manifest = index.manifest(cfg.data.tables)
+    ds = open_packed(cfg.data.packed)
+    manifest = ds.manifest()
     model = DualEncoder(cfg.image, cfg.text, cfg.embed_dim, cfg.data.mean, cfg.data.std, cfg.task.init_logit_scale)
-    task = Task(cfg, index.num_classes, comm, device)
+    task = Task(cfg, ds.num_classes, comm, device)
     head = task.head
 
     start_step, history, bad_total, ema_state = 0, [], 0, None
-    opt_state = head_state = None
+    opt_state = head_state = position = None
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is not None:
         with checkpoint.as_directory() as d:
             d = Path(d)
             meta = read_meta(d)
-            check_meta(meta, cfg, index.classes_fingerprint(), world, task.uses_head, d.name)
+            check_meta(meta, cfg, ds.classes_fingerprint(), world, d.name, manifest)
             try:
                 model.load_state_dict(safe_load(d / "model.pt"))
             except RuntimeError as error:
@@ -165,6 +190,7 @@ def train_loop_per_worker(loop_config: dict) -> dict:
                                           f"expected {tuple(head.weight.shape)}")
                 head.weight.data.copy_(shard["weight"])
                 head_state = shard["optim"]
+            position = _read_position(d / _position_file(rank, world))
             start_step, history, bad_total = meta["step"], meta.get("history", []), meta.get("bad_images", 0)
         if rank == 0:
             print(json.dumps({"event": "resumed", "step": start_step}), flush=True)
@@ -184,7 +210,7 @@ def train_loop_per_worker(loop_config: dict) -> dict:
         head_opt.load_state_dict(head_state)
     use_bf16 = cfg.precision == "bf16" and device.type == "cuda"
 
-    def save(step: int, metrics: dict, final: bool) -> None:
+    def save(step: int, metrics: dict, final: bool, position: dict) -> None:
         with tempfile.TemporaryDirectory() as tmp:
             d = Path(tmp)
             if rank == 0:
@@ -194,7 +220,7 @@ def train_loop_per_worker(loop_config: dict) -> dict:
                     torch.save(ema.shadow, d / "ema.pt")
                 meta = {"format": CKPT_FORMAT, "format_version": CKPT_VERSION, "step": step, "world_size": world,
                         "config": to_dict(cfg), "config_fingerprint": fingerprint(cfg),
-                        "num_classes": index.num_classes, "classes_fingerprint": index.classes_fingerprint(),
+                        "num_classes": ds.num_classes, "classes_fingerprint": ds.classes_fingerprint(),
                         "data_manifest": manifest, "metrics": metrics, "history": history,
                         "bad_images": bad_total}
                 (d / "meta.json").write_text(json.dumps(meta, default=str))
@@ -209,21 +235,22 @@ def train_loop_per_worker(loop_config: dict) -> dict:
                 torch.save({"weight": head.weight.detach().cpu(), "optim": head_opt.state_dict(),
                             "start": head.start, "end": head.end},
                            d / f"head_rank{rank:05d}_of_{world:05d}.pt")
-            has_files = any(d.iterdir())
-            ray.train.report(metrics, checkpoint=Checkpoint.from_directory(tmp) if has_files else None,
+            (d / _position_file(rank, world)).write_text(json.dumps(position))
+            ray.train.report(metrics, checkpoint=Checkpoint.from_directory(tmp),
                              checkpoint_dir_name=f"step_{step:08d}")
 
     step = start_step
     metrics: dict = {}
     samples_seen, t_start, wait_total = 0, time.perf_counter(), 0.0
     t_prev = time.perf_counter()
-    batches = iter_rank_batches(index, cfg.data, world=world, rank=rank, seed=cfg.seed, start_step=start_step,
-                                total_steps=cfg.total_steps, device=device)
-    for batch in batches:
+    threads = cfg.data.decode_threads or max(1, int(cfg.cpus_per_worker))
+    loader = Loader(ds, cfg.data, seed=cfg.seed, rank=rank, world=world, position=position, threads=threads)
+    for batch in loader:
         if step == cfg.fail_at_step and rank == (1 if world > 1 else 0) and not _fault_marker(cfg).exists():
             _fault_marker(cfg).touch()
             print(json.dumps({"event": "fault_injected", "step": step, "rank": rank}), flush=True)
             os._exit(1)
+        position = batch["position"]
         t_batch = time.perf_counter()
         wait = t_batch - t_prev
         wait_total += wait
@@ -236,8 +263,8 @@ def train_loop_per_worker(loop_config: dict) -> dict:
             head_opt.param_groups[0]["lr"] = (o.head_lr or o.lr) * factor
         tokens = None
         if task.uses_text:
-            texts = [index.entity_texts[int(c)] for c in batch["labels"][:, 0].tolist()]
-            tokens = {k: v.to(device) for k, v in raw_model.text.tokenize(texts).items()}
+            tokens = {k: v.to(device) for k, v in raw_model.text.tokenize(batch["texts"]).items()}
+        batch = {k: v.to(device) for k, v in batch.items() if isinstance(v, torch.Tensor)}
         with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=use_bf16):
             total, named = task.losses(model, batch, tokens, generator)
         opt.zero_grad(set_to_none=True)
@@ -275,7 +302,8 @@ def train_loop_per_worker(loop_config: dict) -> dict:
                    "samples_per_s_avg": samples_seen / max(now - t_start, 1e-9),
                    "data_wait_frac": wait / max(now - t_prev, 1e-9),
                    "data_wait_frac_avg": wait_total / max(now - t_start, 1e-9), "bad_images_step": int(logged[-1]),
-                   "bad_images": bad_total, "epoch": step * world * cfg.data.batch_size / index.num_samples}
+                   "bad_images": bad_total, "epoch": position["epoch"],
+                   "step_in_epoch": position["step"]}
         if raw_model.logit_scale is not None:
             metrics["logit_scale"] = float(raw_model.logit_scale.detach().exp())
         if rank == 0 and (step % cfg.log_every == 0 or step == cfg.total_steps):
@@ -283,11 +311,9 @@ def train_loop_per_worker(loop_config: dict) -> dict:
                                                   for k, v in metrics.items()}}), flush=True)
         final = step >= cfg.total_steps
         if final or (cfg.checkpoint_every and step % cfg.checkpoint_every == 0):
-            save(step, metrics, final)
+            save(step, metrics, final, position)
         t_prev = time.perf_counter()
         if final:
             break
-    if step < cfg.total_steps:
-        raise RuntimeError(f"data ran out at step {step} of {cfg.total_steps}")
     return {"step": step, "history": history, "bad_images": bad_total, "metrics": metrics,
-            "num_samples": index.num_samples, "num_classes": index.num_classes}
+            "num_samples": ds.rows, "num_classes": ds.num_classes}

@@ -1,5 +1,6 @@
-"""Write a small I2E table set (images/, entities/, image_entities/) from Caltech-101 photos,
-through ``schemas`` exactly as the engine writes them, for smoke runs, tests and benchmarks.
+"""Write a small I2E table set (images/, entities/, image_entities/, and a manifest.json with
+their row counts, which `i2e pack` checks) from Caltech-101 photos, through ``schemas``
+exactly as the engine writes them, for smoke runs, tests and benchmarks.
 
     python -m trainer.smoke_data --caltech ../shared/data/caltech101 --out /tmp/i2e_smoke
 
@@ -12,6 +13,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import io
+import json
 import sys
 from pathlib import Path
 
@@ -73,16 +75,22 @@ def build_caltech_tables(caltech: str | Path, out: str | Path, per_category: int
         link(image_id, image_id, "Leopard", CATEGORIES["Leopards"][0], 1)
 
     per_file = -(-len(images) // image_files)
-    for i in range(image_files):
+    for i in range(image_files):  # each images part with its image_entities part of the same name, as the engine
         part = images[i * per_file:(i + 1) * per_file]
+        ids = {row["image_id"] for row in part}
         schemas.write_table(schemas.from_records(part, "images"), out / "images" / f"part-{i:05d}.parquet",
                             "images", row_group_size=row_group_size)
+        schemas.write_table(schemas.from_records([r for r in links if r["image_id"] in ids], "image_entities"),
+                            out / "image_entities" / f"part-{i:05d}.parquet", "image_entities")
     entities = [dict(entity_id=qid, name=name, description=desc, aliases=[], source="custom", qid=qid,
                      wiki_title=None, image_count=counts.get(qid, 0), kb_version="smoke")
                 for qid, name, desc in list(CATEGORIES.values()) + [VEHICLE]]
     schemas.write_table(schemas.from_records(entities, "entities"), out / "entities" / "part-00000.parquet", "entities")
-    schemas.write_table(schemas.from_records(links, "image_entities"),
-                        out / "image_entities" / "part-00000.parquet", "image_entities")
+    content = hashlib.sha256(json.dumps([[r["image_id"] for r in images], [(r["image_id"], r["entity_id"]) for r in links],
+                                         image_files], sort_keys=True).encode()).hexdigest()
+    manifest = {"run_id": RUN_ID, "created_by": "trainer.smoke_data", "fingerprint": content[:16],
+                "rows": {"images": len(images), "entities": len(entities), "image_entities": len(links)}}
+    (out / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
     return out
 
 

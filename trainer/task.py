@@ -1,6 +1,6 @@
 """Recipes as one task object that returns named losses; the total is their configured
 weighted sum (supervised: cosine-softmax over entities; contrastive: duplicate-aware CLIP
-against entity text; mofi: both)."""
+against each sample's text, made from its ``text_class`` entity; mofi: both)."""
 from __future__ import annotations
 
 import torch
@@ -45,6 +45,7 @@ class Task:
         if self.uses_text:
             text = F.normalize(text.float(), dim=-1)
             scale = logit_scale.float().exp().clamp(max=t.max_logit_scale)
-            named["contrastive"] = contrastive_loss(image, text, labels, labels[:, 0], valid, scale, self.comm)
+            named["contrastive"] = contrastive_loss(image, text, labels, batch["text_class"], valid, scale,
+                                                    self.comm)
         total = sum(self.weights[name] * loss for name, loss in named.items())
         return total, named

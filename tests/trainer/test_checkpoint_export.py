@@ -45,9 +45,9 @@ def test_export_without_text_tower_raises(tmp_path):
 
 
 def test_config_overrides_and_fingerprint():
-    cfg = apply_overrides(get_config("smoke_mofi"), ["task.margin=0.3", "data.text_template=name, description",
+    cfg = apply_overrides(get_config("smoke_mofi"), ["task.margin=0.3", "data.text_template={name}, {description}",
                                                      "total_steps=99"])
-    assert cfg.task.margin == 0.3 and cfg.data.text_template == "name, description"
+    assert cfg.task.margin == 0.3 and cfg.data.text_template == "{name}, {description}"
     assert fingerprint(cfg) != fingerprint(get_config("smoke_mofi"))
     assert fingerprint(apply_overrides(get_config("smoke_mofi"), ["total_steps=99"])) == \
         fingerprint(get_config("smoke_mofi"))
@@ -69,13 +69,18 @@ def _write_ckpt(d, cfg):
 def test_corrupted_and_mismatched_checkpoint_errors(tmp_path):
     cfg = get_config("smoke_mofi")
     meta = _write_ckpt(tmp_path / "ckpt", cfg)
-    check_meta(meta, cfg, "abc", 2, True, "ok")  # matches
-    with pytest.raises(CheckpointError, match="sharded over 2 ranks"):
-        check_meta(meta, cfg, "abc", 4, True, "ckpt")
+    check_meta(meta, cfg, "abc", 2, "ok")  # matches
+    with pytest.raises(CheckpointError, match="per rank of 2 ranks, this run has 4"):
+        check_meta(meta, cfg, "abc", 4, "ckpt")
+    data = {"num_samples": 41, "shards": 4, "shard_format": "webdataset", "seed": 0}
+    meta["data_manifest"] = data
+    check_meta(meta, cfg, "abc", 2, "ok", data)
+    with pytest.raises(CheckpointError, match="packed data differs"):
+        check_meta(meta, cfg, "abc", 2, "ckpt", {**data, "num_samples": 40})
     with pytest.raises(CheckpointError, match="entity classes differ"):
-        check_meta(meta, cfg, "zzz", 2, True, "ckpt")
+        check_meta(meta, cfg, "zzz", 2, "ckpt")
     with pytest.raises(CheckpointError, match=r"config differs in \['task.margin'\]"):
-        check_meta(meta, apply_overrides(get_config("smoke_mofi"), ["task.margin=0.5"]), "abc", 2, True, "ckpt")
+        check_meta(meta, apply_overrides(get_config("smoke_mofi"), ["task.margin=0.5"]), "abc", 2, "ckpt")
     (tmp_path / "ckpt" / "model.pt").write_bytes(b"garbage" * 10)
     with pytest.raises(CheckpointError, match="corrupted"):
         safe_load(tmp_path / "ckpt" / "model.pt")

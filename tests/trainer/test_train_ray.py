@@ -1,6 +1,8 @@
-"""Real local Ray (2 workers x 0.5 CPU, gloo): each recipe trains and its loss falls; a run
-killed after a checkpoint and resumed ends in the same state as an unbroken one; the smoke
-config runs end to end through `ray job submit` against a local `ray start --head`."""
+"""Real local Ray (2 workers x 0.5 CPU, gloo) on packed Caltech-101 shards: each recipe trains
+and its loss falls; a run killed after a checkpoint and resumed (loader position included)
+ends in the same state as an unbroken one; a worker layout the cluster cannot place stops with
+a message instead of hanging; the smoke config runs end to end through `ray job submit`
+against a local `ray start --head`."""
 from __future__ import annotations
 
 import os
@@ -18,21 +20,21 @@ import torch
 
 from trainer.configs import apply_overrides, get_config
 from trainer.export import load_encoder
-from trainer.train import REPO_ROOT, run
+from trainer.train import REPO_ROOT, main, run
 
 pytestmark = pytest.mark.e2e
 
 
-def _cfg(name, tables, storage, run_name, *overrides):
+def _cfg(name, packed, storage, run_name, *overrides):
     cfg = get_config(name)
-    cfg.data.tables, cfg.storage_path, cfg.run_name = str(tables), str(storage), run_name
+    cfg.data.packed, cfg.storage_path, cfg.run_name = str(packed), str(storage), run_name
     return apply_overrides(cfg, list(overrides))
 
 
 @pytest.mark.timeout(600)
 @pytest.mark.parametrize("recipe", ["supervised", "contrastive", "mofi"])
-def test_recipe_trains_and_loss_falls(recipe, i2e_tables, local_ray, tmp_path):
-    cfg = _cfg(f"smoke_{recipe}", i2e_tables, tmp_path / "runs", f"t_{recipe}", "total_steps=16",
+def test_recipe_trains_and_loss_falls(recipe, caltech_packed, local_ray, tmp_path):
+    cfg = _cfg(f"smoke_{recipe}", caltech_packed, tmp_path / "runs", f"t_{recipe}", "total_steps=16",
                "checkpoint_every=16")
     result = run(cfg, export_dir=str(tmp_path / "enc"))
     assert result.error is None
@@ -57,10 +59,10 @@ def _final_state(result):
 
 
 @pytest.mark.timeout(600)
-def test_killed_worker_resumes_to_same_state(i2e_tables, local_ray, tmp_path):
+def test_killed_worker_resumes_to_same_state(caltech_packed, local_ray, tmp_path):
     common = ("total_steps=8", "checkpoint_every=4", "max_failures=1", "task.sample_rate=0.5")
-    unbroken = run(_cfg("smoke_mofi", i2e_tables, tmp_path / "a", "unbroken", *common))
-    killed = run(_cfg("smoke_mofi", i2e_tables, tmp_path / "b", "killed", *common, "fail_at_step=6"))
+    unbroken = run(_cfg("smoke_mofi", caltech_packed, tmp_path / "a", "unbroken", *common))
+    killed = run(_cfg("smoke_mofi", caltech_packed, tmp_path / "b", "killed", *common, "fail_at_step=6"))
     assert unbroken.error is None and killed.error is None
     assert killed.return_value["history"] == pytest.approx(unbroken.return_value["history"], abs=1e-4)
     a, b = _final_state(unbroken), _final_state(killed)
@@ -71,7 +73,7 @@ def test_killed_worker_resumes_to_same_state(i2e_tables, local_ray, tmp_path):
         if key != "model":
             assert torch.allclose(a[key], b[key], atol=1e-5), key
     # same run name + storage path resumes from the latest checkpoint (here: already finished)
-    again = run(_cfg("smoke_mofi", i2e_tables, tmp_path / "b", "killed", *common, "total_steps=10"))
+    again = run(_cfg("smoke_mofi", caltech_packed, tmp_path / "b", "killed", *common, "total_steps=10"))
     assert again.error is None and again.return_value["step"] == 10
     assert len(again.return_value["history"]) == 10
 
@@ -82,8 +84,27 @@ def _free_port():
         return s.getsockname()[1]
 
 
+@pytest.mark.timeout(300)
+def test_cpu_layout_error_instead_of_hang(caltech_packed, local_ray, tmp_path, capsys):
+    """The issue's case on a 2-CPU Ray: 1 worker x 2 CPUs used to hang at step 0 (Ray Data's
+    decode tasks never got a CPU); decoding now runs inside the worker, so it trains. A layout
+    the cluster cannot place stops at once with a message saying what to change."""
+    assert local_ray.cluster_resources()["CPU"] == 2
+    common = ["--config", "smoke_supervised", "--packed", str(caltech_packed), "--storage-path", str(tmp_path),
+              "--steps", "2"]
+    t0 = time.perf_counter()
+    assert main(common + ["--run-name", "bad", "--num-workers", "2", "--cpus-per-worker", "2"]) == 2
+    err = capsys.readouterr().err
+    assert time.perf_counter() - t0 < 30
+    assert "cannot place 2 worker(s) x 2 CPU" in err and "--num-workers 1 or fewer" in err
+    assert "--cpus-per-worker 1 or less" in err
+    assert main(common + ["--run-name", "exact", "--num-workers", "1", "--cpus-per-worker", "2"]) == 0
+    assert "done:" in capsys.readouterr().out
+
+
 @pytest.mark.timeout(420)
 def test_ray_job_submit_smoke(i2e_tables, tmp_path):
+    """`--tables` packs with `i2e pack` into the local cache inside the job, then trains."""
     try:  # two Ray clusters on 2 cores starve each other: stop the in-process one first
         import ray
         ray.shutdown()
@@ -91,6 +112,7 @@ def test_ray_job_submit_smoke(i2e_tables, tmp_path):
         pass
     venv_bin = str(Path(sys.executable).parent)
     env = {**os.environ, "RAY_AUTH_MODE": "disabled", "PATH": venv_bin + os.pathsep + os.environ["PATH"]}
+    env["I2E_CACHE"] = str(tmp_path / "cache")  # the job packs --tables into this cache
     env.pop("RAY_ADDRESS", None)
     port, dash = _free_port(), _free_port()
     ray_tmp = tempfile.mkdtemp(prefix="rayjob", dir="/tmp")  # short: Ray's unix socket paths have a length limit
@@ -117,7 +139,8 @@ def test_ray_job_submit_smoke(i2e_tables, tmp_path):
                                                 if "RayTrainWorker" not in l)[-6000:]
         assert "succeeded" in done.stdout + done.stderr
         enc = load_encoder(tmp_path / "enc")
-        assert enc.card["steps"] == 4 and enc.card["data_manifest"]["num_samples"] == 41
+        assert enc.card["steps"] == 4
+        assert enc.card["data_manifest"]["num_samples"] == 40  # 5 x 8 photos; pack drops the corrupt row
     finally:
         head.terminate()
         try:

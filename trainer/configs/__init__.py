@@ -15,19 +15,22 @@ from typing import Any, Callable
 
 @dataclass
 class DataConfig:
-    tables: str | None = None          # folder holding images/, entities/, image_entities/
+    packed: str | None = None          # packed dataset URI (`i2e pack` output: index.json, vocab, shards/)
+    tables: str | None = None          # I2E tables; train.py packs them into the local cache first
     image_size: int = 224
-    batch_size: int = 256              # per worker, fixed (drop_last)
+    batch_size: int = 256              # per worker, fixed (each epoch's tail is dropped)
     max_labels: int = 4                # entities kept per image, best rank first
-    text_template: str = "name"        # "name" or "name, description"
+    text_template: str = "{name}, {description}. {alt_text}"   # fields: name, description, alt_text
+    text_entity: str = "sampled"       # "sampled": drawn among the image's entities per (seed, epoch, key);
+                                       # "first": always the best-ranked one
+    entity_balanced: bool = False      # sampled with probability ~ 1/image_count of the class
     augment: bool = True               # random resized crop + horizontal flip
     crop_scale: tuple = (0.35, 1.0)
     mean: tuple = (0.485, 0.456, 0.406)
     std: tuple = (0.229, 0.224, 0.225)
-    block_rows: int = 0                # rows per Ray Data block (0: 2 x batch_size)
-    cpus_per_task: float = 1.0         # CPUs of each decode/augment map_batches task
-    segment_rows: int = 1_000_000      # max rows per per-rank Ray Dataset (epochs are cut in segments)
-    prefetch_batches: int = 2
+    shuffle_buffer: int = 4096         # samples in each rank's shuffle buffer (memory: this x packed JPEG size)
+    decode_threads: int = 0            # decode threads inside each worker (0: the worker's CPUs, at least 1)
+    prefetch_batches: int = 2          # decoded batches in flight per worker
 
 
 @dataclass
@@ -139,9 +142,20 @@ def fingerprint(config: TrainConfig) -> str:
     data = to_dict(config)
     for key in _RESUME_FREE:
         data.pop(key, None)
-    data["data"].pop("cpus_per_task", None)
-    data["data"].pop("prefetch_batches", None)
+    for key in ("decode_threads", "prefetch_batches", "packed", "tables"):
+        data["data"].pop(key, None)
     return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def check_config(config: TrainConfig) -> TrainConfig:
+    """Fail at config time on values the run would only trip over later."""
+    from trainer.data import TEXT_ENTITY, template_fields
+    template_fields(config.data.text_template)
+    if config.data.text_entity not in TEXT_ENTITY:
+        raise ValueError(f"data.text_entity {config.data.text_entity!r} not in {TEXT_ENTITY}")
+    if config.data.shuffle_buffer < 1:
+        raise ValueError("data.shuffle_buffer must be >= 1")
+    return config
 
 
 def _parse_value(text: str) -> Any:
