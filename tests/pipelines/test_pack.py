@@ -293,3 +293,19 @@ def test_pack_to_and_from_object_storage(tables, threshold_pack, s3):
     assert json.loads((local_copy / "index.json").read_text()) == remote
     assert _sample_bytes(local_copy, remote) == _sample_bytes(out, index)
     assert run_pack(config) == remote   # a rerun on object storage is a no-op too
+
+
+def test_webdataset_reads_the_tars_as_written(threshold_pack):
+    """The `webdataset` package itself reads every shard: one sample per key, the JPEG and
+    the JSON fields, in the written order."""
+    import webdataset
+
+    out, index = threshold_pack
+    expected = read_samples(out, index)
+    urls = [str(out / shard["path"]) for shard in index["shards"]]
+    read = [(sample["__key__"], sample["jpg"], json.loads(sample["json"]))
+            for sample in webdataset.WebDataset(urls, shardshuffle=False, empty_check=False)]
+    assert [key for key, _, _ in read] == [f"{i:09d}" for shard in index["shards"] for i in range(shard["rows"])]
+    assert [jpg for _, jpg, _ in read] == [sample["jpg"] for sample in expected]
+    assert [meta["key"] for _, _, meta in read] == [sample["key"] for sample in expected]
+    assert [meta["class_ids"] for _, _, meta in read] == [sample["class_ids"] for sample in expected]
