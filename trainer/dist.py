@@ -29,14 +29,17 @@ class _GatherWithGrad(torch.autograd.Function):
 
 
 class Comm:
-    def __init__(self, rank: int = 0, world: int = 1):
-        self.rank, self.world = rank, world
+    """``device``: where tensors handed to a collective must live (CUDA under NCCL, the CPU under
+    gloo); callers that reduce host-side values (logging) move them there first."""
+
+    def __init__(self, rank: int = 0, world: int = 1, device: str | torch.device = "cpu"):
+        self.rank, self.world, self.device = rank, world, torch.device(device)
 
     @classmethod
-    def from_torch(cls) -> "Comm":
+    def from_torch(cls, device: str | torch.device = "cpu") -> "Comm":
         if dist.is_available() and dist.is_initialized():
-            return cls(dist.get_rank(), dist.get_world_size())
-        return cls()
+            return cls(dist.get_rank(), dist.get_world_size(), device)
+        return cls(device=device)
 
     def all_reduce(self, tensor: torch.Tensor, op: str = "sum") -> torch.Tensor:
         """No-grad all-reduce (returns a new tensor)."""

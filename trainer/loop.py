@@ -9,18 +9,23 @@ merges their files)::
                                  epoch, batches yielded, next shard/offset, shuffle RNG + buffer refs)
     model.pt / optim.pt          replicated towers + their AdamW state   (rank 0)
     ema.pt                       EMA weights when optim.ema_decay > 0    (rank 0)
-    head_rank<r>_of_<W>.pt       class-row shard r of the head + its AdamW state (rank r)
+    head_rank<r>_of_<W>.pt       class-row shard r of the head + its optimizer state (rank r): AdamW's,
+                                 or RowAdamW's per-row moments and step counts when task.sample_rate < 1
     export/                      the exported encoder, at the final step (rank 0)
 
-All ``.pt`` files are state dicts loaded with ``torch.load(weights_only=True)``.
+All ``.pt`` files are state dicts loaded with ``torch.load(weights_only=True)``, straight onto the
+training device. The files are ``TrainState.state_dict()`` of each rank (``trainer.state``), which
+holds the training step itself; this module only moves that state to and from files and Ray.
+
+CPU layout: torch's intra-op pool gets every CPU Ray gives the worker (``cpus_per_worker``, at
+least 1); the loader's decode threads (``data.decode_threads``, default the same count) run on the
+same CPUs and overlap with the step (PIL decodes without holding the GIL, and with a GPU torch's
+CPU threads are mostly idle, so splitting the CPUs between the two would leave cores unused).
 """
 from __future__ import annotations
 
 import copy
-import hashlib
 import json
-import math
-import os
 import tempfile
 import time
 from pathlib import Path
@@ -28,6 +33,8 @@ from pathlib import Path
 import torch
 
 from trainer.configs import TrainConfig, fingerprint, from_dict, to_dict
+from trainer.perf import Throughput, peak_flops
+from trainer.state import StepResult, TrainState, build_state, train_step
 
 CKPT_FORMAT, CKPT_VERSION = "mofi-train-checkpoint", 2
 
@@ -36,11 +43,11 @@ class CheckpointError(RuntimeError):
     """A checkpoint that is corrupted or does not match this run."""
 
 
-def safe_load(path: Path):
+def safe_load(path: Path, map_location: str | torch.device = "cpu"):
     if not path.is_file():
         raise CheckpointError(f"checkpoint file {path} is missing (corrupted or partial checkpoint)")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(path, map_location=map_location, weights_only=True)
     except Exception as error:
         raise CheckpointError(f"checkpoint file {path} is corrupted or not a weights-only state dict: "
                               f"{type(error).__name__}: {error}") from error
@@ -101,219 +108,128 @@ def _read_position(path: Path) -> dict:
         raise CheckpointError(f"{path} is corrupted: {error}") from error
 
 
-def lr_factor(step: int, warmup: int, total: int, min_ratio: float) -> float:
-    if warmup and step < warmup:
-        return (step + 1) / warmup
-    progress = min(1.0, (step - warmup) / max(1, total - warmup))
-    return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+def _head_file(rank: int, world: int) -> str:
+    return f"head_rank{rank:05d}_of_{world:05d}.pt"
 
 
-def param_groups(module: torch.nn.Module, weight_decay: float):
-    decay, no_decay = [], []
-    for name, p in module.named_parameters():
-        if not p.requires_grad:
-            continue
-        (no_decay if p.ndim <= 1 or name.endswith(".bias") or "logit_scale" in name or ".pos" in name
-         else decay).append(p)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+def restore_checkpoint(state: TrainState, d: Path, ds, rank: int, world: int) -> None:
+    """Load step checkpoint ``d`` (this rank's part) into ``state``, tensors onto its device."""
+    meta = read_meta(d)
+    check_meta(meta, state.cfg, ds.classes_fingerprint(), world, d.name, ds.manifest())
+    device = state.device
+    sd = {"model": safe_load(d / "model.pt", device), "optim": safe_load(d / "optim.pt", device),
+          "ema": safe_load(d / "ema.pt", device) if state.ema is not None else None,
+          "head": safe_load(d / _head_file(rank, world), device) if state.head is not None else None,
+          "position": _read_position(d / _position_file(rank, world)),
+          "step": meta["step"], "history": meta.get("history", []), "bad_images": meta.get("bad_images", 0)}
+    try:
+        state.load_state_dict(sd)
+    except (ValueError, KeyError, RuntimeError) as error:
+        raise CheckpointError(f"{d}: checkpoint does not fit this run: {type(error).__name__}: {error}") from error
 
 
-class EMA:
-    def __init__(self, model: torch.nn.Module, decay: float):
-        self.decay = decay
-        self.shadow = {k: v.detach().clone() for k, v in model.state_dict().items()}
+def write_checkpoint(d: Path, state: TrainState, ds, *, rank: int, world: int, metrics: dict, final: bool) -> None:
+    """Write this rank's files of the step checkpoint into directory ``d`` (rank 0 also the
+    replicated towers, optimizer, EMA, meta.json and, at the final step, the export)."""
+    from trainer.export import export_encoder
+    cfg, sd = state.cfg, state.state_dict()
+    if rank == 0:
+        torch.save(sd["model"], d / "model.pt")
+        torch.save(sd["optim"], d / "optim.pt")
+        if sd["ema"] is not None:
+            torch.save(sd["ema"], d / "ema.pt")
+        meta = {"format": CKPT_FORMAT, "format_version": CKPT_VERSION, "step": sd["step"], "world_size": world,
+                "config": to_dict(cfg), "config_fingerprint": fingerprint(cfg),
+                "num_classes": ds.num_classes, "classes_fingerprint": ds.classes_fingerprint(),
+                "data_manifest": ds.manifest(), "metrics": metrics, "history": sd["history"],
+                "bad_images": sd["bad_images"]}
+        (d / "meta.json").write_text(json.dumps(meta, default=str))
+        if final:
+            export_model = state.model
+            if state.ema is not None:
+                export_model = copy.deepcopy(state.model)
+                export_model.load_state_dict(state.ema.shadow)
+            export_encoder(d / "export", export_model, cfg, data_manifest=ds.manifest(), steps=sd["step"],
+                           metrics=metrics, ema=state.ema is not None)
+    if sd["head"] is not None:
+        torch.save({**sd["head"], "weight": sd["head"]["weight"].cpu()}, d / _head_file(rank, world))
+    (d / _position_file(rank, world)).write_text(json.dumps(sd["position"]))
 
-    @torch.no_grad()
-    def update(self, model: torch.nn.Module) -> None:
-        for k, v in model.state_dict().items():
-            if v.dtype.is_floating_point:
-                self.shadow[k].mul_(self.decay).add_(v.detach(), alpha=1 - self.decay)
-            else:
-                self.shadow[k].copy_(v)
+
+def worker_threads(cfg: TrainConfig) -> int:
+    """torch's intra-op threads in a worker: every CPU the worker was given, at least one."""
+    return max(1, int(cfg.cpus_per_worker))
 
 
-def _seed(*parts: int) -> int:
-    return int.from_bytes(hashlib.sha256(repr(parts).encode()).digest()[:7], "little")
-
-
-def _fault_marker(cfg: TrainConfig) -> Path:
-    key = hashlib.sha256(f"{cfg.storage_path}|{cfg.run_name}|{cfg.fail_at_step}".encode()).hexdigest()[:16]
-    return Path(tempfile.gettempdir()) / f"mofi_fault_injected_{key}"
+def step_metrics(result: StepResult, state: TrainState, timing: dict) -> dict:
+    metrics = {"step": result.step, "loss": result.loss, **{f"loss_{n}": v for n, v in result.losses.items()},
+               "lr": result.lr, **timing, "bad_images_step": result.bad_images, "bad_images": state.bad_images,
+               "epoch": state.position["epoch"], "step_in_epoch": state.position["step"]}
+    if result.grad_norm is not None:
+        metrics["grad_norm"] = result.grad_norm
+    if state.flops_per_step:
+        metrics["gflops_per_step"] = state.flops_per_step / 1e9
+    if state.model.logit_scale is not None:
+        metrics["logit_scale"] = float(state.model.logit_scale.detach().exp())
+    return metrics
 
 
 def train_loop_per_worker(loop_config: dict) -> dict:
-    """Ray Train entry: ``loop_config = {"config": to_dict(TrainConfig)}``."""
+    """Ray Train entry: ``loop_config = {"config": to_dict(TrainConfig)}``, plus optionally
+    ``"step_hook"``: a picklable ``hook(step, rank, world)`` called before each step (tests
+    inject faults with it)."""
     import ray.train
     import ray.train.torch
     from ray.train import Checkpoint
 
     from trainer.data import Loader
-    from trainer.packed import open_packed
     from trainer.dist import Comm
-    from trainer.export import export_encoder
-    from trainer.task import Task
-    from trainer.towers import DualEncoder
+    from trainer.packed import open_packed
 
     cfg = from_dict(loop_config["config"])
+    step_hook = loop_config.get("step_hook")
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     device = ray.train.torch.get_device()
-    comm = Comm.from_torch()
+    torch.set_num_threads(worker_threads(cfg))
+    comm = Comm.from_torch(device)
     if comm.world != world:
-        comm = Comm(rank, world)
-    torch.manual_seed(cfg.seed)
+        comm = Comm(rank, world, device)
     ds = open_packed(cfg.data.packed)
-    manifest = ds.manifest()
-    model = DualEncoder(cfg.image, cfg.text, cfg.embed_dim, cfg.data.mean, cfg.data.std, cfg.task.init_logit_scale)
-    task = Task(cfg, ds.num_classes, comm, device)
-    head = task.head
-
-    start_step, history, bad_total, ema_state = 0, [], 0, None
-    opt_state = head_state = position = None
+    state = build_state(cfg, ds.num_classes, comm, device)
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is not None:
         with checkpoint.as_directory() as d:
-            d = Path(d)
-            meta = read_meta(d)
-            check_meta(meta, cfg, ds.classes_fingerprint(), world, d.name, manifest)
-            try:
-                model.load_state_dict(safe_load(d / "model.pt"))
-            except RuntimeError as error:
-                raise CheckpointError(f"{d}: model weights do not fit: {error}") from error
-            opt_state = safe_load(d / "optim.pt")
-            if cfg.optim.ema_decay > 0:
-                ema_state = safe_load(d / "ema.pt")
-            if head is not None:
-                shard = safe_load(d / f"head_rank{rank:05d}_of_{world:05d}.pt")
-                if tuple(shard["weight"].shape) != tuple(head.weight.shape):
-                    raise CheckpointError(f"{d}: head shard {rank} has shape {tuple(shard['weight'].shape)}, "
-                                          f"expected {tuple(head.weight.shape)}")
-                head.weight.data.copy_(shard["weight"])
-                head_state = shard["optim"]
-            position = _read_position(d / _position_file(rank, world))
-            start_step, history, bad_total = meta["step"], meta.get("history", []), meta.get("bad_images", 0)
+            restore_checkpoint(state, Path(d), ds, rank, world)
         if rank == 0:
-            print(json.dumps({"event": "resumed", "step": start_step}), flush=True)
+            print(json.dumps({"event": "resumed", "step": state.step}), flush=True)
+    state.wrap(lambda m: ray.train.torch.prepare_model(m, parallel_strategy_kwargs={"find_unused_parameters": False}))
 
-    ema = EMA(model, cfg.optim.ema_decay) if cfg.optim.ema_decay > 0 else None
-    if ema is not None and ema_state is not None:
-        ema.shadow = ema_state
-    raw_model = model
-    model = ray.train.torch.prepare_model(model, parallel_strategy_kwargs={"find_unused_parameters": False})
-    o = cfg.optim
-    opt = torch.optim.AdamW(param_groups(raw_model, o.weight_decay), lr=o.lr, betas=tuple(o.betas))
-    head_opt = (torch.optim.AdamW([head.weight], lr=o.head_lr or o.lr, betas=tuple(o.betas),
-                                  weight_decay=o.weight_decay) if head is not None else None)
-    if opt_state is not None:
-        opt.load_state_dict(opt_state)
-    if head_state is not None:
-        head_opt.load_state_dict(head_state)
-    use_bf16 = cfg.precision == "bf16" and device.type == "cuda"
-
-    def save(step: int, metrics: dict, final: bool, position: dict) -> None:
+    def save(metrics: dict, final: bool) -> None:
         with tempfile.TemporaryDirectory() as tmp:
-            d = Path(tmp)
-            if rank == 0:
-                torch.save(raw_model.state_dict(), d / "model.pt")
-                torch.save(opt.state_dict(), d / "optim.pt")
-                if ema is not None:
-                    torch.save(ema.shadow, d / "ema.pt")
-                meta = {"format": CKPT_FORMAT, "format_version": CKPT_VERSION, "step": step, "world_size": world,
-                        "config": to_dict(cfg), "config_fingerprint": fingerprint(cfg),
-                        "num_classes": ds.num_classes, "classes_fingerprint": ds.classes_fingerprint(),
-                        "data_manifest": manifest, "metrics": metrics, "history": history,
-                        "bad_images": bad_total}
-                (d / "meta.json").write_text(json.dumps(meta, default=str))
-                if final:
-                    export_model = raw_model
-                    if ema is not None:
-                        export_model = copy.deepcopy(raw_model)
-                        export_model.load_state_dict(ema.shadow)
-                    export_encoder(d / "export", export_model, cfg, data_manifest=manifest, steps=step,
-                                   metrics=metrics, ema=ema is not None)
-            if head is not None:
-                torch.save({"weight": head.weight.detach().cpu(), "optim": head_opt.state_dict(),
-                            "start": head.start, "end": head.end},
-                           d / f"head_rank{rank:05d}_of_{world:05d}.pt")
-            (d / _position_file(rank, world)).write_text(json.dumps(position))
+            write_checkpoint(Path(tmp), state, ds, rank=rank, world=world, metrics=metrics, final=final)
             ray.train.report(metrics, checkpoint=Checkpoint.from_directory(tmp),
-                             checkpoint_dir_name=f"step_{step:08d}")
+                             checkpoint_dir_name=f"step_{state.step:08d}")
 
-    step = start_step
+    meter = Throughput(cfg.data.batch_size * world, peak_flops(device, cfg.precision))
+    loader = Loader(ds, cfg.data, seed=cfg.seed, rank=rank, world=world, position=state.position,
+                    threads=cfg.data.decode_threads or worker_threads(cfg))
     metrics: dict = {}
-    samples_seen, t_start, wait_total = 0, time.perf_counter(), 0.0
     t_prev = time.perf_counter()
-    threads = cfg.data.decode_threads or max(1, int(cfg.cpus_per_worker))
-    loader = Loader(ds, cfg.data, seed=cfg.seed, rank=rank, world=world, position=position, threads=threads)
     for batch in loader:
-        if step == cfg.fail_at_step and rank == (1 if world > 1 else 0) and not _fault_marker(cfg).exists():
-            _fault_marker(cfg).touch()
-            print(json.dumps({"event": "fault_injected", "step": step, "rank": rank}), flush=True)
-            os._exit(1)
-        position = batch["position"]
-        t_batch = time.perf_counter()
-        wait = t_batch - t_prev
-        wait_total += wait
-        torch.manual_seed(_seed(cfg.seed, step, rank))
-        generator = torch.Generator().manual_seed(_seed(cfg.seed, step, rank, 1))
-        factor = lr_factor(step, o.warmup_steps, cfg.total_steps, o.min_lr_ratio)
-        for group in opt.param_groups:
-            group["lr"] = o.lr * factor
-        if head_opt is not None:
-            head_opt.param_groups[0]["lr"] = (o.head_lr or o.lr) * factor
-        tokens = None
-        if task.uses_text:
-            tokens = {k: v.to(device) for k, v in raw_model.text.tokenize(batch["texts"]).items()}
-        batch = {k: v.to(device) for k, v in batch.items() if isinstance(v, torch.Tensor)}
-        with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=use_bf16):
-            total, named = task.losses(model, batch, tokens, generator)
-        opt.zero_grad(set_to_none=True)
-        if head_opt is not None:
-            head_opt.zero_grad(set_to_none=True)
-        total.backward()
-        if o.clip_grad_norm > 0:
-            grads = [p.grad for p in raw_model.parameters() if p.grad is not None]
-            sq = sum((g.float().pow(2).sum() for g in grads), torch.zeros((), device=device))
-            if head is not None and head.weight.grad is not None:
-                sq = sq + comm.all_reduce(head.weight.grad.float().pow(2).sum())
-            norm = float(sq.sqrt())
-            coef = o.clip_grad_norm / (norm + 1e-6)
-            if coef < 1:
-                for g in grads:
-                    g.mul_(coef)
-                if head is not None and head.weight.grad is not None:
-                    head.weight.grad.mul_(coef)
-        opt.step()
-        if head_opt is not None:
-            head_opt.step()
-        if ema is not None:
-            ema.update(raw_model)
-        step += 1
-        logged = torch.stack([total.detach().float()] + [v.detach().float() for v in named.values()]
-                             + [(1 - batch["valid"].float()).sum()]).cpu()
-        logged = comm.all_reduce(logged)
-        bad_total += int(logged[-1])
-        losses = (logged[:-1] / world).tolist()
-        history.append(round(losses[0], 6))
-        now = time.perf_counter()
-        samples_seen += cfg.data.batch_size * world
-        metrics = {"step": step, "loss": losses[0], **{f"loss_{n}": v for n, v in zip(named, losses[1:])},
-                   "lr": o.lr * factor, "samples_per_s": cfg.data.batch_size * world / max(now - t_prev, 1e-9),
-                   "samples_per_s_avg": samples_seen / max(now - t_start, 1e-9),
-                   "data_wait_frac": wait / max(now - t_prev, 1e-9),
-                   "data_wait_frac_avg": wait_total / max(now - t_start, 1e-9), "bad_images_step": int(logged[-1]),
-                   "bad_images": bad_total, "epoch": position["epoch"],
-                   "step_in_epoch": position["step"]}
-        if raw_model.logit_scale is not None:
-            metrics["logit_scale"] = float(raw_model.logit_scale.detach().exp())
-        if rank == 0 and (step % cfg.log_every == 0 or step == cfg.total_steps):
+        if step_hook is not None:
+            step_hook(state.step, rank, world)
+        wait = time.perf_counter() - t_prev
+        result = train_step(state, batch, comm, measure_flops=True)
+        metrics = step_metrics(result, state, meter.update(wait, time.perf_counter() - t_prev, state.flops_per_step))
+        final = state.step >= cfg.total_steps
+        if rank == 0 and (state.step % cfg.log_every == 0 or final):
             print(json.dumps({"event": "step", **{k: (round(v, 5) if isinstance(v, float) else v)
                                                   for k, v in metrics.items()}}), flush=True)
-        final = step >= cfg.total_steps
-        if final or (cfg.checkpoint_every and step % cfg.checkpoint_every == 0):
-            save(step, metrics, final, position)
+        if final or (cfg.checkpoint_every and state.step % cfg.checkpoint_every == 0):
+            save(metrics, final)
         t_prev = time.perf_counter()
         if final:
             break
-    return {"step": step, "history": history, "bad_images": bad_total, "metrics": metrics,
+    return {"step": state.step, "history": state.history, "bad_images": state.bad_images, "metrics": metrics,
             "num_samples": ds.rows, "num_classes": ds.num_classes}

@@ -10,14 +10,26 @@ class-weight shard (kept out of DDP) gets the exact gradient of the global mean 
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 from trainer.dist import Comm
 
 
-def _chunk_logits(feats, weights, start, end, scale, margin, cols):
+def _mm(a: torch.Tensor, b: torch.Tensor, lowp: bool) -> torch.Tensor:
+    """fp32 ``a @ b``; with ``lowp`` the operands go to bf16 and the product accumulates in fp32
+    (CUDA's ``mm(..., out_dtype=float32)``; where that overload is missing, the bf16 product
+    is upcast, which rounds the output once to bf16)."""
+    if not lowp:
+        return a @ b
+    a, b = a.to(torch.bfloat16), b.to(torch.bfloat16)
+    try:
+        return torch.mm(a, b, out_dtype=torch.float32)
+    except (RuntimeError, TypeError, NotImplementedError):
+        return (a @ b).float()
+
+
+def _chunk_logits(feats, weights, start, end, scale, margin, cols, lowp):
     """fp32 logits for classes [start, end) of this shard, margin on positive columns."""
-    z = (feats @ weights[start:end].t()) * scale
+    z = _mm(feats, weights[start:end].t(), lowp) * scale
     if margin:
         inside = (cols >= start) & (cols < end)
         rows, k = inside.nonzero(as_tuple=True)
@@ -27,60 +39,66 @@ def _chunk_logits(feats, weights, start, end, scale, margin, cols):
 
 
 class _ShardedCosineCE(torch.autograd.Function):
+    """Forward: one logits matmul per class chunk with an online (running max, rescaled sum)
+    logsumexp, then one all-reduce of the max and one of the rescaled sums. Saves only the
+    per-row global logsumexp; backward recomputes each chunk's logits once (one matmul) and
+    forms both gradients from it (two matmuls)."""
+
     @staticmethod
-    def forward(ctx, feats, weights, cols, tweights, valid, scale, margin, chunk, comm, feat_grad_scale):
+    def forward(ctx, feats, weights, cols, tweights, valid, scale, margin, chunk, comm, feat_grad_scale, lowp):
         n = feats.shape[0]
         num_local = weights.shape[0]
-        local_max = torch.full((n,), float("-inf"), dtype=torch.float32, device=feats.device)
+        run_max = torch.full((n,), float("-inf"), dtype=torch.float32, device=feats.device)
+        run_sum = torch.zeros(n, dtype=torch.float32, device=feats.device)
         for start in range(0, num_local, chunk):
-            z = _chunk_logits(feats, weights, start, min(start + chunk, num_local), scale, margin, cols)
-            local_max = torch.maximum(local_max, z.max(dim=1).values)
-        gmax = comm.all_reduce(local_max, "max")
-        local_sum = torch.zeros(n, dtype=torch.float32, device=feats.device)
-        for start in range(0, num_local, chunk):
-            z = _chunk_logits(feats, weights, start, min(start + chunk, num_local), scale, margin, cols)
-            local_sum += torch.exp(z - gmax[:, None]).sum(dim=1)
-        gsum = comm.all_reduce(local_sum, "sum")
+            z = _chunk_logits(feats, weights, start, min(start + chunk, num_local), scale, margin, cols, lowp)
+            new_max = torch.maximum(run_max, z.max(dim=1).values)
+            run_sum = run_sum * torch.exp(run_max - new_max) + torch.exp(z - new_max[:, None]).sum(dim=1)
+            run_max = new_max
+        gmax = comm.all_reduce(run_max, "max")
+        gsum = comm.all_reduce(run_sum * torch.exp(run_max - gmax), "sum")
+        lse = gmax + torch.log(gsum)
         has = cols >= 0
         pos_w = weights[cols.clamp(min=0)]                        # (n, k, d)
         pos_z = scale * ((feats[:, None, :] * pos_w).sum(-1) - margin)
         local_pos = (pos_z * tweights * has).sum(dim=1)
         gpos = comm.all_reduce(local_pos, "sum")
-        per_row = gmax + torch.log(gsum) - gpos
+        per_row = lse - gpos
         n_valid = valid.sum().clamp(min=1.0)
         loss = (per_row * valid).sum() / n_valid
-        ctx.save_for_backward(feats, weights, cols, tweights, valid, gmax, gsum)
-        ctx.scale, ctx.margin, ctx.chunk, ctx.n_valid = scale, margin, chunk, n_valid
+        ctx.save_for_backward(feats, weights, cols, tweights, valid, lse)
+        ctx.scale, ctx.margin, ctx.chunk, ctx.n_valid, ctx.lowp = scale, margin, chunk, n_valid, lowp
         ctx.feat_grad_scale = feat_grad_scale
         return loss
 
     @staticmethod
     def backward(ctx, grad_out):
-        feats, weights, cols, tweights, valid, gmax, gsum = ctx.saved_tensors
-        scale, margin, chunk = ctx.scale, ctx.margin, ctx.chunk
+        feats, weights, cols, tweights, valid, lse = ctx.saved_tensors
+        scale, margin, chunk, lowp = ctx.scale, ctx.margin, ctx.chunk, ctx.lowp
         coef = grad_out * valid / ctx.n_valid                    # (n,)
         grad_feats = torch.zeros_like(feats)
         grad_weights = torch.zeros_like(weights)
         num_local = weights.shape[0]
         for start in range(0, num_local, chunk):
             end = min(start + chunk, num_local)
-            z = _chunk_logits(feats, weights, start, end, scale, margin, cols)
-            g = torch.exp(z - gmax[:, None]) / gsum[:, None] * coef[:, None]
-            grad_feats += scale * (g @ weights[start:end])
-            grad_weights[start:end] = scale * (g.t() @ feats)
+            z = _chunk_logits(feats, weights, start, end, scale, margin, cols, lowp)
+            g = torch.exp(z - lse[:, None]) * (coef * scale)[:, None]
+            grad_feats += _mm(g, weights[start:end], lowp)
+            grad_weights[start:end] = _mm(g.t(), feats, lowp)
         has = cols >= 0
         tw = tweights * has * coef[:, None]                      # (n, k)
         safe = cols.clamp(min=0)
         grad_feats -= scale * (tw[:, :, None] * weights[safe]).sum(1)
         grad_weights.index_add_(0, safe.reshape(-1),
                                 (-scale * tw.reshape(-1, 1)) * feats.repeat_interleave(cols.shape[1], 0))
-        return (grad_feats * ctx.feat_grad_scale, grad_weights, None, None, None, None, None, None, None, None)
+        return (grad_feats * ctx.feat_grad_scale, grad_weights, None, None, None, None, None, None, None, None,
+                None)
 
 
 def sharded_cosine_softmax_loss(feats: torch.Tensor, weights: torch.Tensor, cols: torch.Tensor,
                                 tweights: torch.Tensor, valid: torch.Tensor, *, scale: float,
                                 margin: float, chunk: int = 65536, comm: Comm | None = None,
-                                feat_grad_scale: float | None = None) -> torch.Tensor:
+                                feat_grad_scale: float | None = None, lowp: bool = False) -> torch.Tensor:
     """Exact softmax cross-entropy over classes sharded across ranks (CosFace logits).
 
     feats: (N, D) L2-normalized features of the *gathered* global batch (same on every rank).
@@ -90,14 +108,17 @@ def sharded_cosine_softmax_loss(feats: torch.Tensor, weights: torch.Tensor, cols
         (sums to 1 over a row's positives across all ranks). valid: (N,) 1.0/0.0 row mask.
     logit = scale * (cos - margin * [positive]); loss = mean over valid rows of
     logsumexp over all classes of all ranks - sum_k t_k * logit_k. Max and sum are
-    all-reduced, so the value is the unsharded value. Logits are fp32, ``chunk`` classes at a time.
+    all-reduced, so the value is the unsharded value. Logits are fp32, ``chunk`` classes at a
+    time, one matmul per chunk forward (online logsumexp) and one recompute per chunk backward.
+    ``lowp``: the logits and gradient matmuls take bf16 operands with fp32 accumulation (the
+    CUDA path under bf16 precision); the softmax arithmetic stays fp32.
     ``feat_grad_scale`` (default: world size) multiplies the feature gradient; see module doc.
     """
     comm = comm or Comm()
     scale_g = float(comm.world if feat_grad_scale is None else feat_grad_scale)
     return _ShardedCosineCE.apply(feats.float(), weights.float(), cols.long(), tweights.float(),
                                   valid.float(), float(scale), float(margin), int(max(1, chunk)),
-                                  comm, scale_g)
+                                  comm, scale_g, bool(lowp))
 
 
 def multilabel_targets(labels: torch.Tensor) -> torch.Tensor:

@@ -26,6 +26,8 @@ class Task:
             raise ValueError(f"recipe {self.recipe!r} needs a text tower (text.kind bytes | minilm)")
         self.head = (ShardedCosineHead(num_classes, cfg.embed_dim, comm.rank, comm.world, cfg.seed).to(device)
                      if self.uses_head else None)
+        # bf16 operands (fp32 accumulation) for the head's logits matmuls: the CUDA bf16 path
+        self.lowp = torch.device(device).type == "cuda" and cfg.precision == "bf16"
         self.weights = {"supervised": cfg.task.supervised_weight if self.recipe == "mofi" else 1.0,
                         "contrastive": cfg.task.contrastive_weight if self.recipe == "mofi" else 1.0}
 
@@ -41,7 +43,7 @@ class Task:
             named["supervised"] = self.head(
                 feats_all, self.comm.all_gather(labels), self.comm.all_gather(valid), scale=t.scale,
                 margin=t.margin, chunk=t.logits_chunk, sample_rate=t.sample_rate, comm=self.comm,
-                generator=generator)
+                generator=generator, lowp=self.lowp)
         if self.uses_text:
             text = F.normalize(text.float(), dim=-1)
             scale = logit_scale.float().exp().clamp(max=t.max_logit_scale)

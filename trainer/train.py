@@ -127,7 +127,9 @@ def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
                  runtime_env={"env_vars": {"PYTHONPATH": os.pathsep.join(p for p in (str(REPO_ROOT), existing) if p)}})
 
 
-def make_trainer(cfg: TrainConfig):
+def make_trainer(cfg: TrainConfig, step_hook=None):
+    """``step_hook``: optional picklable ``hook(step, rank, world)`` each worker calls before every
+    step (a test seam, e.g. to kill a worker; None in production)."""
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
@@ -137,7 +139,7 @@ def make_trainer(cfg: TrainConfig):
         resources["GPU"] = 1
     return TorchTrainer(
         train_loop_per_worker,
-        train_loop_config={"config": to_dict(cfg)},
+        train_loop_config={"config": to_dict(cfg), "step_hook": step_hook},
         scaling_config=ScalingConfig(num_workers=cfg.num_workers, use_gpu=cfg.use_gpu,
                                      resources_per_worker=resources),
         run_config=RunConfig(name=cfg.run_name, storage_path=cfg.storage_path,
@@ -146,16 +148,16 @@ def make_trainer(cfg: TrainConfig):
     )
 
 
-def run(cfg: TrainConfig, export_dir: str | None = None):
+def run(cfg: TrainConfig, export_dir: str | None = None, step_hook=None):
     """Check the layout, pack --tables when no --packed is given, fit, and (optionally) copy the exported
-    encoder of the final checkpoint to ``export_dir``."""
+    encoder of the final checkpoint to ``export_dir``. ``step_hook``: see ``make_trainer``."""
     import ray
     if not cfg.data.packed and not cfg.data.tables:
         raise SystemExit("no data: pass --packed <packed dataset URI> or --tables <i2e build output>")
     check_layout(cfg, ray.nodes())   # before packing, which can take a while
     if not cfg.data.packed:
         cfg.data.packed = pack_tables(cfg.data.tables, cfg.num_workers)
-    result = make_trainer(cfg).fit()
+    result = make_trainer(cfg, step_hook).fit()
     if export_dir and result.checkpoint is not None:
         with result.checkpoint.as_directory() as d:
             if not (Path(d) / "export").is_dir():

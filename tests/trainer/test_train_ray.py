@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 import torch
 
+from tests.trainer.faults import DieOnce
 from trainer.configs import apply_overrides, get_config
 from trainer.export import load_encoder
 from trainer.train import REPO_ROOT, main, run
@@ -62,8 +63,10 @@ def _final_state(result):
 def test_killed_worker_resumes_to_same_state(caltech_packed, local_ray, tmp_path):
     common = ("total_steps=8", "checkpoint_every=4", "max_failures=1", "task.sample_rate=0.5")
     unbroken = run(_cfg("smoke_mofi", caltech_packed, tmp_path / "a", "unbroken", *common))
-    killed = run(_cfg("smoke_mofi", caltech_packed, tmp_path / "b", "killed", *common, "fail_at_step=6"))
+    killed = run(_cfg("smoke_mofi", caltech_packed, tmp_path / "b", "killed", *common),
+                 step_hook=DieOnce(6, tmp_path / "fault_injected"))
     assert unbroken.error is None and killed.error is None
+    assert (tmp_path / "fault_injected").exists()  # the worker did die and the run resumed
     assert killed.return_value["history"] == pytest.approx(unbroken.return_value["history"], abs=1e-4)
     a, b = _final_state(unbroken), _final_state(killed)
     assert set(a) == set(b) and len(a) == 3  # model + 2 head shards

@@ -100,12 +100,14 @@ class TrainConfig:
     max_failures: int = 3
     storage_path: str | None = None    # default: ~/ray_results
     run_name: str | None = None        # default: config name
-    fail_at_step: int = -1             # testing: rank 1 (or 0) dies once at this step
     data: DataConfig = field(default_factory=DataConfig)
     image: ImageTowerConfig = field(default_factory=ImageTowerConfig)
     text: TextTowerConfig = field(default_factory=TextTowerConfig)
     task: TaskConfig = field(default_factory=TaskConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
+
+
+_REMOVED = {"fail_at_step"}  # fields of older configs (in checkpoints' meta.json) that no longer exist
 
 
 def to_dict(config: TrainConfig) -> dict:
@@ -117,6 +119,8 @@ def from_dict(data: dict) -> TrainConfig:
                 "task": TaskConfig, "optim": OptimConfig}
     kwargs = {}
     for key, value in data.items():
+        if key in _REMOVED:
+            continue
         if key in sections:
             sub = dict(value)
             for f in dataclasses.fields(sections[key]):
@@ -134,7 +138,7 @@ def format_config(config: TrainConfig) -> str:
 
 # Fields that may change between a run and its resume without breaking the checkpoint.
 _RESUME_FREE = {"total_steps", "checkpoint_every", "log_every", "keep_checkpoints", "max_failures",
-                "storage_path", "run_name", "fail_at_step", "use_gpu", "cpus_per_worker"}
+                "storage_path", "run_name", "use_gpu", "cpus_per_worker"}
 
 
 def fingerprint(config: TrainConfig) -> str:

@@ -1,0 +1,137 @@
+"""TrainState + train_step without Ray, on every device this machine has (CUDA when present):
+the step runs, the EMA lives with the params, logged values are reduced on the comm's device
+(NCCL takes CUDA tensors only), and a checkpoint round trip repeats the next step exactly."""
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+
+from trainer.configs import apply_overrides, get_config
+from trainer.dist import Comm
+from trainer.heads import RowAdamW
+from trainer.loop import CheckpointError, restore_checkpoint, write_checkpoint
+from trainer.perf import PEAK_TFLOPS, Throughput, count_flops, peak_flops
+from trainer.state import build_state, reduce_for_logging, train_step
+
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+NUM_CLASSES = 11
+
+
+def _cfg(*overrides, device="cpu"):
+    cfg = get_config("smoke_mofi")  # tiny ViT + bytes text tower, EMA on
+    precision = "bf16" if device == "cuda" else "fp32"  # the GPU path: autocast + bf16 head matmuls
+    return apply_overrides(cfg, ["data.batch_size=4", "task.sample_rate=0.5", "total_steps=10",
+                                 f"precision={precision}", *overrides])
+
+
+def _batch(step: int, n: int = 4):
+    g = torch.Generator().manual_seed(step)
+    labels = torch.randint(0, NUM_CLASSES, (n, 4), generator=g)
+    labels[:, 2:] = -1
+    valid = torch.ones(n, dtype=torch.int64)
+    valid[-1] = 0  # one bad image per batch
+    return {"pixels": torch.randint(0, 256, (n, 32, 32, 3), generator=g, dtype=torch.uint8),
+            "labels": labels, "valid": valid, "text_class": labels[:, 0],
+            "texts": [f"entity {int(c)}, a thing" for c in labels[:, 0]],
+            "position": {"epoch": 0, "step": step + 1}}
+
+
+class DeviceCheckingComm(Comm):
+    """world=1 collectives (identity) that fail when handed a tensor off the comm's device,
+    as NCCL does for CPU tensors."""
+
+    def all_reduce(self, tensor, op="sum"):
+        assert tensor.device.type == self.device.type, f"all_reduce got a {tensor.device} tensor, comm is {self.device}"
+        return super().all_reduce(tensor, op)
+
+
+class FakeData:
+    num_classes = NUM_CLASSES
+
+    def classes_fingerprint(self):
+        return "fp"
+
+    def manifest(self):
+        return {"num_samples": 40, "shards": 4, "shard_format": "webdataset", "seed": 0}
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_step_runs_with_state_on_device(device):
+    comm = DeviceCheckingComm(device=device)
+    state = build_state(_cfg(device=device), NUM_CLASSES, comm, device)
+    assert state.task.lowp == (device == "cuda")
+    results = [train_step(state, _batch(i), comm, measure_flops=True) for i in range(2)]
+    assert all(math.isfinite(r.loss) and math.isfinite(r.grad_norm) for r in results)
+    assert set(results[0].losses) == {"supervised", "contrastive"}
+    assert [r.bad_images for r in results] == [1, 1] and state.bad_images == 2 and state.step == 2
+    assert state.position == {"epoch": 0, "step": 2} and len(state.history) == 2
+    assert state.flops_per_step and state.flops_per_step > 0
+    params = {p.device.type for p in state.model.parameters()}
+    assert params == {torch.device(device).type}
+    assert {v.device.type for v in state.ema.shadow.values()} == params
+    assert state.head.weight.device.type == torch.device(device).type
+    assert isinstance(state.head_opt, RowAdamW) and state.head_opt.exp_avg.device == state.head.weight.device
+    for per_param in state.opt.state.values():
+        assert all(v.device.type in (torch.device(device).type, "cpu") for v in per_param.values())
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_logging_reduction_on_comm_device(device):
+    comm = DeviceCheckingComm(device=device)
+    host = [torch.tensor(1.5), torch.tensor(2.0, device=device), torch.tensor([3.0])]
+    assert reduce_for_logging(host, comm) == [1.5, 2.0, 3.0]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_checkpoint_roundtrip_repeats_next_step(device, tmp_path):
+    comm = Comm(device=device)
+    cfg = _cfg(device=device)
+    a = build_state(cfg, NUM_CLASSES, comm, device)
+    for i in range(2):
+        train_step(a, _batch(i), comm)
+    write_checkpoint(tmp_path, a, FakeData(), rank=0, world=1, metrics={"loss": 1.0}, final=False)
+    assert json.loads((tmp_path / "meta.json").read_text())["step"] == 2
+    b = build_state(cfg, NUM_CLASSES, comm, device)
+    restore_checkpoint(b, tmp_path, FakeData(), 0, 1)
+    assert (b.step, b.history, b.bad_images, b.position) == (a.step, a.history, a.bad_images, a.position)
+    ra, rb = train_step(a, _batch(2), comm), train_step(b, _batch(2), comm)
+    exact = device == "cpu"  # CUDA's atomics may reorder sums
+    assert (ra.loss == rb.loss) if exact else ra.loss == pytest.approx(rb.loss, rel=1e-5)
+    sa, sb = a.state_dict(), b.state_dict()
+    for part in ("model", "ema"):
+        for k in sa[part]:
+            torch.testing.assert_close(sa[part][k], sb[part][k], rtol=0 if exact else 1e-4, atol=0 if exact else 1e-4)
+    torch.testing.assert_close(sa["head"]["weight"], sb["head"]["weight"], rtol=0 if exact else 1e-4,
+                               atol=0 if exact else 1e-4)
+    # a checkpoint of another head size does not fit, and says so
+    other = build_state(cfg, NUM_CLASSES + 3, comm, device)
+    with pytest.raises(CheckpointError, match="head shard 0 has shape"):
+        restore_checkpoint(other, tmp_path, type("D", (FakeData,), {"num_classes": NUM_CLASSES + 3})(), 0, 1)
+
+
+def test_full_softmax_head_uses_torch_adamw():
+    state = build_state(_cfg("task.sample_rate=1.0", "optim.ema_decay=0.0"), NUM_CLASSES, Comm(), "cpu")
+    assert isinstance(state.head_opt, torch.optim.AdamW) and state.ema is None
+    before = state.head.weight.detach().clone()
+    train_step(state, _batch(0), Comm())
+    assert (state.head.weight != before).all(dim=1).all()  # every row moves (decay + full softmax)
+
+
+def test_throughput_and_peaks():
+    assert peak_flops("cpu", "bf16") is None
+    assert PEAK_TFLOPS["H100"][0] == 989.0
+    meter = Throughput(global_batch=8, peak=1e12, skip=2)
+    first = meter.update(wait=0.5, total=1.0, flops_per_step=1e11)
+    assert first["samples_per_s"] == 8.0 and first["data_wait_frac"] == 0.5 and "mfu" not in first
+    meter.update(0.0, 1.0, 1e11)
+    steady = [meter.update(0.1, 0.5, 1e11) for _ in range(2)][-1]
+    assert steady["samples_per_s_steady"] == pytest.approx(16.0)
+    assert steady["data_wait_frac_steady"] == pytest.approx(0.2)
+    assert steady["mfu"] == pytest.approx(0.2) and steady["tflops_per_s"] == pytest.approx(0.2)
+    sink = {}
+    with count_flops(sink):
+        torch.randn(3, 5) @ torch.randn(5, 7)
+    assert sink["flops"] == 2 * 3 * 5 * 7
