@@ -100,7 +100,7 @@ def run_one(runner: str, inputs: Path, out: Path, number: int, spark: Any) -> tu
         else:
             from pipelines.spark.job import execute
         execute_start = time.time()
-        name = execute(plan, [] if runner == "beam" else spark)
+        name, _ = execute(plan, [] if runner == "beam" else spark)
         execute_end, committed = time.time(), last_commit(plan)
         annotate_s, finalize_s = committed - execute_start, execute_end - committed
     publish_s, manifest = timed(lambda: publish(plan, name))

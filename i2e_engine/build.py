@@ -7,7 +7,7 @@ A runner does exactly this::
     <dedup plan>                            # i2e_engine.dedup.plan: decisions per shard
     <annotate plan.shards>                  # annotate_shard per shard with its decisions
     <finalize plan.committed()>             # project, decide, write (see finalize.py)
-    manifest = publish(plan, runner_name)   # check the accounting, swap the tables in, manifest
+    manifest = publish(plan, runner_name, runner_metrics)   # check the accounting, swap the tables in, manifest
 
 Everything else (which shards are done, the fingerprint, the staging folder, the manifest)
 is decided here, once, so Beam and Spark cannot disagree about it.
@@ -29,9 +29,10 @@ from i2e_engine.config import BuildConfig
 from i2e_engine.dedup.decontaminate import EvalIndex, hash_eval_images
 from i2e_engine.dedup.index import HashIndex
 from i2e_engine.finalize import Decisions, Target, entity_part_count, read_stats
+from i2e_engine.metrics import sum_stages
 from i2e_engine.readers import ShardRef, list_shards
 from i2e_engine.stages import Annotator, CheckStage
-from i2e_engine.workdir import ShardMarker, WorkDir, annotation_fingerprint, check_fingerprint
+from i2e_engine.workdir import HASH_PASS, ShardMarker, WorkDir, annotation_fingerprint, check_fingerprint
 
 Progress = Callable[[str], None]
 
@@ -179,7 +180,8 @@ def _summary(plan: RunPlan, shard_stats: list[dict], entity_rows: int) -> dict:
     if unwritten:
         raise AccountingError(f"{len(unwritten)} committed shards have no table parts (e.g. {unwritten[0]}); "
                               "tables not published")
-    rows, samples, reasons = collections.Counter(), collections.Counter(), collections.Counter()
+    rows, samples = collections.Counter(), collections.Counter()
+    reasons, sample_reasons = collections.Counter(), collections.Counter()
     dropped = source_rows = undeclared = 0
     for stats in shard_stats:
         marker = markers[stats["stem"]]
@@ -194,8 +196,10 @@ def _summary(plan: RunPlan, shard_stats: list[dict], entity_rows: int) -> dict:
         rows.update(stats["rows"])
         samples.update(stats["samples"])
         reasons.update(stats["reasons"])
+        sample_reasons.update(stats["sample_reasons"])
         dropped += stats["dropped_annotations"]
-    ordered = sorted(reasons.items(), key=lambda item: (-item[1], item[0]))
+    this_run = [m for m in (*by_id.values(), *plan.work.markers(HASH_PASS[0]).values()) if m.run_id == plan.run_id]
+    cutoffs = {stats["cutoff"] for stats in shard_stats}
     return {
         "rows": {"images": rows["images"], "entities": entity_rows, "image_entities": rows["image_entities"],
                  "rejects": rows["rejects"], "duplicates": rows["duplicates"]},
@@ -206,9 +210,17 @@ def _summary(plan: RunPlan, shard_stats: list[dict], entity_rows: int) -> dict:
         "rejected_samples": samples["rejected"],
         "filtered_samples": samples["filtered"],
         "dropped_annotations": dropped,
-        "drops_by_reason": [dict(zip(("stage", "kind", "reason"), key.split("/", 2)), rows=n)
-                            for key, n in ordered],
+        "drops_by_reason": _by_reason(reasons),
+        "sample_drops_by_reason": _by_reason(sample_reasons),
+        "score_cutoff": cutoffs.pop() if len(cutoffs) == 1 else None,
+        "stages": sum_stages(m.stages for m in this_run) | sum_stages(stats["stages"] for stats in shard_stats),
     }
+
+
+def _by_reason(reasons: collections.Counter) -> list[dict]:
+    """``stage/kind/reason`` counts as rows of the manifest, most frequent first."""
+    ordered = sorted(reasons.items(), key=lambda item: (-item[1], item[0]))
+    return [dict(zip(("stage", "kind", "reason"), key.split("/", 2)), rows=n) for key, n in ordered]
 
 
 def publish_kb(kb_path: str, out: str) -> str:
@@ -228,8 +240,10 @@ def publish_kb(kb_path: str, out: str) -> str:
     return kb_path
 
 
-def publish(plan: RunPlan, runner: str) -> dict:
+def publish(plan: RunPlan, runner: str, runner_metrics: Optional[dict[str, int]] = None) -> dict:
     """Check the accounting of the written tables, put them in place, write the manifest.
+    ``runner_metrics`` are the runner's own counters of this run (per-stage rows, as Beam
+    counters or Spark accumulators saw them), kept in the manifest beside ``stages``.
 
     Local disk: each table's staged folder replaces the old one by a rename. Object storage:
     the new parts are already in place; the parts of earlier runs are deleted, then the
@@ -261,6 +275,7 @@ def publish(plan: RunPlan, runner: str) -> dict:
         "input_shards": len(plan.shards),
         "annotated_this_run": sum(m.run_id == plan.run_id for m in plan.work.markers().values()),
         **summary,
+        "runner_metrics": dict(sorted((runner_metrics or {}).items())),
     }
     storage.write_text(storage.join(out, "manifest.json"), json.dumps(manifest, indent=2) + "\n")
     return {**manifest, "output": out}
@@ -286,4 +301,6 @@ def format_summary(manifest: dict, out: Optional[str] = None, top: int = 10) -> 
         lines.append("  top entities: " + ", ".join(f"{n} ({c})" for n, c in zip(best["name"], best["image_count"])))
     lines.append(f"  manifest: {storage.join(out, 'manifest.json')}; schemas: `i2e schema <table>` "
                  f"(v{schemas.CURRENT_VERSION})")
+    if manifest.get("report"):
+        lines.append(f"  report: {manifest['report']} (open it in any browser)")
     return "\n".join(lines)

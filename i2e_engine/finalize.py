@@ -31,6 +31,7 @@ import collections
 import json
 import math
 import struct
+import time
 import zlib
 from dataclasses import asdict, dataclass, field
 from typing import Callable, Iterable, Iterator, Mapping, Optional
@@ -43,6 +44,7 @@ from i2e_engine.config import DedupConfig, FilterConfig
 from i2e_engine.dedup import semantic
 from i2e_engine.dedup.plan import ShardDedup
 from i2e_engine.dedup.semantic import SemanticDecision
+from i2e_engine.metrics import StageClock, StageMetrics
 from i2e_engine.records import make_reject
 from i2e_engine.shard import reason_key
 from i2e_engine.workdir import WorkDir
@@ -224,6 +226,9 @@ class ShardOutputStats:
     samples: dict[str, int] = field(default_factory=lambda: {"kept": 0, "filtered": 0, "rejected": 0})
     dropped_annotations: int = 0
     reasons: dict[str, int] = field(default_factory=dict)
+    sample_reasons: dict[str, int] = field(default_factory=dict)   # reasons of whole samples dropped
+    stages: dict[str, dict] = field(default_factory=dict)           # {"finalize": {rows, seconds}}
+    cutoff: Optional[float] = None                                  # the quantile cutoff it wrote under
 
 
 @dataclass(frozen=True)
@@ -300,22 +305,26 @@ def duplicate_rows(shard_id: str, dedup: ShardDedup, semantic: Iterable[Semantic
 
 
 def write_shard_tables(work: WorkDir, stem: str, target: Target, semantic: Mapping[int, SemanticDecision],
-                       decisions: Decisions) -> ShardOutputStats:
+                       decisions: Decisions, metrics: Optional[StageMetrics] = None) -> ShardOutputStats:
     """Write one committed shard's part of images / image_entities / rejects / duplicates
     to ``target``; ``semantic`` maps its row_in_shard to semantic dedup's decision.
+    ``metrics`` (a runner's counters) receives the annotation rows read (stage ``finalize``).
 
     Streams the annotations a batch at a time, so memory holds one batch of image bytes.
     """
+    started = time.perf_counter()
     images, pairs, rejects, duplicates = (_PartWriter(target, t, f"part-{stem}")
                                           for t in ("images", "image_entities", "rejects", "duplicates"))
-    stats = ShardOutputStats(stem)
+    stats = ShardOutputStats(stem, cutoff=decisions.cutoff)
     reasons: collections.Counter[str] = collections.Counter()
+    sample_reasons: collections.Counter[str] = collections.Counter()
     shard_rejects = work.read_rejects(stem).to_pylist()   # one shard's dead letter, already stamped
     rejects.write(shard_rejects)
     for reject in shard_rejects:
         reasons[reason_key(reject)] += 1
         if reject["entity_id"] is None:
             stats.samples[reject["kind"]] += 1
+            sample_reasons[reason_key(reject)] += 1
         else:
             stats.dropped_annotations += 1
     parquet = work.annotations_file(stem)
@@ -337,6 +346,7 @@ def write_shard_tables(work: WorkDir, stem: str, target: Target, semantic: Mappi
                 stats.samples["filtered"] += 1   # semantic duplicates and rows left without entities
             stats.dropped_annotations += sum(r["entity_id"] is not None for r in dropped)
         reasons.update(reason_key(r) for r in reject_rows)
+        sample_reasons.update(reason_key(r) for r in reject_rows if r["entity_id"] is None)
         images.write(image_rows)
         pairs.write(pair_rows)
         rejects.write(reject_rows)
@@ -346,6 +356,10 @@ def write_shard_tables(work: WorkDir, stem: str, target: Target, semantic: Mappi
         writer.close()
         stats.rows[writer.table] = writer.rows
     stats.reasons = dict(sorted(reasons.items()))
+    stats.sample_reasons = dict(sorted(sample_reasons.items()))
+    clock = StageClock(metrics)
+    clock.add("finalize", parquet.metadata.num_rows, time.perf_counter() - started)
+    stats.stages = clock.to_dict()
     _write_stats(target, "shards", stem, asdict(stats))
     return stats
 

@@ -15,10 +15,11 @@ import collections
 import itertools
 import logging
 import time
-from typing import Iterable, Iterator, TypeVar
+from typing import Iterable, Iterator, Optional, TypeVar
 
 from i2e_engine import storage
 from i2e_engine.dedup.plan import ShardDedup
+from i2e_engine.metrics import StageClock, StageMetrics
 from i2e_engine.readers import ReaderOptions, ShardRef, declared_rows, read_shard
 from i2e_engine.stages import Annotator, CheckStage, hash_row, run_stage
 from i2e_engine.workdir import HASH_PASS, ShardMarker, ShardWriter, WorkDir, shard_file_stem
@@ -41,14 +42,17 @@ def reason_key(reject: dict) -> str:
 
 def hash_shard(shard: ShardRef, check: CheckStage, work: WorkDir, fingerprint: str, run_id: str,
                batch_rows: int = DEFAULT_BATCH_ROWS,
-               reader_options: ReaderOptions = ReaderOptions()) -> ShardMarker:
+               reader_options: ReaderOptions = ReaderOptions(),
+               metrics: Optional[StageMetrics] = None) -> ShardMarker:
     """Check and hash ``shard`` and commit its hash rows; a shard already hashed at its
     current identity and fingerprint is not read again. Rows the checks reject are only
-    counted here: the annotate pass rejects them again, with the same reason, into the tables."""
+    counted here: the annotate pass rejects them again, with the same reason, into the tables.
+    ``metrics`` (a runner's counters) receives the rows hashed."""
     marker = work.marker(shard_file_stem(shard.shard_id), HASH_PASS[0])
     if marker is not None and marker.is_current(shard.identity, fingerprint):
         return marker
     started = time.time()
+    clock = StageClock(metrics)
     writer = ShardWriter(work, shard.shard_id, HASH_PASS)
     pairs_read = rejected = 0
     try:
@@ -60,22 +64,25 @@ def hash_shard(shard: ShardRef, check: CheckStage, work: WorkDir, fingerprint: s
     except BaseException:
         writer.abort()
         raise
+    clock.add("hash", pairs_read, time.time() - started)   # the whole pass: read, check, hash, write
     return writer.commit(ShardMarker(
         shard_id=shard.shard_id, stem=writer.stem, identity=shard.identity, fingerprint=fingerprint,
         run_id=run_id, source_rows=declared_rows(shard), pairs_read=pairs_read, annotations=writer.rows["hashes"],
-        rejects=rejected, seconds=round(time.time() - started, 3)))
+        rejects=rejected, seconds=round(time.time() - started, 3), stages=clock.to_dict()))
 
 
 def annotate_shard(shard: ShardRef, annotator: Annotator, work: WorkDir, fingerprint: str, run_id: str,
                    dedup: ShardDedup = ShardDedup(), batch_rows: int = DEFAULT_BATCH_ROWS,
-                   reader_options: ReaderOptions = ReaderOptions()) -> ShardMarker:
+                   reader_options: ReaderOptions = ReaderOptions(),
+                   metrics: Optional[StageMetrics] = None) -> ShardMarker:
     """Read, check, annotate and commit ``shard`` under its ``dedup`` decisions; returns its
     completion marker. A shard committed at its current identity, fingerprint and dedup
     decisions is not annotated again (a resumed run, or a shard whose copies did not change).
 
     ``annotator`` is set up on first use (``Annotator.setup()`` is idempotent per process
     for the runners that share it). Rerunning a committed shard replaces its files with the
-    same content.
+    same content. Rows and seconds per stage go into the marker (``stages``), and the rows into
+    ``metrics`` (a runner's counters) as they are made.
     """
     digest = dedup.digest()
     marker = work.marker(shard_file_stem(shard.shard_id))
@@ -85,16 +92,18 @@ def annotate_shard(shard: ShardRef, annotator: Annotator, work: WorkDir, fingerp
     started = time.time()
     source_rows = declared_rows(shard)
     writer = ShardWriter(work, shard.shard_id)
+    clock = StageClock(metrics)
     reasons: collections.Counter[str] = collections.Counter()
     pairs_read = 0
     try:
-        for pairs in batched(read_shard(shard, reader_options), batch_rows):
+        for pairs in clock.timed("read", batched(read_shard(shard, reader_options), batch_rows)):
             pairs_read += len(pairs)
-            result = annotator.process(pairs, dedup)
+            result = annotator.process(pairs, dedup, clock)
             rejects = [{**reject, "run_id": run_id} for reject in result.rejects]
             reasons.update(reason_key(reject) for reject in rejects)
-            writer.write("annotations", result.kept)
-            writer.write("rejects", rejects)
+            with clock.time("write", len(result.kept) + len(rejects)):
+                writer.write("annotations", result.kept)
+                writer.write("rejects", rejects)
         storage.write_text(work.dedup_path(writer.stem), dedup.to_json())
     except BaseException:
         writer.abort()
@@ -103,7 +112,7 @@ def annotate_shard(shard: ShardRef, annotator: Annotator, work: WorkDir, fingerp
         shard_id=shard.shard_id, stem=writer.stem, identity=shard.identity, fingerprint=fingerprint,
         run_id=run_id, source_rows=source_rows, pairs_read=pairs_read, annotations=writer.rows["annotations"],
         rejects=writer.rows["rejects"], seconds=round(time.time() - started, 3),
-        reasons=dict(sorted(reasons.items())), dedup_digest=digest))
+        reasons=dict(sorted(reasons.items())), dedup_digest=digest, stages=clock.to_dict()))
     PROGRESS.info("committed shard %s: %d pairs, %d annotated, %d dropped in %.1f s", shard.shard_id,
                   pairs_read, marker.annotations, marker.rejects, marker.seconds)
     return marker

@@ -24,6 +24,7 @@ from i2e_engine.config import BuildConfig, LinkConfig, NerConfig, ScorerConfig
 from i2e_engine.dedup.hashes import hash_image_bytes
 from i2e_engine.dedup.plan import HashRow, RowDedup, ShardDedup
 from i2e_engine.images import ImageLimits, ImageRejected, decode_rgb
+from i2e_engine.metrics import StageClock
 from i2e_engine.records import Link, Mention, Pair, make_reject
 from i2e_engine.text import TextRejected, normalize_alt_text
 
@@ -323,10 +324,12 @@ class Annotator:
                 self._ready = True
         return self
 
-    def process(self, pairs: Sequence[Pair], dedup: ShardDedup = ShardDedup()) -> StageResult[dict]:
+    def process(self, pairs: Sequence[Pair], dedup: ShardDedup = ShardDedup(),
+                clock: Optional[StageClock] = None) -> StageResult[dict]:
         """Annotate one batch of pairs; every pair ends in ``kept`` or ``rejects``. Pairs
         ``dedup`` dropped become reject rows before any model runs; a survivor reads its
-        copies' alt-texts with its own."""
+        copies' alt-texts with its own. ``clock`` records each stage's rows and seconds."""
+        clock = clock or StageClock()
         rejects: list[dict] = []
         items: list = []
         for pair in pairs:
@@ -338,7 +341,8 @@ class Annotator:
         for stage in self.stages:
             if not items:
                 break
-            result = run_stage(stage, items)
+            with clock.time(stage.name, len(items)):
+                result = run_stage(stage, items)
             rejects.extend(result.rejects)
             items = result.kept
             if stage is self.check:

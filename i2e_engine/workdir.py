@@ -109,6 +109,7 @@ class ShardMarker:
     seconds: float
     reasons: dict[str, int] = field(default_factory=dict)   # "stage/kind/reason" -> rows
     dedup_digest: str = ""   # the dedup decisions the shard was annotated under
+    stages: dict[str, dict] = field(default_factory=dict)   # stage -> {rows, seconds} (metrics.StageClock)
 
     def is_current(self, identity: str, fingerprint: str, dedup_digest: str = "") -> bool:
         return (self.identity, self.fingerprint, self.dedup_digest) == (identity, fingerprint, dedup_digest)

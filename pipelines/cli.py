@@ -326,9 +326,15 @@ class _SourceProgress:
 
 
 def _report_parser(commands) -> None:
-    report = commands.add_parser("report", help="summarize an existing output folder")
-    report.add_argument("output", help="output folder of `i2e build`")
+    report = commands.add_parser(
+        "report", help="summarize an existing output folder, or write its HTML run report",
+        description="Print a build's summary (or its manifest with --json), or write the run report: one "
+                    "self-contained HTML page (funnel per stage, score histograms with the thresholds, entities, "
+                    "sample thumbnails, duplicates, time per stage, config) that opens offline in any browser. "
+                    "Every build also writes it as OUTPUT/report.html.")
+    report.add_argument("output", help="output folder of `i2e build` (a path or a URI)")
     report.add_argument("--json", action="store_true", help="print the manifest as JSON")
+    report.add_argument("--html", metavar="FILE", help="write the HTML run report to FILE (a path or a URI)")
 
 
 def make_parser() -> argparse.ArgumentParser:
@@ -387,6 +393,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         path = storage.join(storage.normalize(args.output), "manifest.json")
         if not storage.exists(path):
             parser.exit(2, f"i2e report: error: {path} not found; is {args.output} the --output of a finished `i2e build`?\n")
+        if args.html:
+            from i2e_engine.report import build_report
+
+            result = build_report(args.output, args.html)
+            print(f"wrote {result.uri} ({result.bytes / 1e6:.1f} MB, {result.thumbnails} thumbnails); "
+                  "open it in any browser, it needs no network")
+            return 0
         manifest = json.loads(storage.read_text(path))
         print(json.dumps(manifest, indent=2) if args.json else format_summary(manifest, args.output))
         return 0

@@ -1,6 +1,7 @@
 """Shared fixtures: where the real data lives, and skips with a reason when it does not."""
 from __future__ import annotations
 
+import io
 import os
 import socket
 import subprocess
@@ -9,6 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
+from PIL import Image
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("I2E_SHARED_DATA", REPO_ROOT.parent / "shared" / "data"))
@@ -40,6 +42,58 @@ def demo_build(tmp_path_factory):
     out = tmp_path_factory.mktemp("demo") / "out"
     manifest = run_build(BuildConfig(output=str(out)), progress=lambda _: None)
     return out, manifest
+
+
+def jpeg_bytes(array, size=None) -> bytes:
+    image = Image.fromarray(array)
+    if size:
+        image = image.resize(size)
+    buffer = io.BytesIO()
+    image.convert("RGB").save(buffer, "JPEG")
+    return buffer.getvalue()
+
+
+def bomb_bytes() -> bytes:
+    """A real decompression bomb: a few KB of PNG that decode to 81 million pixels."""
+    buffer = io.BytesIO()
+    Image.new("1", (9000, 9000)).save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+@pytest.fixture(scope="session")
+def bad_inputs_build(tmp_path_factory):
+    """One build over bad inputs for the whole session: a parquet of broken rows, one
+    without a caption column and a corrupt file. (output folder, manifest, input rows).
+    Tests that change it must work on a copy."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from skimage import data
+
+    from i2e_engine.config import BuildConfig
+    from pipelines.run import run_build
+
+    good = jpeg_bytes(data.chelsea())
+    rows = [
+        (good, "Chelsea the cat on a chair".encode()),
+        (jpeg_bytes(data.coffee()), "A cup of coffee".encode()),
+        (b"", b"a dog"),
+        (b"\xff\xd8\xff garbage", b"a dog"),
+        (good[: len(good) // 3], b"a cat, cut short"),
+        (bomb_bytes(), b"a bomb of a cat"),
+        (jpeg_bytes(data.astronaut()), b""),
+        (jpeg_bytes(data.rocket()), b"\xff\xfe not utf-8 \xc3\x28 rocket"),
+        (jpeg_bytes(data.rocket(), (200, 150)), ("rocket " * 10_000).encode()),
+        (jpeg_bytes(data.astronaut(), (100, 100)), b"zzzz qqqq xxxx"),
+    ]
+    root = tmp_path_factory.mktemp("bad_inputs")
+    inputs = root / "in"
+    inputs.mkdir()
+    pq.write_table(pa.table({"jpg": [r[0] for r in rows], "caption": [r[1] for r in rows]}), inputs / "a.parquet")
+    pq.write_table(pa.table({"jpg": [good], "url": ["https://x"]}), inputs / "b-missing-caption.parquet")
+    (inputs / "c-corrupt.parquet").write_bytes(b"PAR1 this is not parquet")
+    out = root / "out"
+    manifest = run_build(BuildConfig(inputs=[str(inputs)], output=str(out)), progress=lambda _: None)
+    return out, manifest, len(rows) + 1 + 1
 
 
 @pytest.fixture(scope="session")

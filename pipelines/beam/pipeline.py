@@ -17,9 +17,11 @@
 """
 from __future__ import annotations
 
+import collections
 from typing import Sequence
 
 import apache_beam as beam
+from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.utils.shared import Shared
 
@@ -27,7 +29,8 @@ from i2e_engine import finalize
 from i2e_engine.build import RunPlan
 from i2e_engine.finalize import ExactQuantile
 from i2e_engine.dedup import plan as dedup_plan
-from pipelines.beam.transforms import AnnotateShardDoFn, HashShardDoFn, WriteShardDoFn
+from i2e_engine.metrics import STAGES
+from pipelines.beam.transforms import NAMESPACE, AnnotateShardDoFn, HashShardDoFn, WriteShardDoFn
 
 # The local default. Beam's DirectRunner would first try the Prism runner, whose binary
 # it downloads at run time (impossible offline), then fall back to this same runner.
@@ -105,43 +108,56 @@ def _semantic(narrow, plan: RunPlan):
             | "Key semantic by shard" >> beam.Map(lambda d: (d.source_shard, d)))
 
 
-def execute(plan: RunPlan, beam_args: Sequence[str] = ()) -> str:
-    """Hash, dedup, annotate and write the tables into ``plan.target``; returns the runner's name."""
+def stage_counters(result) -> dict[str, int]:
+    """The per-stage row counters (``<stage>.rows``) of a finished pipeline, summed over steps."""
+    totals: collections.Counter[str] = collections.Counter()
+    for counter in result.metrics().query(MetricsFilter().with_namespace(NAMESPACE))["counters"]:
+        name = counter.key.metric.name
+        if name.partition(".")[0] in STAGES:
+            totals[name] += counter.committed if counter.committed is not None else counter.attempted
+    return dict(totals)
+
+
+def execute(plan: RunPlan, beam_args: Sequence[str] = ()) -> tuple[str, dict[str, int]]:
+    """Hash, dedup, annotate and write the tables into ``plan.target``; returns the runner's
+    name and its per-stage row counters."""
     options = pipeline_options(beam_args)
     cfg = plan.config.filter
     work, target, parts = plan.work, plan.target, plan.entity_parts()
     with_embeddings = plan.config.dedup.semantic
-    with beam.Pipeline(options=options) as pipeline:
-        decisions = _dedup_decisions(pipeline, plan)
-        shard_refs = (pipeline | "Shards" >> beam.Create(plan.shards)
-                      | "Key shards" >> beam.Map(lambda shard: (shard.shard_id, shard)))
-        shards = ({"shard": shard_refs, "dedup": decisions} | "Decisions per shard" >> beam.CoGroupByKey()
-                  | "Spread shards" >> beam.Reshuffle()
-                  | "Annotate and commit" >> beam.ParDo(AnnotateShardDoFn(
-                      plan.config, plan.kb_path, work, plan.fingerprint, plan.run_id, Shared())))
-        narrow = shards | "Project narrow rows" >> beam.FlatMap(
-            lambda shard: finalize.project_shard(work, shard[1], with_embeddings))
-        semantic = _semantic(narrow, plan)
-        dropped = (semantic | "Semantic drops" >> beam.Filter(lambda item: item[1].dropped)
-                   | "Key drops by row" >> beam.Map(lambda item: ((item[0], item[1].row_in_shard), True)))
-        survivors = ({"row": narrow | "Key rows" >> beam.Map(lambda r: ((r["source_shard"], r["row_in_shard"]), r)),
-                      "dropped": dropped}
-                     | "Join semantic drops" >> beam.CoGroupByKey()
-                     | "Survivors" >> beam.FlatMapTuple(lambda _, j: [] if j["dropped"] else j["row"]))
-        cutoff = _cutoff(survivors, cfg.keep_top_fraction)
-        counts = (survivors
-                  | "Kept entity ids" >> beam.FlatMap(finalize.kept_entity_ids, cfg, beam.pvalue.AsSingleton(cutoff))
-                  | "Images per entity" >> beam.combiners.Count.PerElement())
-        _ = ({"stem": shards, "semantic": semantic}
-             | "Join decisions to shards" >> beam.CoGroupByKey()
-             | "Write shard tables" >> beam.ParDo(
-                 WriteShardDoFn(work, target, plan.decisions(None, {})),
-                 beam.pvalue.AsSingleton(cutoff), beam.pvalue.AsDict(counts)))
-        _ = (counts
-             | "Entities kept" >> beam.Filter(lambda item: finalize.keeps_entity(item[1], cfg))
-             | "Entity part" >> beam.Map(lambda item: (finalize.entity_part(item[0], parts), item))
-             | "Group entity parts" >> beam.GroupByKey()
-             | "Write entities" >> beam.MapTuple(lambda part, items: finalize.write_entity_part(
-                 part, parts, items, plan.kb_path, plan.kb_version, target)))
+    pipeline = beam.Pipeline(options=options)
+    decisions = _dedup_decisions(pipeline, plan)
+    shard_refs = (pipeline | "Shards" >> beam.Create(plan.shards)
+                  | "Key shards" >> beam.Map(lambda shard: (shard.shard_id, shard)))
+    shards = ({"shard": shard_refs, "dedup": decisions} | "Decisions per shard" >> beam.CoGroupByKey()
+              | "Spread shards" >> beam.Reshuffle()
+              | "Annotate and commit" >> beam.ParDo(AnnotateShardDoFn(
+                  plan.config, plan.kb_path, work, plan.fingerprint, plan.run_id, Shared())))
+    narrow = shards | "Project narrow rows" >> beam.FlatMap(
+        lambda shard: finalize.project_shard(work, shard[1], with_embeddings))
+    semantic = _semantic(narrow, plan)
+    dropped = (semantic | "Semantic drops" >> beam.Filter(lambda item: item[1].dropped)
+               | "Key drops by row" >> beam.Map(lambda item: ((item[0], item[1].row_in_shard), True)))
+    survivors = ({"row": narrow | "Key rows" >> beam.Map(lambda r: ((r["source_shard"], r["row_in_shard"]), r)),
+                  "dropped": dropped}
+                 | "Join semantic drops" >> beam.CoGroupByKey()
+                 | "Survivors" >> beam.FlatMapTuple(lambda _, j: [] if j["dropped"] else j["row"]))
+    cutoff = _cutoff(survivors, cfg.keep_top_fraction)
+    counts = (survivors
+              | "Kept entity ids" >> beam.FlatMap(finalize.kept_entity_ids, cfg, beam.pvalue.AsSingleton(cutoff))
+              | "Images per entity" >> beam.combiners.Count.PerElement())
+    _ = ({"stem": shards, "semantic": semantic}
+         | "Join decisions to shards" >> beam.CoGroupByKey()
+         | "Write shard tables" >> beam.ParDo(
+             WriteShardDoFn(work, target, plan.decisions(None, {})),
+             beam.pvalue.AsSingleton(cutoff), beam.pvalue.AsDict(counts)))
+    _ = (counts
+         | "Entities kept" >> beam.Filter(lambda item: finalize.keeps_entity(item[1], cfg))
+         | "Entity part" >> beam.Map(lambda item: (finalize.entity_part(item[0], parts), item))
+         | "Group entity parts" >> beam.GroupByKey()
+         | "Write entities" >> beam.MapTuple(lambda part, items: finalize.write_entity_part(
+             part, parts, items, plan.kb_path, plan.kb_version, target)))
+    result = pipeline.run()
+    result.wait_until_finish()
     runner = options.view_as(beam.options.pipeline_options.StandardOptions).runner or LOCAL_RUNNER
-    return f"beam:{runner if isinstance(runner, str) else type(runner).__name__}"
+    return f"beam:{runner if isinstance(runner, str) else type(runner).__name__}", stage_counters(result)

@@ -16,11 +16,19 @@ from i2e_engine import finalize
 from i2e_engine.config import BuildConfig
 from i2e_engine.dedup.plan import ShardDedup
 from i2e_engine.finalize import Decisions, Target
+from i2e_engine.metrics import metric_name
 from i2e_engine.shard import annotate_shard, hash_shard
 from i2e_engine.stages import Annotator, CheckStage
 from i2e_engine.workdir import WorkDir
 
 NAMESPACE = "i2e"
+
+
+class BeamStageMetrics:
+    """The core's per-stage row counts as Beam counters (``i2e`` namespace, ``<stage>.rows``)."""
+
+    def inc(self, stage: str, name: str, n: int) -> None:
+        Metrics.counter(NAMESPACE, metric_name(stage, name)).inc(n)
 
 
 class _SharedAnnotator:
@@ -41,7 +49,8 @@ class HashShardDoFn(beam.DoFn):
         self._check = CheckStage(self._config)
 
     def process(self, shard):
-        marker = hash_shard(shard, self._check, self._work, self._fingerprint, self._run_id, self._config.batch_rows)
+        marker = hash_shard(shard, self._check, self._work, self._fingerprint, self._run_id, self._config.batch_rows,
+                            metrics=BeamStageMetrics())
         self._hashed.inc(marker.annotations)
         yield marker.stem
 
@@ -68,7 +77,7 @@ class AnnotateShardDoFn(beam.DoFn):
         dedup = ShardDedup.of(joined["dedup"])
         for shard in joined["shard"]:
             marker = annotate_shard(shard, self._annotator, self._work, self._fingerprint, self._run_id, dedup,
-                                    self._config.batch_rows)
+                                    self._config.batch_rows, metrics=BeamStageMetrics())
             if marker.run_id == self._run_id:
                 self._pairs.inc(marker.pairs_read)
                 self._annotations.inc(marker.annotations)
@@ -89,6 +98,7 @@ class WriteShardDoFn(beam.DoFn):
         decisions = dataclasses.replace(self._decisions, cutoff=cutoff, entity_counts=entity_counts)
         for stem in joined["stem"]:
             semantic = {d.row_in_shard: d for d in joined["semantic"]}
-            stats = finalize.write_shard_tables(self._work, stem, self._target, semantic, decisions)
+            stats = finalize.write_shard_tables(self._work, stem, self._target, semantic, decisions,
+                                                BeamStageMetrics())
             self._images.inc(stats.rows["images"])
             yield stem

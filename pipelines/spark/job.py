@@ -35,6 +35,7 @@ from i2e_engine.readers import ShardRef
 from i2e_engine.dedup import plan as dedup_plan
 from i2e_engine.dedup.hashes import to_signed
 from i2e_engine.dedup.plan import RowDedup, ShardDedup
+from i2e_engine.metrics import STAGES, metric_name
 from i2e_engine.shard import annotate_shard, hash_shard
 from i2e_engine.stages import Annotator, CheckStage
 from i2e_engine.workdir import WorkDir
@@ -67,14 +68,28 @@ def spark_session(master: Optional[str] = None, conf: Sequence[str] = ()):
     return builder.getOrCreate()
 
 
+class SparkStageMetrics:
+    """The core's per-stage row counts as Spark accumulators: made on the driver, added to by
+    the tasks that carry this object, read on the driver (``values()``) after the jobs."""
+
+    def __init__(self, sc):
+        self._accumulators = {stage: sc.accumulator(0) for stage in STAGES}
+
+    def inc(self, stage: str, name: str, n: int) -> None:
+        self._accumulators[stage].add(n)
+
+    def values(self) -> dict[str, int]:
+        return {metric_name(stage, "rows"): acc.value for stage, acc in self._accumulators.items() if acc.value}
+
+
 def _annotate_task(shard: ShardRef, decisions: Iterable[RowDedup], config: BuildConfig, kb_path: str,
-                   work: WorkDir, fingerprint: str, run_id: str) -> tuple[str, str]:
+                   work: WorkDir, fingerprint: str, run_id: str, metrics: SparkStageMetrics) -> tuple[str, str]:
     annotator = _ANNOTATORS.get(fingerprint)
     if annotator is None:
         _ANNOTATORS.clear()   # a reused worker of an earlier run frees that run's models first
         annotator = _ANNOTATORS[fingerprint] = Annotator(config, kb_path)   # set up on first real work
     marker = annotate_shard(shard, annotator, work, fingerprint, run_id, ShardDedup.of(decisions or ()),
-                            config.batch_rows)
+                            config.batch_rows, metrics=metrics)
     return marker.shard_id, marker.stem
 
 
@@ -129,7 +144,7 @@ def _near_edges(spark, vertices, index):
             .distinct())
 
 
-def _dedup_decisions(spark, plan: RunPlan):
+def _dedup_decisions(spark, plan: RunPlan, metrics: SparkStageMetrics):
     """The hash pass and the dedup plan: an RDD of (shard_id, RowDedup)."""
     sc = spark.sparkContext
     work, index, eval_index = plan.work, plan.hash_index, plan.eval_index
@@ -138,7 +153,7 @@ def _dedup_decisions(spark, plan: RunPlan):
     sc.setJobDescription(f"i2e hash {len(plan.shards)} shards")
     stems = (sc.parallelize(plan.shards, max(1, len(plan.shards)))
              .map(lambda shard: hash_shard(shard, CheckStage(config), work, fingerprint, run_id,
-                                           config.batch_rows).stem)
+                                           config.batch_rows, metrics=metrics).stem)
              .collect())
     sc.setJobDescription("i2e dedup plan")
     checked = (sc.parallelize(stems, max(1, len(stems))).flatMap(work.hash_rows)
@@ -156,9 +171,9 @@ def _dedup_decisions(spark, plan: RunPlan):
 
 
 def _write_task(stem: str, semantic: Iterable, work: WorkDir, target: Target, decisions: Decisions,
-                counts_broadcast) -> str:
+                counts_broadcast, metrics: SparkStageMetrics) -> str:
     decisions = dataclasses.replace(decisions, entity_counts=counts_broadcast.value)
-    finalize.write_shard_tables(work, stem, target, {d.row_in_shard: d for d in semantic}, decisions)
+    finalize.write_shard_tables(work, stem, target, {d.row_in_shard: d for d in semantic}, decisions, metrics)
     return stem
 
 
@@ -178,16 +193,18 @@ def _semantic(narrow_rdd, plan: RunPlan):
             .map(lambda d: (d.source_shard, d)))
 
 
-def execute(plan: RunPlan, spark) -> str:
-    """Hash, dedup, annotate and write the tables into ``plan.target``; returns the runner's name."""
+def execute(plan: RunPlan, spark) -> tuple[str, dict[str, int]]:
+    """Hash, dedup, annotate and write the tables into ``plan.target``; returns the runner's
+    name and its per-stage row counts (accumulators)."""
     sc = spark.sparkContext
     config, work, target, cfg = plan.config, plan.work, plan.target, plan.config.filter
-    decisions, checked, labels_broadcast = _dedup_decisions(spark, plan)
+    metrics = SparkStageMetrics(sc)
+    decisions, checked, labels_broadcast = _dedup_decisions(spark, plan, metrics)
     sc.setJobDescription(f"i2e annotate {len(plan.shards)} shards")
     position = sc.broadcast({s.shard_id: i for i, s in enumerate(plan.shards)})
     committed = _per_shard(sc, plan.shards, decisions.map(lambda item: (position.value[item[0]], item[1])),
                            lambda shard, rows: _annotate_task(shard, rows, config, plan.kb_path, work,
-                                                              plan.fingerprint, plan.run_id)).collect()
+                                                              plan.fingerprint, plan.run_id, metrics)).collect()
     checked.unpersist()
     labels_broadcast.destroy()
     sc.setJobDescription("i2e finalize")
@@ -218,7 +235,8 @@ def execute(plan: RunPlan, spark) -> str:
     semantic_by_position = (semantic.map(lambda item: (position.value[item[0]], item[1])) if semantic is not None
                             else sc.parallelize([], 1))
     _per_shard(sc, [stem_of[shard.shard_id] for shard in plan.shards], semantic_by_position,
-               lambda stem, rows: _write_task(stem, rows, work, target, decisions, counts_broadcast)).collect()
+               lambda stem, rows: _write_task(stem, rows, work, target, decisions, counts_broadcast,
+                                              metrics)).collect()
     parts = plan.entity_parts()
     kept_entities = [(finalize.entity_part(e, parts), (e, c)) for e, c in counts.items() if finalize.keeps_entity(c, cfg)]
     if kept_entities:
@@ -229,7 +247,7 @@ def execute(plan: RunPlan, spark) -> str:
     narrow_rdd.unpersist()
     counts_broadcast.destroy()
     position.destroy()
-    return f"spark:{sc.master}"
+    return f"spark:{sc.master}", metrics.values()
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

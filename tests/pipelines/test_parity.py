@@ -110,3 +110,14 @@ def test_every_input_row_is_accounted_and_every_decision_happened(builds, inputs
     assert len(duplicates) >= 2   # the exact pair and the cross-shard copy
     images = tables.read_output(builds["beam"][0], "images", ["image_id"]).to_pandas()
     assert images["image_id"].is_unique
+
+
+@pytest.mark.parametrize("runner", RUNNERS)
+def test_runner_metrics_report_the_manifests_per_stage_rows(builds, runner):
+    """Beam's counters (queried from the pipeline result), Spark's accumulators (read on the
+    driver) and the bare loop's counters saw the rows each stage recorded in the markers."""
+    _, manifest = builds[runner]
+    assert manifest["runner_metrics"] == {f"{stage}.rows": v["rows"] for stage, v in manifest["stages"].items()}
+    assert manifest["stages"]["read"]["rows"] == manifest["input_samples"]
+    assert {s: v["rows"] for s, v in manifest["stages"].items()} == \
+        {s: v["rows"] for s, v in builds["beam"][1]["stages"].items()}
