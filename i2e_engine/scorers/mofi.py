@@ -26,6 +26,7 @@ import hashlib
 import json
 import logging
 import shutil
+import string
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,7 +50,14 @@ FORMAT, FORMAT_VERSION = "mofi-encoder", 1
 # preprocessing); "created", metrics and the training config's bookkeeping do not.
 _EMBEDDING_CARD_FIELDS = ("format", "format_version", "embed_dim", "image", "text", "files")
 # The engine's entity-text modes and the trainer's text templates that produce the same kind of text.
-_TEMPLATE_OF_MODE = {"name": "name", "name_description": "name, description"}
+_ENTITY_FIELDS_OF_MODE = {"name": {"name"}, "name_description": {"name", "description"}}
+
+
+def entity_fields_of_template(template: str) -> set[str]:
+    """The entity fields a trainer text template uses (``"{name}, {description}. {alt_text}"``
+    -> name, description): what the build's entity texts should hold to match training.
+    The image's alt-text is not an entity field; the build scores entity texts without it."""
+    return {field for _, field, _, _ in string.Formatter().parse(template) if field} - {"alt_text"}
 _HOW_TO_EXPORT = ("Export a trained encoder with `python -m trainer.export --checkpoint <step dir> --out <dir>` "
                   "(or train with --export-dir) and pass that directory: --scorer mofi:<dir>.")
 
@@ -189,7 +197,8 @@ class MofiScorer(Scorer):
         self.card = export.card
         self.dim = int(self.encoder.embed_dim)
         template = self.card.get("text_template")
-        if entity_text_mode and template and _TEMPLATE_OF_MODE.get(entity_text_mode) != template:
+        if entity_text_mode and template and \
+                _ENTITY_FIELDS_OF_MODE.get(entity_text_mode) != entity_fields_of_template(template):
             log.warning("the MOFI encoder %s was trained on entity texts %r but the build scores %r texts "
                         "(--entity-text); scores may be off", self.card.get("name"), template, entity_text_mode)
 

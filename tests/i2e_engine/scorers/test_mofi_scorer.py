@@ -17,7 +17,7 @@ from PIL import Image
 from i2e_engine.build import scorer_name
 from i2e_engine.config import BuildConfig, ScorerConfig
 from i2e_engine.scorers import ScorerWeightsMissing, create_scorer, list_scorers
-from i2e_engine.scorers.mofi import NoTextTower, resolve_mofi_export
+from i2e_engine.scorers.mofi import NoTextTower, entity_fields_of_template, resolve_mofi_export
 from tests.tiny_mofi import DEVICES, export_tiny_mofi
 from trainer.export import load_encoder
 
@@ -109,13 +109,21 @@ def test_missing_or_foreign_exports_are_clear_errors(export, tmp_path):
 
 
 def test_entity_texts_unlike_the_training_texts_warn(export, caplog):
-    """smoke_mofi trained on entity names alone; scoring "name, description" texts works but is flagged."""
-    with caplog.at_level(logging.WARNING, logger="i2e_engine.scorers.mofi"):
-        create_scorer(_config(export, entity_text="name"))
-    assert not caplog.records
+    """smoke_mofi trained on "{name}, {description}. {alt_text}": the build's "name_description"
+    entity texts match its entity fields (the alt-text is the image's, not the entity's);
+    scoring names alone works but is flagged."""
     with caplog.at_level(logging.WARNING, logger="i2e_engine.scorers.mofi"):
         create_scorer(_config(export, entity_text="name_description"))
-    assert "trained on entity texts 'name'" in caplog.text
+    assert not caplog.records
+    with caplog.at_level(logging.WARNING, logger="i2e_engine.scorers.mofi"):
+        create_scorer(_config(export, entity_text="name"))
+    assert "trained on entity texts '{name}, {description}. {alt_text}'" in caplog.text
+
+
+@pytest.mark.parametrize("template, fields", [("{name}", {"name"}), ("{name}, {description}", {"name", "description"}),
+                                              ("a photo of {name}. {alt_text}", {"name"}), ("{alt_text}", set())])
+def test_entity_fields_of_a_training_template(template, fields):
+    assert entity_fields_of_template(template) == fields
 
 
 def test_an_export_on_object_storage_is_fetched_into_the_cache(s3, export, photos, tmp_path, monkeypatch):
