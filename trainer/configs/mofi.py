@@ -9,9 +9,16 @@ from trainer.configs import (DataConfig, ImageTowerConfig, OptimConfig, TaskConf
                              TrainConfig)
 
 __all__ = ["supervised_vit_b16", "contrastive_vit_b16", "mofi_vit_b16", "mofi_efficientnet_lite0",
-           "smoke_supervised", "smoke_contrastive", "smoke_mofi", "smoke_efficientnet_lite0"]
+           "contrastive_openclip_vit_b32",
+           "smoke_supervised", "smoke_contrastive", "smoke_mofi", "smoke_efficientnet_lite0",
+           "smoke_contrastive_openclip"]
 
 _TINY_VIT = dict(img_size=32, patch_size=8, embed_dim=64, depth=2, num_heads=2)
+# open_clip model-config keys that shrink an open_clip arch to a tiny CPU model (CLIP's tokenizer, 77 tokens)
+TINY_OPEN_CLIP = dict(embed_dim=32,
+                      vision_cfg=dict(image_size=32, layers=1, width=32, patch_size=16, head_width=16),
+                      text_cfg=dict(context_length=77, vocab_size=49408, width=32, heads=2, layers=1))
+OPENAI_MEAN, OPENAI_STD = (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)
 
 
 def _full(recipe: str) -> TrainConfig:
@@ -49,6 +56,21 @@ def mofi_efficientnet_lite0() -> TrainConfig:
     config.text = TextTowerConfig(kind="minilm", context_length=64)
     config.data.mean, config.data.std = (0.498, 0.498, 0.498), (0.502, 0.502, 0.502)
     config.optim = OptimConfig(lr=1e-4, head_lr=1e-3, weight_decay=0.05, warmup_steps=1000)
+    return config
+
+
+def contrastive_openclip_vit_b32(pretrained_file: str | None = None) -> TrainConfig:
+    """CLIP-style training of open_clip's ViT-B-32 (image and text towers of one open_clip model,
+    open_clip's tokenizer, 77 tokens) on the entity texts; random init, or CLIP weights from a
+    local checkpoint with --set image.pretrained_file=<file> --set text.pretrained_file=<file>."""
+    config = _full("contrastive")
+    config.name = "contrastive_openclip_vit_b32"
+    config.embed_dim = 512
+    config.image = ImageTowerConfig(kind="open_clip", arch="ViT-B-32", pretrained_file=pretrained_file)
+    config.text = TextTowerConfig(kind="open_clip", arch="ViT-B-32", pretrained_file=pretrained_file,
+                                  context_length=77)
+    config.data.mean, config.data.std = OPENAI_MEAN, OPENAI_STD
+    config.optim = OptimConfig(lr=5e-4, weight_decay=0.2, betas=(0.9, 0.98), warmup_steps=2000)
     return config
 
 
@@ -90,4 +112,15 @@ def smoke_efficientnet_lite0() -> TrainConfig:
     config.data.mean, config.data.std = (0.498, 0.498, 0.498), (0.502, 0.502, 0.502)
     config.optim.lr = 1e-4
     config.optim.head_lr = 2e-3
+    return config
+
+
+def smoke_contrastive_openclip() -> TrainConfig:
+    """The open_clip towers path at CPU size: ViT-B-32 shrunk by :data:`TINY_OPEN_CLIP`."""
+    config = _smoke("contrastive")
+    config.name = "smoke_contrastive_openclip"
+    config.embed_dim = 32
+    config.image = ImageTowerConfig(kind="open_clip", arch="ViT-B-32", kwargs=dict(TINY_OPEN_CLIP))
+    config.text = TextTowerConfig(kind="open_clip", arch="ViT-B-32", kwargs=dict(TINY_OPEN_CLIP), context_length=77)
+    config.data.mean, config.data.std = OPENAI_MEAN, OPENAI_STD
     return config
