@@ -60,7 +60,7 @@ import schemas
 from i2e_engine import __version__, finalize, images, storage, tables
 from i2e_engine.finalize import ExactQuantile
 
-FORMAT, FORMAT_VERSION = "i2e-packed", 1
+FORMAT, FORMAT_VERSION = schemas.PACKED_FORMAT, schemas.PACKED_FORMAT_VERSION
 SHARD_FORMATS = ("webdataset", "parquet")
 WORK_DIR = "_work"
 READ_BATCH_ROWS = 64        # image rows (original bytes) a pass-1 task holds at once

@@ -20,6 +20,9 @@ import pyarrow.parquet as pq
 
 SCHEMA_DIR = Path(__file__).parent
 CURRENT_VERSION = 5
+# The packed training-shard format (`i2e pack` writes it, the trainer reads it): the
+# ``format`` and ``format_version`` of its index.json; its tables are ``packed`` and ``vocab``.
+PACKED_FORMAT, PACKED_FORMAT_VERSION = "i2e-packed", 1
 TABLES = ("kb", "hashes", "annotations", "images", "entities", "image_entities", "rejects", "duplicates",
           "vocab", "packed", "pack_staging")
 

@@ -42,7 +42,7 @@ import numpy as np
 import schemas
 from i2e_engine import storage
 
-FORMAT, FORMAT_VERSION = "i2e-packed", 1
+FORMAT, FORMAT_VERSION = schemas.PACKED_FORMAT, schemas.PACKED_FORMAT_VERSION
 SHARD_FORMATS = ("webdataset", "parquet")
 
 
