@@ -1,25 +1,32 @@
 """This trainer against open_clip's own trainer, side by side in one run, on this CPU.
 
 Both train open_clip's ViT-B-32 (random init, image + text towers, 77-token text), CLIP loss,
-batch 32, fp32, on the same coco-mini photos, in alternating rounds:
+batch 32, fp32, on the same (photo, caption) pairs, in alternating rounds:
 
-(a) ``python -m open_clip_train.main`` (the open_clip_torch wheel) on a CSV of the photos' paths
-    and first captions (the photos repeated to fill ``--steps`` batches of one epoch), one
-    dataloader worker process, torch's default threads;
-(b) ``trainer/train.py --config contrastive_openclip_vit_b32`` (one Ray Train worker with the
-    2 CPUs, its decode threads on them) on an `i2e pack` of the same photos (`i2e build` +
-    `i2e pack` once, into ``--workdir``). Its contrastive text is the entity text, open_clip's
-    the caption: both are tokenized to 77 tokens and the text transformer runs over all 77, so
-    the compute per sample is the same.
+- The pairs: every coco-mini photo with its first caption (a folder of photo symlinks with
+  ``.txt`` sidecars in ``--workdir``), built with ``i2e build`` and packed with ``i2e pack``
+  once. open_clip's CSV lists the photos the pack kept, with the pack's caption for each, so
+  both trainers see the same images and the same texts.
+- (a) ``python -m open_clip_train.main`` (the open_clip_torch wheel) on that CSV (the pairs
+  repeated to fill ``--steps`` batches of one epoch), one dataloader worker process, torch's
+  default threads.
+- (b) ``trainer/train.py --config contrastive_openclip_vit_b32`` (one Ray Train worker with
+  the 2 CPUs, its decode threads on them) on the pack, with ``data.text_template={alt_text}``
+  (the caption alone, as open_clip's text).
+
+Both tokenize to 77 tokens. open_clip's text tower always runs over all 77; ours cuts each
+batch after its longest caption (``text.trim_padding``, exact: see trainer/towers.py), which
+the ``full77`` variant (``text.trim_padding=false``) turns off to show the same-compute ratio.
 
 Steady state: the first ``--skip`` steps of every run are left out (start-up, allocator warm-up,
 our FLOP-counting step). open_clip: its per-step log lines (``--log-every-n-steps 1``: "Data (t)"
 and "Batch (t)" are that step's); ours: ``samples_per_s_steady`` and ``data_wait_frac_steady``
 of the last step log. Reported: the median over rounds of each, and their ratio (ours / open_clip).
 ``--variant NAME=OVERRIDES`` adds runs of ours with config overrides (``;``-separated), in the
-same alternation (e.g. ``compile=compile=true``, ``fused=optim.adamw_impl=fused``).
+same alternation (e.g. ``full77=text.trim_padding=false``, ``for_loop=optim.adamw_impl=for_loop``).
 
-    .venv/bin/python benchmarks/bench_train_vs_openclip.py --rounds 3 --steps 10
+    .venv/bin/python benchmarks/bench_train_vs_openclip.py --rounds 3 --steps 10 \
+        --variant full77=text.trim_padding=false
 """
 from __future__ import annotations
 
@@ -41,11 +48,11 @@ BATCH = 32
 OPEN_CLIP_LINE = re.compile(r"Train Epoch: \d+ \[\s*(\d+)/\d+.*?Data \(t\): ([\d.]+) Batch \(t\): ([\d.]+),")
 
 
-def coco_csv(data: Path, out: Path, rows: int) -> int:
-    """A tab-separated CSV (filepath, title) of every coco-mini photo on disk with its first caption, the
-    photos cycled to ``rows`` rows; returns the number of distinct photos."""
-    import csv
-    photos = []
+def caption_folder(data: Path, folder: Path) -> int:
+    """Every coco-mini photo on disk (a symlink) with its first caption as a ``.txt`` sidecar,
+    the input of i2e's folder reader; returns the number of photos."""
+    folder.mkdir(parents=True, exist_ok=True)
+    photos = 0
     for split in ("val", "train"):
         ann = json.loads((data / "annotations" / f"captions_{split}2017.json").read_text())
         first = {}
@@ -54,27 +61,45 @@ def coco_csv(data: Path, out: Path, rows: int) -> int:
         for image in ann["images"]:
             path = data / f"{split}2017" / image["file_name"]
             if path.is_file() and image["id"] in first:
-                photos.append((str(path), first[image["id"]]))
+                link = folder / f"{split}_{image['file_name']}"
+                if not link.exists():
+                    link.symlink_to(path)
+                link.with_suffix(".txt").write_text(first[image["id"]])
+                photos += 1
+    return photos
+
+
+def packed_csv(tables: Path, packed: Path, out: Path, rows: int) -> int:
+    """A tab-separated CSV (filepath, title) of the photos the pack kept, each with the pack's
+    caption, cycled to ``rows`` rows; returns the number of distinct pairs."""
+    import csv
+    import pandas as pd
+    from trainer.packed import iter_shard, open_packed
+    images = pd.read_parquet(tables / "images", columns=["image_id", "url"])
+    paths = {i: url.removeprefix("file://") for i, url in zip(images["image_id"], images["url"])}
+    ds = open_packed(str(packed))
+    pairs = [(paths[s["key"]], s["alt_text"]) for uri in ds.shard_uris for s in iter_shard(uri, ds.shard_format)]
     with out.open("w", newline="") as f:
         writer = csv.writer(f, delimiter="\t")  # open_clip's --csv-separator default
         writer.writerow(["filepath", "title"])
         for i in range(rows):
-            writer.writerow(photos[i % len(photos)])
-    return len(photos)
+            writer.writerow(pairs[i % len(pairs)])
+    return len(pairs)
 
 
 def prepare(data: Path, work: Path, steps: int) -> dict:
     work.mkdir(parents=True, exist_ok=True)
-    csv_path = work / "coco_mini.csv"
-    photos = coco_csv(data, csv_path, steps * BATCH)
+    photos = caption_folder(data, work / "photos")
     tables, packed = work / "tables", work / "packed"
     i2e = str(Path(sys.executable).with_name("i2e"))
     if not (tables / "manifest.json").is_file():
-        subprocess.run([i2e, "build", str(data), "--runner", "local", "--output", str(tables)], check=True)
+        subprocess.run([i2e, "build", str(work / "photos"), "--runner", "local", "--output", str(tables)], check=True)
     if not (packed / "index.json").is_file():
         subprocess.run([i2e, "pack", str(tables), "--output", str(packed), "--runner", "local",
                         "--shard-rows", "40"], check=True)
-    return {"csv": csv_path, "photos": photos, "packed": packed,
+    csv_path = work / "pairs.csv"
+    pairs = packed_csv(tables, packed, csv_path, steps * BATCH)
+    return {"csv": csv_path, "photos": photos, "pairs": pairs, "packed": packed,
             "packed_rows": json.loads((packed / "index.json").read_text())["rows"]}
 
 
@@ -122,7 +147,7 @@ def run_ours(prep: dict, work: Path, name: str, steps: int, overrides: list[str]
            "--packed", str(prep["packed"]), "--num-workers", "1", "--cpus-per-worker", "2", "--steps", str(steps),
            "--storage-path", str(storage), "--run-name", name, "--set", f"data.batch_size={BATCH}",
            "--set", "use_gpu=false", "--set", "precision=fp32", "--set", "log_every=1", "--set", "checkpoint_every=0",
-           "--set", "data.shuffle_buffer=256"]
+           "--set", "data.shuffle_buffer=256", "--set", "data.text_template={alt_text}"]
     for item in overrides:
         cmd += ["--set", item]
     t0 = time.perf_counter()
@@ -179,7 +204,7 @@ def main() -> int:
         summary[name]["ratio_vs_open_clip"] = round(summary[name]["samples_per_s_median"] / oc, 3)
         summary[name]["overrides"] = ours[name]
     out = {"facts": facts, "facts_text": facts_lines(facts), "loadavg_end": loadavg(),
-           "photos": prep["photos"], "packed_rows": prep["packed_rows"], "steps": args.steps, "skip": args.skip,
+           "photos": prep["photos"], "pairs": prep["pairs"], "packed_rows": prep["packed_rows"], "steps": args.steps, "skip": args.skip,
            "rounds": args.rounds, "summary": summary, "runs": results}
     (work / "result.json").write_text(json.dumps(out, indent=2))
     print(json.dumps(out, indent=2))

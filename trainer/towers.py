@@ -287,21 +287,53 @@ class MiniLMTextTower(nn.Module):
 
 class OpenClipTextTrunk(nn.Module):
     """An open_clip text transformer (its own pooling and projection included) over open_clip's
-    tokenizer for the architecture (``context_length`` tokens, the model's)."""
+    tokenizer for the architecture (``context_length`` tokens, the model's).
 
-    def __init__(self, arch: str, clip: nn.Module):
+    ``trim_padding``: a batch of token ids is cut after its longest text. Under CLIP's causal
+    mask no position attends to a later one, and the embedding is read at each text's
+    end-of-text token, so the padding after it cannot change the result: the embeddings and
+    gradients equal those over all ``context_length`` tokens, and the tower's cost follows the
+    batch's texts instead of always being 77 positions (what open_clip's own trainer computes).
+    Text models where this does not hold (a class token, a padding mask, another pooling, a
+    tokenizer whose end-of-text is not the largest id) always run at full length."""
+
+    def __init__(self, arch: str, clip: nn.Module, trim_padding: bool = True):
         super().__init__()
         import open_clip
+        from open_clip.tokenizer import SimpleTokenizer
         self.text = clip.text
         self.context_length = int(self.text.context_length)
         self.tokenizer = open_clip.get_tokenizer(arch, context_length=self.context_length)
         self.width = int(self.text.output_dim)
+        text = self.text
+        self.trim_padding = bool(trim_padding and isinstance(self.tokenizer, SimpleTokenizer)
+                                 and text.pool_type == "argmax" and text.cls_emb is None
+                                 and not text.use_pad_mask and text.attn_mask is not None
+                                 and not text.output_tokens)
 
     def tokenize(self, texts: list[str]) -> dict:
-        return {"input_ids": self.tokenizer(list(texts))}
+        ids = self.tokenizer(list(texts))
+        if self.trim_padding:  # end-of-text is the largest id: its position is the argmax
+            ids = ids[:, :int(ids.argmax(dim=-1).max()) + 1]
+        return {"input_ids": ids}
 
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
-        return self.text(input_ids)
+        length = input_ids.shape[1]
+        if length == self.context_length:
+            return self.text(input_ids)
+        if not self.trim_padding:
+            raise ValueError(f"{length} tokens, but this text model needs all {self.context_length}")
+        # open_clip's TextTransformer.forward (argmax pooling, no class token), its causal mask
+        # and positional embedding cut to the batch's length
+        from open_clip.transformer import text_global_pool
+        text = self.text
+        cast_dtype = text.transformer.get_cast_dtype()
+        x = text.token_embedding(input_ids).to(cast_dtype) + text.positional_embedding[:length].to(cast_dtype)
+        x = text.transformer(x, attn_mask=text.attn_mask[:length, :length])
+        pooled = text_global_pool(text.ln_final(x), input_ids, pool_type="argmax")
+        if isinstance(text.text_projection, nn.Linear):
+            return text.text_projection(pooled)
+        return pooled @ text.text_projection if text.text_projection is not None else pooled
 
 
 def build_text_trunk(cfg: TextTowerConfig, load_weights: bool = True, clip: nn.Module | None = None) -> nn.Module | None:
@@ -309,7 +341,8 @@ def build_text_trunk(cfg: TextTowerConfig, load_weights: bool = True, clip: nn.M
     if cfg.kind == "none":
         return None
     if cfg.kind == "open_clip":
-        trunk = OpenClipTextTrunk(cfg.arch, clip if clip is not None else build_open_clip(cfg, load_weights))
+        trunk = OpenClipTextTrunk(cfg.arch, clip if clip is not None else build_open_clip(cfg, load_weights),
+                                  cfg.trim_padding)
         if cfg.grad_checkpointing:
             trunk.text.set_grad_checkpointing(True)
         return trunk

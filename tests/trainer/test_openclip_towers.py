@@ -49,11 +49,51 @@ def test_towers_give_embeddings_of_the_configured_width_from_one_shared_model(mo
     assert names.count("logit_scale") == 1 and not any(n.endswith(".logit_scale") for n in names)
 
 
-def test_tokenizer_is_open_clips_with_77_tokens():
+def test_tokenizer_is_open_clips_cut_after_the_longest_text():
+    cfg = get_config("smoke_contrastive_openclip")
+    reference = open_clip.get_tokenizer("ViT-B-32")(TEXTS)  # (3, 77)
+    longest = max(len(open_clip.tokenizer.SimpleTokenizer().encode(t)) for t in TEXTS) + 2  # + start, end
+    ids = _model(cfg).text.tokenize(TEXTS)["input_ids"]
+    assert ids.dtype == torch.long and ids.shape == (3, longest) and longest < 77
+    assert torch.equal(ids, reference[:, :longest]) and (reference[:, longest:] == 0).all()
+    cfg.text.trim_padding = False
+    assert torch.equal(_model(cfg).text.tokenize(TEXTS)["input_ids"], reference)
+
+
+def test_cut_texts_give_the_embeddings_and_gradients_of_all_77_tokens():
+    """The cut batch runs our forward (the causal mask cut to its length); the full batch runs
+    open_clip's own TextTransformer.forward. Same weights, so both must agree, gradients too."""
     model = _model()
-    ids = model.text.tokenize(TEXTS)["input_ids"]
-    assert ids.shape == (3, 77) and ids.dtype == torch.long
-    assert torch.equal(ids, open_clip.get_tokenizer("ViT-B-32")(TEXTS))
+    model.text.trunk.text.set_grad_checkpointing(False)
+    cut = model.text.tokenize(TEXTS)
+    full = {"input_ids": open_clip.get_tokenizer("ViT-B-32")(TEXTS)}
+    assert cut["input_ids"].shape[1] < full["input_ids"].shape[1] == 77
+    outputs, grads = [], []
+    for tokens in (cut, full):
+        model.zero_grad(set_to_none=True)
+        out = model.text(tokens)
+        (out * torch.linspace(-1, 1, out.numel()).reshape(out.shape)).sum().backward()
+        outputs.append(out.detach())
+        grads.append({n: p.grad.clone() for n, p in model.text.named_parameters() if p.grad is not None})
+    torch.testing.assert_close(outputs[0], outputs[1], rtol=1e-5, atol=1e-6)
+    assert grads[0].keys() == grads[1].keys() and "trunk.text.positional_embedding" in grads[0]
+    for name in grads[0]:
+        scale = grads[1][name].abs().max().item()  # fp32 sums of other lengths: rounding only
+        torch.testing.assert_close(grads[0][name], grads[1][name], rtol=1e-4, atol=1e-5 * scale)
+    # positions after the longest text got no gradient in the full run either
+    length = cut["input_ids"].shape[1]
+    assert (grads[1]["trunk.text.positional_embedding"][length:] == 0).all()
+
+
+def test_text_models_that_read_padding_are_never_cut():
+    cfg = get_config("smoke_contrastive_openclip")
+    kwargs = {**TINY_OPEN_CLIP, "text_cfg": {**TINY_OPEN_CLIP["text_cfg"], "pool_type": "last"}}
+    cfg.image.kwargs = cfg.text.kwargs = kwargs  # 'last' pooling reads position 77: padding matters
+    model = _model(cfg)
+    assert not model.text.trunk.trim_padding
+    assert model.text.tokenize(TEXTS)["input_ids"].shape == (3, 77)
+    with pytest.raises(ValueError, match="needs all 77"):
+        model.text({"input_ids": torch.ones(3, 10, dtype=torch.long)})
 
 
 def test_checkpoint_file_round_trip(tmp_path):

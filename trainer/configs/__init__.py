@@ -62,6 +62,7 @@ class TextTowerConfig:
     arch: str | None = None            # open_clip: architecture; the same arch, pretrained_file and
     pretrained_file: str | None = None  # kwargs as the image tower's share one open_clip model
     kwargs: dict = field(default_factory=dict)
+    trim_padding: bool = True          # open_clip: cut each batch after its longest text (exact)
 
 
 @dataclass
@@ -87,8 +88,8 @@ class OptimConfig:
     min_lr_ratio: float = 0.0
     clip_grad_norm: float = 1.0        # 0 disables
     ema_decay: float = 0.0             # 0 disables EMA
-    adamw_impl: str = "auto"           # "auto": fused on CUDA, torch's default elsewhere | "fused" | "foreach"
-                                       # | "for_loop"
+    adamw_impl: str = "auto"           # "auto" (= "fused": one kernel, on CUDA and on CPUs) | "fused"
+                                       # | "foreach" | "for_loop"
 
 
 @dataclass
@@ -159,6 +160,7 @@ def fingerprint(config: TrainConfig) -> str:
     for key in ("decode_threads", "prefetch_batches", "packed", "tables"):
         data["data"].pop(key, None)
     data["optim"].pop("adamw_impl", None)  # the same optimizer state either way
+    data["text"].pop("trim_padding", None)  # the same model and numerics either way
     return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
 
