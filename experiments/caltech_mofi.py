@@ -2,18 +2,22 @@
 
 Stages (each skips work already done, so a rerun resumes; --stages picks a subset):
 
-  prepare  select categories/images of Caltech-101's fixed split; write an img2dataset-style
-           parquet of the train images (jpg bytes, natural alt-text naming the category,
-           url = relative path), a custom KB parquet (one entity per category), and the
-           train/test split files used for evaluation (``<relpath> <category>``)
+  prepare  select training categories and (``--heldout-categories``) other categories to
+           evaluate on, from Caltech-101's fixed split; write an img2dataset-style parquet
+           of the training categories' train images (jpg bytes, natural alt-text naming the
+           category, url = relative path), a custom KB parquet (one entity per training
+           category: the held-out ones are unknown to the engine and the trainer), and the
+           evaluation split files (``<relpath> <category>``): eval_train (kNN database,
+           probe training) and eval_test (queries), both of the evaluation categories
   build    ``i2e build pairs.parquet --kb kb.parquet --output tables/`` (the engine: NER +
            alias matcher, linking, image-entity scoring), then measure linking accuracy
            against the folder label (linking.json)
   train    trainer/train.py with the supervised / contrastive / mofi recipe, same image tower
-           (EfficientNet-Lite0, ImageNet weights, frozen trunk + trainable MLP projection),
+           (EfficientNet-Lite0, ImageNet weights, frozen trunk + trainable MLP projection, or
+           with ``--trunk finetune`` the whole tower),
            same tables, steps, batch and seed, for every --seeds; exports to encoders/
   eval     the GPR1200 protocol (mAP, self-match included), leave-one-out mAP and R@1, kNN
-           and linear-probe top-1 on the test split, for every exported encoder and for the
+           and linear-probe top-1 on the evaluation categories, for every exported encoder and for the
            untrained pretrained tower (``python -m trainer.eval --encoder offline``)
   report   results.json + results.md: mean +- std over seeds per recipe and metric
 
@@ -25,8 +29,11 @@ same trainer.eval metric functions score the result. Fast mode checks, per encod
 its embeddings equal ``load_encoder(path).encode_images`` on a sample of images, and fails
 otherwise.
 
-Example (the scale EXPERIMENTS.md reports) and the full scale:
-  .venv/bin/python experiments/caltech_mofi.py --categories 20 --max-per-class 25 --max-test-per-class 15 --steps 100
+Example (the scale EXPERIMENTS.md reports: train on 20 categories, evaluate on 20 others),
+the same with the whole tower fine-tuned, and the full scale:
+  .venv/bin/python experiments/caltech_mofi.py --categories 20 --heldout-categories 20 --max-per-class 25 \
+      --max-test-per-class 15 --steps 100 --work experiments/out/caltech_heldout
+  .venv/bin/python experiments/caltech_mofi.py ... --trunk finetune --work experiments/out/caltech_heldout_ft
   .venv/bin/python experiments/caltech_mofi.py --categories 0 --max-per-class 0 --max-test-per-class 0 \\
       --steps 3000 --eval-mode cli --work experiments/out/caltech_full
 """
@@ -34,7 +41,6 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import io
 import json
 import os
 import subprocess
@@ -74,24 +80,33 @@ def read_split(path: Path) -> list[str]:
     return [ln.strip() for ln in path.read_text().splitlines() if ln.strip()]
 
 
-def select(args) -> tuple[list[str], list[str], list[str]]:
-    """(categories, train relpaths, test relpaths) for the requested subset."""
+def select(args) -> dict[str, list[str]]:
+    """The subset: ``categories`` (the training entities) with their ``train`` images, and the
+    evaluation categories with ``eval_train`` (kNN database, linear-probe training set) and
+    ``eval_test`` (GPR1200-protocol queries, kNN and probe test) images. With
+    ``--heldout-categories M`` the evaluation categories are M others, disjoint from the
+    training ones (transfer to unseen categories); with 0 they are the training categories."""
     data = Path(args.data)
     all_cats = sorted(ENTITIES)
+    order = [all_cats[i] for i in np.random.default_rng(args.subset_seed).permutation(len(all_cats))]
     if args.category_names:
         cats = sorted(args.category_names.split(","))
         unknown = set(cats) - set(all_cats)
         if unknown:
             raise SystemExit(f"unknown or excluded categories: {sorted(unknown)}")
     elif args.categories:
-        order = np.random.default_rng(args.subset_seed).permutation(len(all_cats))
-        cats = sorted(all_cats[i] for i in order[:args.categories])
+        cats = sorted(order[:args.categories])
     else:
         cats = all_cats
+    rest = [c for c in order if c not in cats]
+    if args.heldout_categories > len(rest):
+        raise SystemExit(f"--heldout-categories {args.heldout_categories}: only {len(rest)} categories are not "
+                         f"training categories")
+    eval_cats = sorted(rest[:args.heldout_categories]) if args.heldout_categories else cats
 
-    def pick(lines: list[str], cap: int) -> list[str]:
+    def pick(lines: list[str], chosen: list[str], cap: int) -> list[str]:
         out = []
-        for cat in cats:
+        for cat in chosen:
             files = sorted(ln for ln in lines if ln.split("/", 1)[0] == cat)
             if cap and len(files) > cap:  # a seeded sample, not the first files (they are not shuffled)
                 rng = np.random.default_rng([args.subset_seed, int(hashlib.sha256(cat.encode()).hexdigest()[:8], 16)])
@@ -99,8 +114,11 @@ def select(args) -> tuple[list[str], list[str], list[str]]:
             out.extend(files)
         return out
 
-    return cats, pick(read_split(data / "train.txt"), args.max_per_class), \
-        pick(read_split(data / "test.txt"), args.max_test_per_class)
+    train_lines, test_lines = read_split(data / "train.txt"), read_split(data / "test.txt")
+    return {"categories": cats, "eval_categories": eval_cats,
+            "train": pick(train_lines, cats, args.max_per_class),
+            "eval_train": pick(train_lines, eval_cats, args.max_per_class),
+            "eval_test": pick(test_lines, eval_cats, args.max_test_per_class)}
 
 
 def caption_for(rel: str) -> str:
@@ -122,7 +140,8 @@ def stage_prepare(args, work: Path) -> dict:
         log(f"prepare: done before ({done})")
         return json.loads(done.read_text())
     work.mkdir(parents=True, exist_ok=True)
-    cats, train, test = select(args)
+    chosen = select(args)
+    cats, train = chosen["categories"], chosen["train"]
     images = Path(args.data) / "101_ObjectCategories"
     # img2dataset-style parquet: jpg bytes, caption, url (here: the relative path)
     table = pa.table({"jpg": pa.array([(images / rel).read_bytes() for rel in train], pa.binary()),
@@ -136,14 +155,19 @@ def stage_prepare(args, work: Path) -> dict:
                                 "aliases": list(ENTITIES[c][2]), "source": "custom", "popularity": 1.0}
                                for c in cats], "kb")
     _write_versioned(kb, work / "kb.parquet", kb_version(kb))
-    for name, rels in (("train_split.txt", train), ("test_split.txt", test)):
-        (work / name).write_text("".join(f"{rel} {rel.split('/', 1)[0]}\n" for rel in rels))
-    info = {"categories": cats, "n_categories": len(cats), "n_train": len(train), "n_test": len(test),
+    for split in ("eval_train", "eval_test"):  # what the evaluation reads (never the training images)
+        (work / f"{split}_split.txt").write_text("".join(f"{rel} {rel.split('/', 1)[0]}\n" for rel in chosen[split]))
+    heldout = sorted(set(chosen["eval_categories"]) - set(cats))
+    info = {"categories": cats, "n_categories": len(cats), "n_train": len(train),
+            "eval_categories": chosen["eval_categories"], "heldout": bool(heldout),
+            "n_eval_train": len(chosen["eval_train"]), "n_eval_test": len(chosen["eval_test"]),
             "excluded_folders": EXCLUDED, "max_per_class": args.max_per_class,
             "max_test_per_class": args.max_test_per_class, "subset_seed": args.subset_seed,
             "example_captions": [caption_for(rel) + f"  <- {rel}" for rel in train[:: max(1, len(train) // 6)]]}
     done.write_text(json.dumps(info, indent=2))
-    log(f"prepare: {len(cats)} categories, {len(train)} train / {len(test)} test images -> {work}")
+    log(f"prepare: {len(cats)} training categories ({len(train)} images); evaluation on "
+        f"{len(chosen['eval_categories'])} {'held-out' if heldout else 'training'} categories "
+        f"({len(chosen['eval_train'])} database / {len(chosen['eval_test'])} query images) -> {work}")
     return info
 
 
@@ -211,13 +235,17 @@ def stage_build(args, work: Path) -> dict:
 
 def train_overrides(args, recipe: str, seed: int) -> list[str]:
     s = [f"task.recipe={recipe}", f"seed={seed}", "use_gpu=false", "precision=fp32",
-         "image.freeze_trunk=true", f"image.proj_hidden={args.proj_hidden}", "image.feature_cache=1000000",
-         f"data.batch_size={args.batch_size}", "data.augment=false", "data.cpus_per_task=0.5",
+         f"image.proj_hidden={args.proj_hidden}",
+         f"data.batch_size={args.batch_size}", "data.augment=false",
          "data.text_template=name, description", "text.context_length=32",
          f"optim.lr={args.lr}", f"optim.head_lr={args.head_lr}", f"optim.warmup_steps={args.warmup}",
          "optim.weight_decay=0.05", "optim.ema_decay=0.0",
          f"checkpoint_every={args.steps}", "keep_checkpoints=1", f"log_every={max(1, args.steps // 10)}",
          "task.scale=16.0", "task.margin=0.1"]
+    if args.trunk == "frozen":  # the trunk runs once per image; later epochs read the feature cache
+        s += ["image.freeze_trunk=true", "image.feature_cache=1000000"]
+    else:
+        s += ["image.freeze_trunk=false"]
     if recipe == "supervised":
         s.append("text.kind=none")  # no text tower in the supervised recipe
     if recipe == "mofi":
@@ -240,7 +268,7 @@ def stage_train(args, work: Path) -> None:
     for seed, recipe in todo:
         name = f"{recipe}_s{seed}"
         argv = ["--config", "mofi_efficientnet_lite0", "--tables", str(tables), "--storage-path", str(work / "runs"),
-                "--run-name", name, "--num-workers", "1", "--cpus-per-worker", "1", "--steps", str(args.steps),
+                "--run-name", name, "--num-workers", "1", "--cpus-per-worker", "2", "--steps", str(args.steps),
                 "--max-failures", "0"]
         for o in train_overrides(args, recipe, seed):
             argv += ["--set", o]
@@ -264,7 +292,7 @@ def stage_train(args, work: Path) -> None:
 def eval_cli(work: Path, data: Path, encoder: str, out: Path) -> dict:
     if not out.exists():
         cmd = [PY, "-m", "trainer.eval", "--encoder", encoder, "--dataset", str(data / "101_ObjectCategories"),
-               "--split-file", str(work / "test_split.txt"), "--train-split", str(work / "train_split.txt"),
+               "--split-file", str(work / "eval_test_split.txt"), "--train-split", str(work / "eval_train_split.txt"),
                "--tasks", "retrieval,knn,linear_probe", "--cache-dir", str(work / "eval_cache"), "--out", str(out)]
         log("eval: " + " ".join(cmd))
         subprocess.run(cmd, check=True, cwd=REPO, stdout=subprocess.DEVNULL)
@@ -272,15 +300,16 @@ def eval_cli(work: Path, data: Path, encoder: str, out: Path) -> dict:
 
 
 def trunk_features(work: Path, data: Path, split: str, tower) -> np.ndarray:
-    """Frozen-trunk features (n, 1280) of a split, preprocessed exactly as ExportedEncoder does."""
+    """Frozen-trunk features (n, 1280) of an evaluation split ("train" | "test"), preprocessed
+    exactly as ExportedEncoder does."""
     import torch
 
     from trainer.data import transform
     from trainer.eval.datasets import load_labelled
-    cache = work / "eval_cache" / f"trunk_{split}.npy"
+    cache = work / "eval_cache" / f"trunk_eval_{split}.npy"
     if cache.exists():
         return np.load(cache)
-    ds = load_labelled(data / "101_ObjectCategories", work / f"{split}_split.txt")
+    ds = load_labelled(data / "101_ObjectCategories", work / f"eval_{split}_split.txt")
     out = []
     batch: list = []
     t0 = time.perf_counter()
@@ -349,7 +378,8 @@ def stage_eval(args, work: Path) -> None:
     elif names:
         from trainer.eval.datasets import load_labelled
         from trainer.export import load_encoder
-        sets = {s: load_labelled(data / "101_ObjectCategories", work / f"{s}_split.txt") for s in ("train", "test")}
+        sets = {s: load_labelled(data / "101_ObjectCategories", work / f"eval_{s}_split.txt")
+                for s in ("train", "test")}
         tower = load_encoder(work / "encoders" / names[0]).image_tower
         feats = {s: trunk_features(work, data, s, tower) for s in ("train", "test")}
         for name in names:
@@ -376,10 +406,10 @@ def stage_report(args, work: Path) -> dict:
                        else 0.0, "n": len(v), "values": v} for m, v in rows[r].items()} for r in order if r in rows}
     info = json.loads((work / "prepare.json").read_text())
     linking = json.loads((work / "linking.json").read_text()) if (work / "linking.json").exists() else {}
-    results = {"setup": {k: info[k] for k in ("n_categories", "n_train", "n_test", "max_per_class",
-                                              "max_test_per_class", "categories")},
+    results = {"setup": {k: info[k] for k in ("n_categories", "n_train", "heldout", "eval_categories", "n_eval_train",
+                                              "n_eval_test", "max_per_class", "max_test_per_class", "categories")},
                "train": {"steps": args.steps, "batch_size": args.batch_size, "seeds": args.seeds, "lr": args.lr,
-                         "head_lr": args.head_lr, "proj_hidden": args.proj_hidden},
+                         "head_lr": args.head_lr, "proj_hidden": args.proj_hidden, "trunk": args.trunk},
                "linking_accuracy_top1": linking.get("linking_accuracy_top1"),
                "summary": summary, "per_run": per_run}
     (work / "results.json").write_text(json.dumps(results, indent=2))
@@ -418,13 +448,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-per-class", type=int, default=25, help="train images per category (0 = all)")
     p.add_argument("--max-test-per-class", type=int, default=15, help="test images per category (0 = all)")
     p.add_argument("--subset-seed", type=int, default=0, help="seed of the category/image sample (not of training)")
-    p.add_argument("--eval-mode", choices=("fast", "cli"), default="fast")
+    p.add_argument("--heldout-categories", type=int, default=20,
+                   help="evaluate on this many other categories, never trained on (0: on the training categories)")
+    p.add_argument("--trunk", choices=("frozen", "finetune"), default="frozen",
+                   help="frozen: ImageNet trunk fixed, MLP projection trained; finetune: the whole tower trains")
+    p.add_argument("--eval-mode", choices=("fast", "cli"), default="fast",
+                   help="fast: frozen trunk features once x each projection (frozen trunk only); cli: trainer.eval")
     p.add_argument("--stages", default=",".join(STAGES), help=f"comma-separated subset of {','.join(STAGES)}")
     return p
 
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    if args.trunk == "finetune" and args.eval_mode == "fast":
+        args.eval_mode = "cli"  # fast mode reuses frozen-trunk features; a fine-tuned trunk has its own
     work = Path(args.work).resolve()
     stages = [s.strip() for s in args.stages.split(",") if s.strip()]
     bad = set(stages) - set(STAGES)

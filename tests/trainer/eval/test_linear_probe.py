@@ -3,7 +3,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from trainer.eval.linear_probe import linear_probe, stratified_split
+from sklearn.linear_model import LogisticRegression
+from sklearn.preprocessing import StandardScaler
+
+from trainer.eval.linear_probe import DEFAULT_CS, linear_probe, stratified_split
 
 
 def _data(seed: int, separable: bool, n: int = 240, classes: int = 4, dim: int = 16):
@@ -23,6 +26,29 @@ def test_separable_features_probe_well() -> None:
     assert set(result.val_top1) == {0.01, 1.0, 100.0}
     assert result.val_top1[result.best_c] == max(result.val_top1.values())
     assert result.n_val + len(y_train) - result.n_val == result.n_train
+
+
+def test_accuracy_ties_go_to_the_c_with_the_lowest_validation_cross_entropy() -> None:
+    """Widely separated classes: many Cs of the grid validate at 100%, so accuracy cannot
+    choose among them; the tied C whose probabilities fit the validation labels best must win
+    (computed here by hand from each C's predicted probability of the true class), not the
+    smallest tied C (the old rule)."""
+    x_train, y_train = _data(4, True)
+    x_train[np.arange(len(y_train)), y_train] += 6.0
+    x_test, y_test = _data(5, True)
+    result = linear_probe(x_train, y_train, x_test, y_test)
+    assert min(DEFAULT_CS) <= 1e-5 and max(DEFAULT_CS) >= 1e3
+    tied = [c for c, top1 in result.val_top1.items() if top1 == 100.0]
+    assert len(tied) >= 3
+    fit, val = stratified_split(y_train, 0.2, seed=0)
+    scaler = StandardScaler().fit(x_train[fit])
+    nll = {}
+    for c in DEFAULT_CS:
+        clf = LogisticRegression(C=c, max_iter=1000).fit(scaler.transform(x_train[fit]), y_train[fit])
+        p_true = clf.predict_proba(scaler.transform(x_train[val]))[np.arange(len(val)), y_train[val]]
+        nll[c] = -np.mean(np.log(p_true))
+    assert result.best_c == min(tied, key=nll.get)
+    assert result.best_c != min(tied)  # what the old tie rule (smallest C) picked
 
 
 def test_random_features_probe_near_chance() -> None:

@@ -1,0 +1,57 @@
+"""The transfer experiment's split (experiments/caltech_mofi.py): the categories it evaluates on
+are never among the ones it trains on, and no training image is an evaluation image."""
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+CALTECH = REPO.parent / "shared" / "data" / "caltech101"
+
+
+@pytest.fixture(scope="module")
+def experiment():
+    if not (CALTECH / "train.txt").is_file():
+        pytest.skip(f"Caltech-101 not found at {CALTECH} (../shared/data/caltech101)")
+    sys.path.insert(0, str(REPO / "experiments"))
+    spec = importlib.util.spec_from_file_location("caltech_mofi", REPO / "experiments" / "caltech_mofi.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _args(experiment, *argv: str):
+    return experiment.build_parser().parse_args(["--data", str(CALTECH), *argv])
+
+
+def _category(rel: str) -> str:
+    return rel.split("/", 1)[0]
+
+
+def test_heldout_categories_are_disjoint_from_training(experiment):
+    chosen = experiment.select(_args(experiment, "--categories", "6", "--heldout-categories", "5",
+                                     "--max-per-class", "4", "--max-test-per-class", "3"))
+    train_cats, eval_cats = set(chosen["categories"]), set(chosen["eval_categories"])
+    assert len(train_cats) == 6 and len(eval_cats) == 5 and not train_cats & eval_cats
+    assert {_category(r) for r in chosen["train"]} == train_cats
+    assert {_category(r) for r in chosen["eval_train"]} == eval_cats
+    assert {_category(r) for r in chosen["eval_test"]} == eval_cats
+    assert len(chosen["train"]) == 6 * 4 and len(chosen["eval_test"]) == 5 * 3
+    assert not set(chosen["train"]) & (set(chosen["eval_train"]) | set(chosen["eval_test"]))
+    # the caltech split files themselves: test images are not train images
+    assert not set(chosen["eval_train"]) & set(chosen["eval_test"])
+    again = experiment.select(_args(experiment, "--categories", "6", "--heldout-categories", "5",
+                                    "--max-per-class", "4", "--max-test-per-class", "3"))
+    assert again == chosen  # seeded: a rerun resumes on the same split
+
+
+def test_zero_heldout_evaluates_on_the_training_categories(experiment):
+    chosen = experiment.select(_args(experiment, "--categories", "3", "--heldout-categories", "0",
+                                     "--max-per-class", "2", "--max-test-per-class", "2"))
+    assert chosen["eval_categories"] == chosen["categories"]
+    assert not set(chosen["train"]) & set(chosen["eval_test"])
+    with pytest.raises(SystemExit, match="only 97 categories"):
+        experiment.select(_args(experiment, "--categories", "3", "--heldout-categories", "98"))
