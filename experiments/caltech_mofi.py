@@ -152,7 +152,8 @@ def stage_prepare(args, work: Path) -> dict:
     os.replace(tmp, work / "pairs.parquet")
     # custom KB: one entity per selected category (the schema `i2e kb build` writes; versioned metadata)
     kb = schemas.from_records([{"entity_id": entity_id(c), "name": ENTITIES[c][0], "description": ENTITIES[c][1],
-                                "aliases": list(ENTITIES[c][2]), "source": "custom", "popularity": 1.0}
+                                "aliases": list(ENTITIES[c][2]), "source": "custom", "popularity": 1.0,
+                                "qid": None, "wiki_title": None, "kind": "thing"}
                                for c in cats], "kb")
     _write_versioned(kb, work / "kb.parquet", kb_version(kb))
     for split in ("eval_train", "eval_test"):  # what the evaluation reads (never the training images)
@@ -237,7 +238,7 @@ def train_overrides(args, recipe: str, seed: int) -> list[str]:
     s = [f"task.recipe={recipe}", f"seed={seed}", "use_gpu=false", "precision=fp32",
          f"image.proj_hidden={args.proj_hidden}",
          f"data.batch_size={args.batch_size}", "data.augment=false",
-         "data.text_template=name, description", "text.context_length=32",
+         "data.text_template={name}, {description}", "text.context_length=32",
          f"optim.lr={args.lr}", f"optim.head_lr={args.head_lr}", f"optim.warmup_steps={args.warmup}",
          "optim.weight_decay=0.05", "optim.ema_decay=0.0",
          f"checkpoint_every={args.steps}", "keep_checkpoints=1", f"log_every={max(1, args.steps // 10)}",
@@ -282,7 +283,7 @@ def stage_train(args, work: Path) -> None:
             raise RuntimeError(f"training {name} failed: {result.error}")
         times[name] = {"wall_s": round(time.perf_counter() - t0, 1),
                        "final": {k: result.metrics.get(k) for k in ("loss", "loss_supervised", "loss_contrastive",
-                                                                    "samples_per_s_avg", "epoch", "bad_images")}}
+                                                                    "samples_per_s_steady", "epoch", "bad_images")}}
         (work / "train_times.json").write_text(json.dumps(times, indent=2))
         log(f"train {name}: {times[name]}")
 
