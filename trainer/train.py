@@ -123,7 +123,12 @@ def init_ray(address: str | None = None, num_cpus: int | None = None) -> None:
         ray.init(address=address)  # inside `ray job submit` the working dir is already on every worker's path
     else:
         existing = os.environ.get("PYTHONPATH", "")
-        ray.init(num_cpus=num_cpus, include_dashboard=False,
+        # The dashboard stays on: Ray Train's placement-group cleaner asks the state API (served by
+        # the dashboard) whether the run's controller is alive. Without a dashboard of its own it
+        # logs a warning every few seconds, and when another local Ray instance on this host has
+        # one (the default port), it asks that instance, finds no such controller, and removes
+        # this run's placement group, killing the workers (seen with Ray 2.60).
+        ray.init(num_cpus=num_cpus, include_dashboard=True,
                  runtime_env={"env_vars": {"PYTHONPATH": os.pathsep.join(p for p in (str(REPO_ROOT), existing) if p)}})
 
 

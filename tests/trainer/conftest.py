@@ -30,7 +30,8 @@ def local_ray():
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     started = False
     if not ray.is_initialized():
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
+        # with its own dashboard, as trainer.train.init_ray (why: see there)
+        ray.init(num_cpus=2, include_dashboard=True, log_to_driver=False,
                  runtime_env={"env_vars": {"PYTHONPATH": str(REPO)}})
         started = True
     yield ray
