@@ -1,5 +1,9 @@
 """Throughput accounting for the training loop: FLOPs per step (counted once), steady-state
-samples/s, model FLOPs utilization against the device's peak, and the data-wait fraction."""
+samples/s, model FLOPs utilization against the device's peak, and the data-wait fraction.
+
+FLOPs are counted on the first step only. Where the work varies per batch (open_clip text
+batches are cut after their longest text), that step's count stands for every step, so MFU
+and TFLOP/s are estimates to within the variation of text lengths."""
 from __future__ import annotations
 
 import contextlib

@@ -307,9 +307,11 @@ class OpenClipTextTrunk(nn.Module):
         self.width = int(self.text.output_dim)
         text = self.text
         self.trim_padding = bool(trim_padding and isinstance(self.tokenizer, SimpleTokenizer)
-                                 and text.pool_type == "argmax" and text.cls_emb is None
-                                 and not text.use_pad_mask and text.attn_mask is not None
-                                 and not text.output_tokens)
+                                 and getattr(text, "pool_type", None) == "argmax"
+                                 and getattr(text, "cls_emb", None) is None
+                                 and not getattr(text, "use_pad_mask", True)
+                                 and getattr(text, "attn_mask", None) is not None
+                                 and not getattr(text, "output_tokens", True))
 
     def tokenize(self, texts: list[str]) -> dict:
         ids = self.tokenizer(list(texts))
