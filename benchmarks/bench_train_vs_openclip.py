@@ -25,7 +25,7 @@ of the last step log. Reported: the median over rounds of each, and their ratio 
 ``--variant NAME=OVERRIDES`` adds runs of ours with config overrides (``;``-separated), in the
 same alternation (e.g. ``full77=text.trim_padding=false``, ``for_loop=optim.adamw_impl=for_loop``).
 
-    .venv/bin/python benchmarks/bench_train_vs_openclip.py --rounds 3 --steps 10 \
+    .venv/bin/python benchmarks/bench_train_vs_openclip.py --rounds 3 --steps 10 \\
         --variant full77=text.trim_padding=false
 """
 from __future__ import annotations

@@ -29,13 +29,13 @@ same trainer.eval metric functions score the result. Fast mode checks, per encod
 its embeddings equal ``load_encoder(path).encode_images`` on a sample of images, and fails
 otherwise.
 
-Example (the scale EXPERIMENTS.md reports: train on 20 categories, evaluate on 20 others),
-the same with the whole tower fine-tuned, and the full scale:
-  .venv/bin/python experiments/caltech_mofi.py --categories 20 --heldout-categories 20 --max-per-class 25 \
+Examples: the scale EXPERIMENTS.md section 2 reports (train on 50 categories, evaluate on
+the 50 others), the same with the whole tower fine-tuned, and every image of both halves:
+  .venv/bin/python experiments/caltech_mofi.py --categories 50 --heldout-categories 50 --max-per-class 25 \\
       --max-test-per-class 15 --steps 100 --work experiments/out/caltech_heldout
   .venv/bin/python experiments/caltech_mofi.py ... --trunk finetune --work experiments/out/caltech_heldout_ft
-  .venv/bin/python experiments/caltech_mofi.py --categories 0 --max-per-class 0 --max-test-per-class 0 \\
-      --steps 3000 --eval-mode cli --work experiments/out/caltech_full
+  .venv/bin/python experiments/caltech_mofi.py --categories 50 --heldout-categories 50 --max-per-class 0 \\
+      --max-test-per-class 0 --steps 3000 --eval-mode cli --work experiments/out/caltech_full
 """
 from __future__ import annotations
 
@@ -158,9 +158,9 @@ def stage_prepare(args, work: Path) -> dict:
     _write_versioned(kb, work / "kb.parquet", kb_version(kb))
     for split in ("eval_train", "eval_test"):  # what the evaluation reads (never the training images)
         (work / f"{split}_split.txt").write_text("".join(f"{rel} {rel.split('/', 1)[0]}\n" for rel in chosen[split]))
-    heldout = sorted(set(chosen["eval_categories"]) - set(cats))
+    heldout = not set(chosen["eval_categories"]) & set(cats)
     info = {"categories": cats, "n_categories": len(cats), "n_train": len(train),
-            "eval_categories": chosen["eval_categories"], "heldout": bool(heldout),
+            "eval_categories": chosen["eval_categories"], "heldout": heldout,
             "n_eval_train": len(chosen["eval_train"]), "n_eval_test": len(chosen["eval_test"]),
             "excluded_folders": EXCLUDED, "max_per_class": args.max_per_class,
             "max_test_per_class": args.max_test_per_class, "subset_seed": args.subset_seed,

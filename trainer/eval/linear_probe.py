@@ -90,9 +90,9 @@ def linear_probe(train: np.ndarray, train_labels: Sequence[object] | np.ndarray,
     val_log_loss: dict[float, float] = {}
     for c in sorted(cs):
         model = _fit(_model(c, max_iter), x_train[fit_idx], y_train[fit_idx])
-        val_top1[c] = round(float(np.mean(model.predict(x_train[val_idx]) == y_train[val_idx])) * 100.0, 2)
-        val_log_loss[c] = float(log_loss(y_train[val_idx], model.predict_proba(x_train[val_idx]),
-                                         labels=model.classes_))
+        proba = model.predict_proba(x_train[val_idx])  # predict() is its argmax: one pass for both
+        val_top1[c] = round(float(np.mean(model.classes_[proba.argmax(axis=1)] == y_train[val_idx])) * 100.0, 2)
+        val_log_loss[c] = float(log_loss(y_train[val_idx], proba, labels=model.classes_))
         if progress is not None:
             progress(f"C={c:g}: val top-1 {val_top1[c]:.2f}, log-loss {val_log_loss[c]:.4f}")
     best_c = max(val_top1, key=lambda c: (val_top1[c], -val_log_loss[c]))
