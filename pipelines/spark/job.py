@@ -95,7 +95,7 @@ def _annotate_task(shard: ShardRef, decisions: Iterable[RowDedup], config: Build
 
 def _per_shard(sc, items: list, values_by_position, work_fn):
     """``work_fn(items[p], values of position p)`` for every position p of ``items`` (shards or
-    their stems), returned as an RDD of the results.
+    their stems), run now; returns the results (one small value per item, collected).
 
     ``values_by_position`` is an RDD of (p, value) (a shard's dedup or semantic decisions,
     sparse and narrow). It reaches the work through one shuffle into ``min(len(items),
@@ -118,8 +118,10 @@ def _per_shard(sc, items: list, values_by_position, work_fn):
                 pending = next(groups, None)
             yield work_fn(items_broadcast.value[position], values)
 
-    return (values_by_position.repartitionAndSortWithinPartitions(tasks, partitionFunc=lambda p: p % tasks)
-            .mapPartitionsWithIndex(run))
+    results = (values_by_position.repartitionAndSortWithinPartitions(tasks, partitionFunc=lambda p: p % tasks)
+               .mapPartitionsWithIndex(run).collect())
+    items_broadcast.destroy()
+    return results
 
 
 def _near_edges(spark, vertices, index):
@@ -204,7 +206,7 @@ def execute(plan: RunPlan, spark) -> tuple[str, dict[str, int]]:
     position = sc.broadcast({s.shard_id: i for i, s in enumerate(plan.shards)})
     committed = _per_shard(sc, plan.shards, decisions.map(lambda item: (position.value[item[0]], item[1])),
                            lambda shard, rows: _annotate_task(shard, rows, config, plan.kb_path, work,
-                                                              plan.fingerprint, plan.run_id, metrics)).collect()
+                                                              plan.fingerprint, plan.run_id, metrics))
     checked.unpersist()
     labels_broadcast.destroy()
     sc.setJobDescription("i2e finalize")
@@ -236,7 +238,7 @@ def execute(plan: RunPlan, spark) -> tuple[str, dict[str, int]]:
                             else sc.parallelize([], 1))
     _per_shard(sc, [stem_of[shard.shard_id] for shard in plan.shards], semantic_by_position,
                lambda stem, rows: _write_task(stem, rows, work, target, decisions, counts_broadcast,
-                                              metrics)).collect()
+                                              metrics))
     parts = plan.entity_parts()
     kept_entities = [(finalize.entity_part(e, parts), (e, c)) for e, c in counts.items() if finalize.keeps_entity(c, cfg)]
     if kept_entities:

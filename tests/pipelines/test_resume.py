@@ -1,6 +1,6 @@
 """A build killed after some shards committed resumes without redoing them, and ends with
 the same tables as an unbroken build, on every runner (the driver process is killed with
-its whole process group: Beam's in-process workers, Spark's JVM and Python workers)."""
+every process under it: Beam's in-process workers, Spark's JVM and Python workers)."""
 from __future__ import annotations
 
 import os
@@ -10,6 +10,7 @@ import sys
 import time
 
 import pandas as pd
+import psutil
 import pytest
 
 from i2e_engine import tables
@@ -36,6 +37,32 @@ def _content(out, table, drop=("run_id",)):
     return frame.sort_values(key).reset_index(drop=True)
 
 
+def _kill_tree(pid: int) -> None:
+    """SIGKILL a process and all its descendants, with none left running in between.
+
+    ``killpg`` is not enough: PySpark's worker daemon moves itself into its own process group
+    (``os.setpgid(0, 0)`` in ``pyspark/daemon.py``), so a Python worker outlives the driver and
+    can still commit the shard it holds after the kill. Every process is stopped first (a stopped
+    process cannot fork, and none dies, so none is reparented out of the tree), the tree is
+    walked again until it stops growing, then all are killed."""
+    root = psutil.Process(pid)
+    stopped: dict[int, psutil.Process] = {}
+    while new := [p for p in (root, *root.children(recursive=True)) if p.pid not in stopped]:
+        for process in new:
+            stopped[process.pid] = process
+            _signal(process, signal.SIGSTOP)
+    for process in stopped.values():
+        _signal(process, signal.SIGKILL)
+    psutil.wait_procs(list(stopped.values()), timeout=30)
+
+
+def _signal(process: psutil.Process, number: int) -> None:
+    try:
+        process.send_signal(number)
+    except psutil.NoSuchProcess:   # a short-lived child that ended on its own
+        pass
+
+
 @pytest.mark.parametrize("runner", ["beam", "spark"])
 def test_killed_build_resumes_from_committed_shards(runner, tmp_path, request):
     if runner == "spark":
@@ -46,13 +73,12 @@ def test_killed_build_resumes_from_committed_shards(runner, tmp_path, request):
     killed = tmp_path / "killed"
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     process = subprocess.Popen([sys.executable, "-m", "pipelines.cli", "build", *args, "--output", str(killed)],
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env,
-                               start_new_session=True)
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
     done = killed / WORK_DIR / "done"
     deadline = time.time() + 600
     while time.time() < deadline and not list(done.glob("*.json")) and process.poll() is None:
         time.sleep(0.05)
-    os.killpg(process.pid, signal.SIGKILL)
+    _kill_tree(process.pid)
     process.wait()
     committed = len(list(done.glob("*.json")))
     assert 1 <= committed < shards, f"expected a kill after the first of {shards} shards, found {committed}"
