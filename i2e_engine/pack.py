@@ -33,6 +33,13 @@ the part that holds its bytes). Runners only place the steps below; every decisi
 5. **Finish**: check the accounting (kept + dropped = input, for pairs and images, and the
    inputs equal the tables' manifest), write ``index.json`` atomically, delete ``_work``.
 
+Resume. Each part of pass 1 and each shard of pass 2 ends with a completion marker
+(``_work/staged/<part>.json``, ``_work/written/<shard>.json``: the task's result with its
+counts, written after its files). A killed pack rerun with the same config over the same
+tables, by the same pack code (``_work/fingerprint.json``), keeps those tasks and does the
+rest; any other rerun starts over. The narrow decisions are recomputed (they are cheap and
+deterministic), so the resumed pack is byte for byte the pack an unbroken run writes.
+
 Costs at scale. Image bytes never cross a runner shuffle: they are read once from the
 tables, written twice (staging, final shard) and read once more from staging. Pass 2 opens
 every staging file's footer once per shard: M parts x R shards footer reads (at 10^9 rows,
@@ -59,6 +66,7 @@ from PIL import Image
 import schemas
 from i2e_engine import __version__, finalize, images, storage, tables
 from i2e_engine.finalize import ExactQuantile
+from i2e_engine.workdir import code_digest, package_versions
 
 FORMAT, FORMAT_VERSION = schemas.PACKED_FORMAT, schemas.PACKED_FORMAT_VERSION
 SHARD_FORMATS = ("webdataset", "parquet")
@@ -70,6 +78,12 @@ PACKED_ROW_GROUP = 256      # the contract: parquet shards have row groups of at
 PAIR_COLUMNS = ["image_id", "entity_id", "image_entity_score", "rank", "source_shard", "row_in_shard"]
 IMAGE_COLUMNS = ["image_id", "source_shard", "row_in_shard", "alt_text", "image"]
 
+# The engine code and packages that decide a staged image or a written shard: part of the
+# fingerprint under which a killed pack's committed tasks may be reused.
+PACK_CODE = ("pack.py", "images.py", "finalize.py")
+PACK_PACKAGES = ("pillow", "pyarrow")
+
+T = TypeVar("T")
 RowKey = tuple[str, int]     # (source_shard, row_in_shard): the engine's key of an input row
 Label = tuple[str, float]    # (entity_id, image_entity_score)
 
@@ -136,13 +150,26 @@ class PackPlan:
     manifest: dict                  # the tables' manifest.json
     manifest_sha256: str
     existing: Optional[dict] = None  # the index of a complete, identical pack: nothing to do
+    resumed: dict[str, int] = field(default_factory=dict)   # step -> tasks a killed run committed
 
     @property
     def out(self) -> str:
         return self.config.output
 
+    @property
+    def fingerprint(self) -> str:
+        """What this pack's tasks depend on: config, tables (their manifest's bytes), the pack
+        code and the image packages. A killed run's work is reused only under the same one."""
+        relevant = {"config": self.config.to_dict(), "tables_manifest_sha256": self.manifest_sha256,
+                    "format_version": FORMAT_VERSION, "code": code_digest(PACK_CODE),
+                    "packages": package_versions(PACK_PACKAGES)}
+        return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:16]
+
+    def work_path(self, *parts: str) -> str:
+        return storage.join(self.out, WORK_DIR, *parts)
+
     def staging_path(self, part: Part) -> str:
-        return storage.join(self.out, WORK_DIR, "staging", f"{part.name}.parquet")
+        return self.work_path("staging", f"{part.name}.parquet")
 
     def shard_path(self, shard_id: int) -> str:
         return storage.join(self.out, shard_relative_path(shard_id, self.config.shard_format))
@@ -170,12 +197,44 @@ def _remove_pack(out: str) -> None:
         storage.remove(storage.join(out, name))
 
 
+# A task's marker holds its result; one folder per step.
+STEPS = {"staged": "table parts staged", "written": "shards written"}
+
+
+def _resume_or_start(plan: PackPlan) -> None:
+    """Keep a killed run's committed tasks when its work has this plan's fingerprint; else
+    clear the output and start the work under this plan's fingerprint."""
+    fingerprint_uri = plan.work_path("fingerprint.json")
+    if storage.exists(fingerprint_uri) and json.loads(storage.read_text(fingerprint_uri)) == plan.fingerprint:
+        plan.resumed = {step: len(storage.find(plan.work_path(step), (".json",)))
+                        for step in STEPS if storage.isdir(plan.work_path(step))}
+        for leftover in storage.listdir(storage.join(plan.out, "shards"), prefix="."):
+            storage.remove(leftover)   # a killed local write's hidden temp file
+        return
+    _remove_pack(plan.out)
+    storage.write_text(fingerprint_uri, json.dumps(plan.fingerprint))
+
+
+def _once(plan: PackPlan, step: str, name: str, result_type: type[T], make: Callable[[], T]) -> T:
+    """``make()`` for one task, done once per pack: its result is saved as the task's marker
+    after its files are written (so a marker means whole files), and a resumed run returns
+    the saved result instead of doing the task again. A retried task redoes it the same way."""
+    marker = plan.work_path(step, f"{name}.json")
+    if storage.exists(marker):
+        return result_type(**json.loads(storage.read_text(marker)))
+    result = make()
+    storage.write_text(marker, json.dumps(dataclasses.asdict(result), sort_keys=True))
+    return result
+
+
 def plan_pack(config: PackConfig, overwrite: bool = False) -> PackPlan:
-    """Check the config against the tables and the output folder; clear a killed run's leftovers.
+    """Check the config against the tables and the output folder; resume a killed run of the
+    same pack, or clear what another one left.
 
     A complete pack made with the same config from the same tables (same manifest bytes)
     comes back as ``existing``; a complete pack made otherwise is refused unless
-    ``overwrite``.
+    ``overwrite``. A killed run of this same pack is resumed (``resumed`` counts what it
+    committed); anything else in the output's pack files is cleared.
     """
     config = config.normalized()
     manifest_uri = storage.join(config.tables, "manifest.json")
@@ -192,7 +251,9 @@ def plan_pack(config: PackConfig, overwrite: bool = False) -> PackPlan:
             return plan
         raise PackExistsError(f"{config.output} holds a pack made with another config or other tables; "
                               "use another --output, or --overwrite to replace it")
-    _remove_pack(config.output)
+    if storage.exists(index_uri):   # overwrite a complete pack: start over
+        _remove_pack(config.output)
+    _resume_or_start(plan)
     plan.parts = list_parts(config.tables)
     return plan
 
@@ -360,7 +421,12 @@ class _StagingWriter:
 def stage_part(plan: PackPlan, part: Part, decisions: Decisions) -> PartResult:
     """Pass 1 for one part: label its images, resize the kept ones and write them to its
     staging file, sorted by (destination shard, order key). Counts every input image and
-    pair once: kept, or dropped with a reason."""
+    pair once: kept, or dropped with a reason. Done once per pack (a killed run's staged
+    part is kept)."""
+    return _once(plan, "staged", part.name, PartResult, lambda: _stage_part(plan, part, decisions))
+
+
+def _stage_part(plan: PackPlan, part: Part, decisions: Decisions) -> PartResult:
     config = plan.config
     pairs = read_pairs(part)
     labels, dropped_pairs = label_images(pairs, config, decisions)
@@ -482,7 +548,15 @@ class ShardResult:
 def write_shard(plan: PackPlan, shard_id: int, staging_uris: Sequence[str], class_ids: Mapping[str, int]
                 ) -> ShardResult:
     """Pass 2 for one destination shard: its rows from every staging file, in order-key
-    order, with class ids, written as one tar or parquet file (memory: one shard)."""
+    order, with class ids, written as one tar or parquet file (memory: one shard). Done once
+    per pack: a killed run's written shard is kept (the class ids are a function of the
+    staged parts, which are the same under the same fingerprint)."""
+    return _once(plan, "written", f"{shard_id:05d}", ShardResult,
+                 lambda: _write_shard(plan, shard_id, staging_uris, class_ids))
+
+
+def _write_shard(plan: PackPlan, shard_id: int, staging_uris: Sequence[str], class_ids: Mapping[str, int]
+                 ) -> ShardResult:
     staged = sorted(_shard_rows(staging_uris, shard_id),
                     key=lambda r: (r["order_key"], r["key"], r["source_shard"], r["row_in_shard"]))
     samples = [{"key": r["key"], "jpg": r["jpg"], "width": r["width"], "height": r["height"],
@@ -577,8 +651,6 @@ def format_summary(index: dict, out: str) -> str:
 
 
 # ----------------------------------------------------------------------------- driving (local, Spark)
-
-T = TypeVar("T")
 
 
 class Executor(Protocol):

@@ -52,7 +52,7 @@ STAGE_CODE = ("stages.py", "records.py", "text.py", "images.py", "ner.py", "link
 THROUGHPUT_FIELDS = {"ner": ("batch_size", "prefer_gpu"), "scorer": ("batch_size", "device")}
 
 
-def _package_versions(names: Sequence[str]) -> dict[str, Optional[str]]:
+def package_versions(names: Sequence[str]) -> dict[str, Optional[str]]:
     found = {}
     for name in names:
         try:
@@ -88,7 +88,7 @@ def annotation_fingerprint(config: BuildConfig, kb_version: str, scorer_identity
         for name in fields:
             relevant[section].pop(name)
     relevant.update(kb_version=kb_version, scorer=scorer_identity, stage_code=stage_code_hash(),
-                    packages=_package_versions(MODEL_PACKAGES + (config.ner.model.replace("_", "-"),)))
+                    packages=package_versions(MODEL_PACKAGES + (config.ner.model.replace("_", "-"),)))
     return hashlib.sha256(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:16]
 
 

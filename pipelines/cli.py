@@ -181,7 +181,8 @@ or score_below_quantile), entities with fewer than --min-images-per-entity image
 the score filter (entity_below_min_images), classes beyond --max-labels per image
 (beyond_max_labels). Images with no class left (no_entity_left) or that fail to decode
 (undecodable_image) are dropped. Rerunning the same command over the same tables does
-nothing; another config or other tables into the same --output need --overwrite.
+nothing; another config or other tables into the same --output need --overwrite. A killed
+pack resumes when the same command is rerun: staged parts and written shards are kept.
 The shard format is described by `i2e schema packed` and `i2e schema vocab`.
 """
 

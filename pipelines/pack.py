@@ -63,7 +63,9 @@ def run_pack(config: PackConfig, runner: str = "local", *, overwrite: bool = Fal
     if plan.existing is not None:
         progress(f"{plan.out} already holds this pack; nothing to do")
         return plan.existing
-    progress(f"i2e pack: {len(plan.parts)} table parts from {plan.config.tables} on {runner}")
+    resumed = ", ".join(f"{count} {pack.STEPS[step]}" for step, count in plan.resumed.items() if count)
+    progress(f"i2e pack: {len(plan.parts)} table parts from {plan.config.tables} on {runner}"
+             + (f"; resuming a killed run ({resumed})" if resumed else ""))
     if runner == "beam":
         from pipelines.beam.pack import execute
 

@@ -190,19 +190,21 @@ def reduce_for_logging(values: list[torch.Tensor], comm: Comm) -> list[float]:
     return comm.all_reduce(logged).cpu().tolist()
 
 
-def _clip(grads: list[torch.Tensor], head_grad: torch.Tensor | None, max_norm: float, comm: Comm,
-          device: torch.device) -> float:
-    """Clip the towers' and the (sharded) head's gradients by their global norm; return it."""
-    sq = sum((g.float().pow(2).sum() for g in grads), torch.zeros((), device=device))
+def clip_gradients(grads: list[torch.Tensor], head_grad: torch.Tensor | None, max_norm: float, comm: Comm,
+                   device: torch.device) -> float:
+    """Clip the towers' and the (sharded) head's gradients by their global norm; return it.
+    The towers' gradients are the same on every rank (DDP has averaged them); the head's
+    squared norm is summed over its shards. The towers' norm is torch's foreach norm (a
+    kernel per group of tensors); ``torch.nn.utils.clip_grads_with_norm_`` is not used for
+    the scaling because it takes parameters, and the head's gradient rows are no ``.grad``."""
+    sq = torch.nn.utils.get_total_norm(grads).to(device).pow(2) if grads else torch.zeros((), device=device)
     if head_grad is not None:
         sq = sq + comm.all_reduce(head_grad.float().pow(2).sum())
     norm = float(sq.sqrt())
     coef = max_norm / (norm + 1e-6)
     if coef < 1:
-        for g in grads:
+        for g in grads + ([head_grad] if head_grad is not None else []):
             g.mul_(coef)
-        if head_grad is not None:
-            head_grad.mul_(coef)
     return norm
 
 
@@ -241,7 +243,7 @@ def train_step(state: TrainState, batch: dict, comm: Comm, *, measure_flops: boo
     norm = None
     if o.clip_grad_norm > 0:
         grads = [p.grad for p in state.model.parameters() if p.grad is not None]
-        norm = _clip(grads, head_grad, o.clip_grad_norm, comm, device)
+        norm = clip_gradients(grads, head_grad, o.clip_grad_norm, comm, device)
     state.opt.step()
     if isinstance(state.head_opt, RowAdamW):
         state.head_opt.step(rows, head_grad)

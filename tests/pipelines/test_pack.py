@@ -1,17 +1,21 @@
 """`i2e pack` over the engine's own output (a build of coco-mini), checked against the tables
 with pandas: the filters, the vocab, the accounting, the resized images, the shuffle, the
-runners (local, Beam, Spark), both shard formats and object storage.
+runners (local, Beam, Spark), both shard formats, object storage and a killed pack's resume.
 
 Expected values are computed here from the tables, independently of ``i2e_engine.pack``;
 shards are read with ``tarfile`` and ``pyarrow`` as the trainer's loader would.
 """
 from __future__ import annotations
 
+import collections
 import hashlib
 import io
 import json
 import math
 import os
+import signal
+import subprocess
+import sys
 import tarfile
 from pathlib import Path
 
@@ -22,6 +26,7 @@ import pytest
 from PIL import Image
 
 import schemas
+from i2e_engine import pack
 from i2e_engine.pack import PackConfig, PackExistsError
 from pipelines.pack import run_pack
 
@@ -309,3 +314,89 @@ def test_webdataset_reads_the_tars_as_written(threshold_pack):
     assert [jpg for _, jpg, _ in read] == [sample["jpg"] for sample in expected]
     assert [meta["key"] for _, _, meta in read] == [sample["key"] for sample in expected]
     assert [meta["class_ids"] for _, _, meta in read] == [sample["class_ids"] for sample in expected]
+
+
+# `i2e pack` that SIGKILLs itself when it starts shard 1, leaving what a kill in the middle of a
+# local write leaves (a hidden temp file beside the shard): a kill at a known point, no race.
+KILLED_PACK = """
+import os, signal, sys
+from i2e_engine import pack
+from pipelines.cli import main
+real = pack._write_shard
+def write_or_die(plan, shard_id, *args):
+    if shard_id == 1:
+        with open(os.path.join(plan.out, "shards", ".00001.tar.0badc0de.tmp"), "wb") as half:
+            half.write(b"half a tar")
+        os.kill(os.getpid(), signal.SIGKILL)
+    return real(plan, shard_id, *args)
+pack._write_shard = write_or_die
+sys.exit(main(["pack", *sys.argv[1:]]))
+"""
+THRESHOLD_OPTIONS = dict(min_image_entity_score=THRESHOLD, min_images_per_entity=MIN_IMAGES, max_labels=4)
+
+
+def _kill_a_pack(tables: Path, out: Path) -> None:
+    """Run the threshold pack into ``out`` until it dies at shard 1 (all parts staged, shard 0 written)."""
+    args = [str(tables), "--output", str(out), "--shard-rows", str(SHARD_ROWS), "--min-score", str(THRESHOLD),
+            "--min-images-per-entity", str(MIN_IMAGES), "--max-labels", "4"]
+    killed = subprocess.run([sys.executable, "-c", KILLED_PACK, *args], capture_output=True, text=True, timeout=600)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+    assert not (out / "index.json").exists()
+    assert sorted(p.name for p in (out / "_work" / "written").iterdir()) == ["00000.json"]
+
+
+def _count_tasks(monkeypatch) -> collections.Counter:
+    """Count the pass-1 and pass-2 tasks this process actually does (not those resumed)."""
+    calls: collections.Counter = collections.Counter()
+    for name in ("_stage_part", "_write_shard"):
+        real = getattr(pack, name)
+
+        def counted(*args, _real=real, _name=name):
+            calls[_name] += 1
+            return _real(*args)
+        monkeypatch.setattr(pack, name, counted)
+    return calls
+
+
+def _without_output(index: dict) -> dict:
+    return {**index, "config": {k: v for k, v in index["config"].items() if k != "output"}}
+
+
+def test_killed_pack_resumes_to_the_pack_an_unbroken_run_writes(tables, threshold_pack, tmp_path, monkeypatch):
+    out, index = threshold_pack
+    assert len(index["shards"]) >= 3
+    killed = tmp_path / "killed"
+    _kill_a_pack(tables, killed)
+    staged = len(list((killed / "_work" / "staged").iterdir()))
+    assert staged == len(pack.list_parts(str(tables)))
+
+    calls = _count_tasks(monkeypatch)
+    messages = []
+    resumed = run_pack(PackConfig(tables=str(tables), output=str(killed), shard_rows=SHARD_ROWS, **THRESHOLD_OPTIONS),
+                       progress=messages.append)
+    assert f"resuming a killed run ({staged} table parts staged, 1 shards written)" in messages[0]
+    assert calls == {"_write_shard": len(index["shards"]) - 1}   # nothing staged again, shard 0 kept
+    assert _without_output(resumed) == _without_output(index)
+    assert sorted(p.name for p in (killed / "shards").iterdir()) == [Path(s["path"]).name for s in index["shards"]]
+    for shard in index["shards"]:
+        assert (killed / shard["path"]).read_bytes() == (out / shard["path"]).read_bytes()
+    assert pd.read_parquet(killed / "vocab.parquet").equals(pd.read_parquet(out / "vocab.parquet"))
+    assert not (killed / "_work").exists()
+
+
+def test_a_killed_pack_of_another_config_is_not_reused(tables, tmp_path, monkeypatch):
+    """No run reuses another pack's work: a different config into a killed pack's output
+    starts over (every part staged again) and equals a fresh pack of that config."""
+    out = tmp_path / "killed"
+    _kill_a_pack(tables, out)
+    calls = _count_tasks(monkeypatch)
+    messages = []
+    options = {**THRESHOLD_OPTIONS, "max_labels": 2}
+    other = run_pack(PackConfig(tables=str(tables), output=str(out), shard_rows=SHARD_ROWS, **options),
+                     progress=messages.append)
+    assert "resuming" not in messages[0]
+    assert calls["_stage_part"] == len(pack.list_parts(str(tables))) and calls["_write_shard"] == len(other["shards"])
+    monkeypatch.undo()
+    fresh_out, fresh = _pack(tables, tmp_path / "fresh", **options)
+    assert _without_output(other) == _without_output(fresh)
+    assert _sample_bytes(out, other) == _sample_bytes(fresh_out, fresh)

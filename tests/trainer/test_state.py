@@ -14,7 +14,7 @@ from trainer.dist import Comm
 from trainer.heads import RowAdamW
 from trainer.loop import CheckpointError, restore_checkpoint, write_checkpoint
 from trainer.perf import PEAK_TFLOPS, Throughput, count_flops, peak_flops
-from trainer.state import build_state, reduce_for_logging, train_step
+from trainer.state import build_state, clip_gradients, reduce_for_logging, train_step
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 NUM_CLASSES = 11
@@ -83,6 +83,24 @@ def test_logging_reduction_on_comm_device(device):
     comm = DeviceCheckingComm(device=device)
     host = [torch.tensor(1.5), torch.tensor(2.0, device=device), torch.tensor([3.0])]
     assert reduce_for_logging(host, comm) == [1.5, 2.0, 3.0]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_clipping_scales_towers_and_head_by_their_joint_norm(device):
+    g = torch.Generator().manual_seed(0)
+    grads = [torch.randn(5, 3, generator=g).to(device), torch.randn(7, generator=g).to(device)]
+    head = torch.randn(4, 6, generator=g).to(device)
+    joint = math.sqrt(sum(float((t.double() ** 2).sum()) for t in [*grads, head]))
+    before = [t.clone() for t in [*grads, head]]
+    comm = DeviceCheckingComm(device=device)
+    assert clip_gradients(grads, head, joint / 4, comm, torch.device(device)) == pytest.approx(joint, rel=1e-6)
+    for clipped, original in zip([*grads, head], before):
+        torch.testing.assert_close(clipped, original / 4, rtol=1e-5, atol=1e-6)
+    # under the limit nothing changes; without a head only the towers count
+    assert clip_gradients(grads, head, joint, comm, torch.device(device)) == pytest.approx(joint / 4, rel=1e-5)
+    torch.testing.assert_close(head, before[-1] / 4, rtol=1e-5, atol=1e-6)
+    towers = math.sqrt(sum(float((t.double() ** 2).sum()) for t in before[:-1])) / 4
+    assert clip_gradients(grads, None, 1e9, comm, torch.device(device)) == pytest.approx(towers, rel=1e-5)
 
 
 @pytest.mark.parametrize("device", DEVICES)
