@@ -21,7 +21,9 @@ the ``full77`` variant (``text.trim_padding=false``) turns off to show the same-
 Steady state: the first ``--skip`` steps of every run are left out (start-up, allocator warm-up,
 our FLOP-counting step). open_clip: its per-step log lines (``--log-every-n-steps 1``: "Data (t)"
 and "Batch (t)" are that step's); ours: ``samples_per_s_steady`` and ``data_wait_frac_steady``
-of the last step log. Reported: the median over rounds of each, and their ratio (ours / open_clip).
+of the last step log. Reported: the median over rounds of each, and their ratio (ours / open_clip);
+for ours also the achieved GFLOP/s (the first step's FLOPs, ``torch.utils.flop_counter``, times
+steady steps/s: there is no CPU peak to take an MFU against, compare the rate of a lone matmul).
 ``--variant NAME=OVERRIDES`` adds runs of ours with config overrides (``;``-separated), in the
 same alternation (e.g. ``full77=text.trim_padding=false``, ``for_loop=optim.adamw_impl=for_loop``).
 
@@ -161,6 +163,7 @@ def run_ours(prep: dict, work: Path, name: str, steps: int, overrides: list[str]
     if "samples_per_s_steady" not in last:
         raise RuntimeError(f"no steady-state step log in {work / f'{name}.log'}")
     return {"samples_per_s": last["samples_per_s_steady"], "data_wait_frac": last["data_wait_frac_steady"],
+            "gflops_per_step": last.get("gflops_per_step"), "tflops_per_s": last.get("tflops_per_s"),
             "steps": last["step"], "wall_s": wall}
 
 
@@ -197,7 +200,9 @@ def main() -> int:
             print(json.dumps({"round": r, name: results[name][-1]}), flush=True)
     summary = {name: {"samples_per_s_median": round(median([x["samples_per_s"] for x in runs]), 3),
                       "data_wait_frac_median": round(median([x["data_wait_frac"] for x in runs]), 4),
-                      "samples_per_s_runs": [round(x["samples_per_s"], 3) for x in runs]}
+                      "samples_per_s_runs": [round(x["samples_per_s"], 3) for x in runs],
+                      **({"gflop_per_s_median": round(1000 * median([x["tflops_per_s"] for x in runs]), 1)}
+                         if all(x.get("tflops_per_s") for x in runs) else {})}
                for name, runs in results.items()}
     oc = summary["open_clip"]["samples_per_s_median"]
     for name in ours:
