@@ -128,7 +128,6 @@ def s3(monkeypatch, tmp_path):
            "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
     for key, value in env.items():
         monkeypatch.setenv(key, value)
-    monkeypatch.setenv("I2E_CACHE", os.environ.get("I2E_CACHE", str(tmp_path / "cache")))
     deadline = time.time() + 60
     while time.time() < deadline:
         try:
