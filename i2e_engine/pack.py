@@ -204,15 +204,15 @@ STEPS = {"staged": "table parts staged", "written": "shards written"}
 def _resume_or_start(plan: PackPlan) -> None:
     """Keep a killed run's committed tasks when its work has this plan's fingerprint; else
     clear the output and start the work under this plan's fingerprint."""
-    fingerprint_uri = plan.work_path("fingerprint.json")
-    if storage.exists(fingerprint_uri) and json.loads(storage.read_text(fingerprint_uri)) == plan.fingerprint:
+    fingerprint, fingerprint_uri = plan.fingerprint, plan.work_path("fingerprint.json")
+    if storage.exists(fingerprint_uri) and json.loads(storage.read_text(fingerprint_uri)) == fingerprint:
         plan.resumed = {step: len(storage.find(plan.work_path(step), (".json",)))
                         for step in STEPS if storage.isdir(plan.work_path(step))}
         for leftover in storage.listdir(storage.join(plan.out, "shards"), prefix="."):
             storage.remove(leftover)   # a killed local write's hidden temp file
         return
     _remove_pack(plan.out)
-    storage.write_text(fingerprint_uri, json.dumps(plan.fingerprint))
+    storage.write_text(fingerprint_uri, json.dumps(fingerprint))
 
 
 def _once(plan: PackPlan, step: str, name: str, result_type: type[T], make: Callable[[], T]) -> T:
@@ -244,15 +244,15 @@ def plan_pack(config: PackConfig, overwrite: bool = False) -> PackPlan:
     plan = PackPlan(config=config, parts=[], manifest=json.loads(manifest_bytes),
                     manifest_sha256=hashlib.sha256(manifest_bytes).hexdigest())
     index_uri = storage.join(config.output, "index.json")
-    if storage.exists(index_uri) and not overwrite:
-        index = json.loads(storage.read_text(index_uri))
-        if index.get("config") == config.to_dict() and index.get("tables_manifest_sha256") == plan.manifest_sha256:
-            plan.existing = index
-            return plan
-        raise PackExistsError(f"{config.output} holds a pack made with another config or other tables; "
-                              "use another --output, or --overwrite to replace it")
-    if storage.exists(index_uri):   # overwrite a complete pack: start over
-        _remove_pack(config.output)
+    if storage.exists(index_uri):
+        if not overwrite:
+            index = json.loads(storage.read_text(index_uri))
+            if index.get("config") == config.to_dict() and index.get("tables_manifest_sha256") == plan.manifest_sha256:
+                plan.existing = index
+                return plan
+            raise PackExistsError(f"{config.output} holds a pack made with another config or other tables; "
+                                  "use another --output, or --overwrite to replace it")
+        _remove_pack(config.output)   # overwrite a complete pack: start over
     _resume_or_start(plan)
     plan.parts = list_parts(config.tables)
     return plan

@@ -197,7 +197,7 @@ def clip_gradients(grads: list[torch.Tensor], head_grad: torch.Tensor | None, ma
     squared norm is summed over its shards. The towers' norm is torch's foreach norm (a
     kernel per group of tensors); ``torch.nn.utils.clip_grads_with_norm_`` is not used for
     the scaling because it takes parameters, and the head's gradient rows are no ``.grad``."""
-    sq = torch.nn.utils.get_total_norm(grads).to(device).pow(2) if grads else torch.zeros((), device=device)
+    sq = torch.nn.utils.get_total_norm(grads).to(device).pow(2)   # 0 for no tensors
     if head_grad is not None:
         sq = sq + comm.all_reduce(head_grad.float().pow(2).sum())
     norm = float(sq.sqrt())
