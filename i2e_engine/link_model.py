@@ -21,7 +21,9 @@ Features (``FEATURES``; all in [0, 1] or small ranges, computed by
   of the same text); the entity's own name is the reference;
 - the mention: ``ner_person``, ``ner_place`` (GPE, LOC, FAC), ``ner_org``,
   ``ner_other`` (any other NER label), ``alias_only`` (found by the alias matcher only),
-  ``single_token``;
+  ``single_token``, ``sentence_initial`` (its capital may be the sentence's), ``all_caps``,
+  ``word_frequency`` (wordfreq's Zipf frequency of the mention in lower case / 8: "Good
+  Morning" and "Win" are English words before they are names, "Minaj" is not);
 - the candidate: ``person_shape`` (a name of two or three capitalized words),
   ``place_kind`` (a place kind or a "Town, Region" title), ``concept_kind``;
 - ``exact_case``: the mention (without a leading article) is the candidate's name
@@ -48,7 +50,8 @@ import numpy as np
 FEATURES = ("prior", "top_prior", "prior_margin", "log_candidates", "log_popularity", "popularity_share",
             "form_alias", "form_acronym",
             "form_name_part", "in_text", "ner_person", "ner_place", "ner_org", "ner_other", "alias_only",
-            "single_token", "person_shape", "place_kind", "concept_kind", "exact_case", "context")
+            "single_token", "sentence_initial", "all_caps", "word_frequency", "person_shape", "place_kind",
+            "concept_kind", "exact_case", "context")
 WEIGHTS_PATH = Path(__file__).parent / "kb" / "link_model.json"
 DEFAULT_MIN_PRECISION = 0.85
 

@@ -1,21 +1,25 @@
 """Entity linking: mentions of an alt-text -> KB entities, with scores and runner-ups.
 
-For each mention (after overlaps are resolved) the alias index gives up to
-``top_k_candidates`` entities with priors P(entity | alias). Each candidate also gets a
-context similarity, and the two are combined with spaCy's EntityLinker rule
+Two kinds of mention, two routes (:meth:`Linker.is_common`):
 
-    score = prior + sim - prior * sim
+- A *common noun* (written in lower case: "a dog on a table"; or a sentence's first words
+  whose capital is only the sentence's: "Horses grazing") links only to a visual concept
+  (kind ``concept``: the ImageNet-21k WordNet nouns, one sense per word,
+  :mod:`i2e_engine.kb.concepts`), or to nothing. A common English word never names a
+  named entity by its lower-case form: "a cafe" is no band, "a couple" no film.
+- A *name* gets candidates from the alias index (its title, redirects, acronyms written in
+  capitals, the people whose surname it is: ``FORMS``), less the pages that are no
+  entities (list and surname pages), concepts, and kinds its NER label rules out (a
+  PERSON is no place). Each candidate gets the features of :mod:`i2e_engine.link_model`
+  (prior, popularity, how the mention names it, NER label, word frequency, context, ...),
+  and the link model's probability ranks them; the best is the link unless its
+  probability is under the model's NIL threshold (calibrated when it was fit) or
+  ``LinkConfig.nil_threshold``. A one-word name that is the first or last word of a
+  longer name linked in the same text also gets that entity ("Marx" after "Karl Marx").
 
-(a noisy-OR: either signal alone can carry a candidate, both together more, and the score
-stays in [0, 1]). The best candidate is the link unless its score is under
-``nil_threshold``, in which case the mention is NIL and dropped. The next
-``max_runner_ups`` candidates are kept with their scores, so the
-scoring stage can revisit the choice with the image (:func:`choose_with_image`).
-
-Two rules keep common nouns from linking to proper names: a mention written all in lower
-case never links to a place (``proper_noun_kinds``: "a nice day", "turkey"), and a
-title with a disambiguator ("Group (mathematics)", "Field (physics)") is a candidate for a
-lower-case mention only when the context shares a word with its name or description.
+The next ``max_runner_ups`` candidates are kept with their scores, so the scoring stage
+can revisit the choice with the image (:func:`choose_with_image`), which never overturns
+a link the text is certain of.
 
 Context similarity is deliberately cheap and deterministic: the cosine between two
 binary bags of content words (folded, stop words removed, crudely singularized), one from
@@ -23,7 +27,7 @@ the alt-text with the mention's own characters cut out, the other from the entit
 and description minus the mention's words. Cutting the mention out on both sides keeps
 the word that made a candidate a candidate ("paris") from counting as evidence for any
 one of them. The alt-text keeps the other mentions, which are often the best evidence
-("Eiffel Tower", "France").
+("Eiffel Tower", "France"): this is the coherence signal.
 
 Ties are broken by entity_id (candidates) and by mention start (mentions), so the same
 input always gives the same links.
@@ -41,7 +45,9 @@ import numpy as np
 from spacy.lang.en.stop_words import STOP_WORDS
 
 from i2e_engine.config import LinkConfig
-from i2e_engine.kb.alias_index import ARTICLES, FORM_ACRONYM, FORM_ALIAS, FORM_NAME_PART, AliasIndex, fold, name_part
+from i2e_engine.inflect import singulars
+from i2e_engine.kb.alias_index import (ARTICLES, FORM_ACRONYM, FORM_ALIAS, FORM_NAME, FORM_NAME_PART, KIND_TRAITS,
+                                       TRAIT_COMMA_NAME, TRAIT_PERSON_SHAPE, AliasIndex, fold, normalize_alias)
 from i2e_engine.link_model import FEATURES, WEIGHTS_PATH, LinkModel, log_scaled
 from i2e_engine.records import Candidate, Link, Mention
 
@@ -103,11 +109,9 @@ def resolve_overlaps(mentions: list[Mention]) -> list[Mention]:
     return sorted(kept, key=lambda m: m["start"])
 
 
-_PLACE_KINDS = frozenset({"place", "country", "admin_division"})
 _NER_PLACE = frozenset({"GPE", "LOC", "FAC"})
 _SENTENCE_ENDS = frozenset(".!?:;|\"\u2026")
 _FEATURE = {name: i for i, name in enumerate(FEATURES)}
-CONCEPT_KIND = "concept"
 
 
 def sentence_initial(text: str, start: int) -> bool:
@@ -116,9 +120,12 @@ def sentence_initial(text: str, start: int) -> bool:
     return not before or before[-1] in _SENTENCE_ENDS
 
 
-def person_shaped(name: str) -> bool:
-    """A name of two or three capitalized words with a surname (see ``name_part``)."""
-    return name_part(name) is not None
+@functools.lru_cache(maxsize=_WORDS_CACHE)
+def word_frequency(text: str) -> float:
+    """wordfreq's Zipf frequency of ``text`` in lower case, / 8 (about 0 to 1)."""
+    from wordfreq import zipf_frequency
+
+    return zipf_frequency(text.lower(), "en") / 8.0
 
 
 @dataclass
@@ -129,6 +136,31 @@ class Scored:
     prior: float
     context: float
     probability: float
+
+
+@dataclass
+class Candidates:
+    """A name's candidates as arrays: entity rows, priors, forms (``FORMS``), and whether
+    the text names each in full elsewhere (``in_text``)."""
+    rows: np.ndarray
+    priors: np.ndarray
+    forms: np.ndarray
+    in_text: np.ndarray
+
+    @classmethod
+    def empty(cls) -> "Candidates":
+        return cls(np.zeros(0, np.int64), np.zeros(0), np.zeros(0, np.int8), np.zeros(0, bool))
+
+    def with_in_text(self, in_text: dict[int, float]) -> "Candidates":
+        """These candidates marked, plus the entities (row -> prior) of full names in the text."""
+        if not in_text:
+            return self
+        marked = self.in_text | np.isin(self.rows, list(in_text))
+        extra = [row for row in in_text if row not in set(self.rows.tolist())]
+        return Candidates(np.concatenate([self.rows, np.array(extra, np.int64)]),
+                          np.concatenate([self.priors, [in_text[row] for row in extra]]),
+                          np.concatenate([self.forms, np.full(len(extra), FORM_NAME_PART, np.int8)]),
+                          np.concatenate([marked, np.ones(len(extra), bool)]))
 
 
 @dataclass
@@ -156,7 +188,13 @@ class Linker:
         self.alias_index = alias_index
         self.config = config or LinkConfig()
         self.model = model or LinkModel.load(self.config.model_path or WEIGHTS_PATH)
-        self._label_kinds = {label: frozenset(kinds) for label, kinds in self.config.label_excluded_kinds}
+        unknown = {kind for _, kinds in self.config.label_excluded_kinds for kind in kinds} - set(KIND_TRAITS)
+        if unknown:
+            raise ValueError(f"label_excluded_kinds names kinds {sorted(unknown)}; the linker can exclude "
+                             f"{sorted(KIND_TRAITS)}")
+        concept = KIND_TRAITS["concept"]
+        self._excluded_traits = {label: concept | functools.reduce(lambda a, k: a | KIND_TRAITS[k], kinds, 0)
+                                 for label, kinds in self.config.label_excluded_kinds}
         threshold = self.config.nil_threshold
         self.nil_threshold = self.model.threshold if threshold is None else threshold
         # Bounded: a worker sees millions of distinct entities over a long run.
@@ -167,107 +205,119 @@ class Linker:
         return content_words(f"{index.field(row, 'name')} {index.field(row, 'description')}")
 
     def _concept(self, text: str) -> Optional[tuple[int, float]]:
-        """The visual concept a common noun names (row, prior among concepts), if any."""
+        """The visual concept a common noun names (row, prior among concepts), if any; a
+        plural whose own key names no concept tries its singular ("Horses": the key
+        "horses" is an album's title)."""
         index = self.alias_index
-        key_id = index.lookup_key(text)
-        if key_id is None:
-            return None
-        rows, priors = index.candidate_rows(key_id, self.config.top_k_candidates)
-        concepts = [(row, float(p)) for row, p in zip(rows.tolist(), priors.tolist())
-                    if index.field(row, "kind") == CONCEPT_KIND]
-        if not concepts:
-            return None
-        total = sum(p for _, p in concepts)
-        row, prior = concepts[0]
-        return row, prior / total if total > 0 else 1.0
+        key = normalize_alias(text)
+        for form in (key, *singulars(key)):
+            key_id = index.lookup_key(form)
+            if key_id is None:
+                continue
+            rows, priors = index.candidate_rows(key_id, self.config.top_k_candidates)
+            concepts = [(row, float(p)) for row, p, traits in zip(rows.tolist(), priors.tolist(),
+                                                                  index.traits[rows].tolist())
+                        if traits & KIND_TRAITS["concept"]]
+            if concepts:
+                total = sum(p for _, p in concepts)
+                row, prior = concepts[0]
+                return row, prior / total if total > 0 else 1.0
+        return None
 
     def is_common(self, alt_text: str, mention: Mention) -> bool:
-        """A common noun, not a name (see the class docstring). A common English word
-        never names a named entity by its lower-case form."""
+        """A common noun, not a name (see the class docstring): written in lower case, or
+        an alias hit that starts a sentence and whose capital is only the sentence's: its
+        other words in lower case ("Aerial view", "Plastic containers"), or one word that
+        names a concept ("Dog on a beach"; "Sinatra in 1955" stays a name). A common
+        English word never names a named entity by its lower-case form."""
         text = mention["text"]
         if common_noun(text):
             return True
-        words = text.split()
-        return (mention["source"] == "alias" and len(words) == 1 and text[1:].islower()
-                and sentence_initial(alt_text, mention["start"]) and self._concept(text) is not None)
+        if mention["source"] != "alias" or not text[1:].islower() or not sentence_initial(alt_text, mention["start"]):
+            return False
+        return len(text.split()) > 1 or self._concept(text) is not None
 
-    def name_candidates(self, mention: Mention) -> list[tuple[int, float, int]]:
-        """(entity row, prior, form) of a name's candidates, best prior first: concepts,
-        kinds the NER label excludes (``label_excluded_kinds``: a PERSON is no place) and
-        acronyms of a mention not written in capitals ("Modi" is not MODI) are dropped."""
+    def name_candidates(self, mention: Mention) -> Candidates:
+        """A name's candidates, best prior first: concepts, kinds the NER label excludes
+        (``label_excluded_kinds``: a PERSON is no place) and acronyms of a mention not
+        written in capitals ("Modi" is not MODI) are dropped."""
         index = self.alias_index
         key_id = index.lookup_key(mention["text"])
         if key_id is None:
-            return []
+            return Candidates.empty()
         k = self.config.top_k_candidates
         rows, priors = index.candidate_rows(key_id, k)
         forms = index.candidate_forms(key_id, k)
-        excluded = {CONCEPT_KIND, *self._label_kinds.get(mention["label"], ())}
-        capitals = mention["text"].isupper()
-        return [(row, float(p), int(form)) for row, p, form in zip(rows.tolist(), priors.tolist(), forms.tolist())
-                if (capitals or form != FORM_ACRONYM) and index.field(row, "kind") not in excluded]
+        keep = (index.traits[rows] & self._excluded_traits.get(mention["label"], KIND_TRAITS["concept"])) == 0
+        if not mention["text"].isupper():
+            keep &= forms != FORM_ACRONYM
+        return Candidates(np.asarray(rows)[keep].astype(np.int64), np.asarray(priors)[keep].astype(np.float64),
+                          np.asarray(forms)[keep], np.zeros(int(keep.sum()), dtype=bool))
 
-    def features(self, alt_text: str, mention: Mention, candidates: Sequence[tuple[int, float, int]],
-                 in_text: frozenset[int] = frozenset()) -> tuple[np.ndarray, list[float]]:
+    def features(self, alt_text: str, mention: Mention, candidates: Candidates) -> tuple[np.ndarray, np.ndarray]:
         """The model's features of each candidate (rows in order; ``FEATURES``) and each
-        candidate's context similarity. ``in_text``: rows linked by a longer name of the text."""
+        candidate's context similarity."""
         index = self.alias_index
-        x = np.zeros((len(candidates), len(FEATURES)))
-        mention_words = content_words(mention["text"])
+        n = len(candidates.rows)
+        x = np.zeros((n, len(FEATURES)))
+        text, label = mention["text"], mention["label"]
+        mention_words = content_words(text)
         context_words = content_words(f"{alt_text[:mention['start']]} {alt_text[mention['end']:]}") - mention_words
-        label, text = mention["label"], mention["text"]
         bare = _ARTICLE.sub("", text)
-        priors = [p for _, p, _ in candidates]
-        best = max(priors, default=0.0)
-        popularity = [index.field(row, "popularity") for row, _, _ in candidates]
-        most_popular = max(popularity, default=0.0) or 1.0
+        rows, priors, forms = candidates.rows, candidates.priors, candidates.forms
+        popularity = index.popularity[rows]
+        traits = index.traits[rows]
         f = _FEATURE
-        x[:, f["log_candidates"]] = log_scaled(len(candidates))
+        x[:, f["prior"]] = priors
+        x[:, f["top_prior"]] = priors >= priors.max()
+        if n > 1:
+            order = np.sort(priors)
+            x[:, f["prior_margin"]] = priors - np.where(priors >= order[-1], order[-2], order[-1])
+        else:
+            x[:, f["prior_margin"]] = priors
+        x[:, f["log_candidates"]] = log_scaled(n)
+        x[:, f["log_popularity"]] = np.log1p(popularity) / 5.0
+        x[:, f["popularity_share"]] = popularity / (popularity.max() or 1.0)
+        x[:, f["form_alias"]] = forms == FORM_ALIAS
+        x[:, f["form_acronym"]] = forms == FORM_ACRONYM
+        x[:, f["form_name_part"]] = forms == FORM_NAME_PART
+        x[:, f["in_text"]] = candidates.in_text
         x[:, f["ner_person"]] = label == "PERSON"
         x[:, f["ner_place"]] = label in _NER_PLACE
         x[:, f["ner_org"]] = label == "ORG"
         x[:, f["ner_other"]] = mention["source"] == "ner" and label not in _NER_PLACE and label not in ("PERSON", "ORG")
         x[:, f["alias_only"]] = mention["source"] == "alias"
         x[:, f["single_token"]] = len(text.split()) == 1
-        contexts = []
-        for i, (row, prior, form) in enumerate(candidates):
-            name = index.field(row, "name")
-            others = [p for j, p in enumerate(priors) if j != i]
-            context = bag_cosine(context_words, self._words_of(row) - mention_words)
-            contexts.append(context)
-            x[i, f["prior"]] = prior
-            x[i, f["top_prior"]] = prior >= best
-            x[i, f["prior_margin"]] = prior - max(others, default=0.0)
-            x[i, f["log_popularity"]] = log_scaled(popularity[i])
-            x[i, f["popularity_share"]] = popularity[i] / most_popular
-            x[i, f["form_alias"]] = form == FORM_ALIAS
-            x[i, f["form_acronym"]] = form == FORM_ACRONYM
-            x[i, f["form_name_part"]] = form == FORM_NAME_PART
-            x[i, f["in_text"]] = row in in_text
-            x[i, f["person_shape"]] = person_shaped(name)
-            x[i, f["place_kind"]] = index.field(row, "kind") in _PLACE_KINDS or "," in name
-            x[i, f["exact_case"]] = bare == name
-            x[i, f["context"]] = context
+        x[:, f["sentence_initial"]] = sentence_initial(alt_text, mention["start"])
+        x[:, f["all_caps"]] = text.isupper()
+        x[:, f["word_frequency"]] = word_frequency(bare)
+        x[:, f["person_shape"]] = (traits & TRAIT_PERSON_SHAPE) > 0
+        x[:, f["place_kind"]] = (traits & (KIND_TRAITS["place"] | TRAIT_COMMA_NAME)) > 0
+        # Only the candidates named by this very surface can be spelled the same way.
+        x[:, f["exact_case"]] = [form == FORM_NAME and index.field(row, "name") == bare
+                                 for row, form in zip(rows.tolist(), forms.tolist())]
+        contexts = np.array([bag_cosine(context_words, self._words_of(row) - mention_words) if context_words else 0.0
+                             for row in rows.tolist()])
+        x[:, f["context"]] = contexts
         return x, contexts
 
     def score_name(self, alt_text: str, mention: Mention, in_text: dict[int, float],
                    trace: Optional[list[Traced]] = None) -> list[Scored]:
         """The candidates of a name with the model's probabilities, best first (ties by
-        entity_id); ``in_text`` adds entities (row -> prior) named in full in the text;
-        ``trace`` collects the features (to fit the model on what the linker sees)."""
-        candidates = self.name_candidates(mention)
-        present = {row for row, _, _ in candidates}
-        candidates += [(row, prior, FORM_NAME_PART) for row, prior in in_text.items() if row not in present]
-        if not candidates:
+        entity_id, which is row order); ``in_text`` adds entities (row -> prior) named in
+        full in the text; ``trace`` collects the features (to fit the model on what the
+        linker sees)."""
+        candidates = self.name_candidates(mention).with_in_text(in_text)
+        if not len(candidates.rows):
             return []
-        x, contexts = self.features(alt_text, mention, candidates, frozenset(in_text))
+        x, contexts = self.features(alt_text, mention, candidates)
+        rows = candidates.rows.tolist()
         if trace is not None:
-            trace.append(Traced(mention, [self.alias_index.entity_id(row) for row, _, _ in candidates], x))
+            trace.append(Traced(mention, [self.alias_index.entity_id(row) for row in rows], x))
         probability = self.model.probability(x)
-        scored = [Scored(row, self.alias_index.entity_id(row), prior, context, float(p))
-                  for (row, prior, _), context, p in zip(candidates, contexts, probability)]
-        scored.sort(key=lambda s: (-s.probability, s.entity_id))
-        return scored
+        order = sorted(range(len(rows)), key=lambda i: (-probability[i], rows[i]))[:1 + self.config.max_runner_ups]
+        return [Scored(rows[i], self.alias_index.entity_id(rows[i]), float(candidates.priors[i]), float(contexts[i]),
+                       float(probability[i])) for i in order]
 
     def _make_link(self, mention: Mention, scored: Sequence[Scored]) -> Link:
         best = scored[0]

@@ -17,7 +17,6 @@ from typing import Optional, Sequence
 
 import spacy
 from spacy.language import Language
-from spacy.util import filter_spans
 
 from i2e_engine.config import NerConfig
 from i2e_engine.kb.alias_index import ARTICLES, AliasIndex, normalize_alias
@@ -82,10 +81,13 @@ class MentionExtractor:
                             source="ner")
                     for ent in doc.ents if ent.label_ in self.labels]
         ner_offsets = {(m["start"], m["end"]) for m in mentions}
-        alias_spans = [span for span in self.alias_spans(doc) if self._is_nominal(span)]
+        # Inside a date, a number or a quantity ("3 September 2016", "two dozen") no word is an entity.
+        unwanted = [(ent.start, ent.end) for ent in doc.ents if ent.label_ not in self.labels]
+        alias_spans = [span for span in self.alias_spans(doc) if self._is_nominal(span)
+                       and not any(span.start < end and start < span.end for start, end in unwanted)]
         if self.alias_case == "capitalized":
             alias_spans = self._whole_names(doc, alias_spans)
-        alias_spans = filter_spans(alias_spans)
+        alias_spans = longest_spans(alias_spans)
         mentions += [Mention(text=span.text, label="ALIAS", start=span.start_char, end=span.end_char,
                              source="alias")
                      for span in alias_spans if (span.start_char, span.end_char) not in ner_offsets]
@@ -108,7 +110,7 @@ class MentionExtractor:
                 continue      # "in the kitchen", "on the table": the titles of songs, not mentions
             for end in range(start + 1, min(len(doc), start + self.max_alias_tokens) + 1):
                 key = normalize_alias(doc[start:end].text)
-                if key and index.is_match_key(key):
+                if key and not doc[end - 1].is_punct and index.is_match_key(key):
                     spans.append(doc[start:end])
                 if not index.has_prefix(key):
                     break
@@ -153,10 +155,28 @@ class MentionExtractor:
             return span[-1].pos_ == "PROPN"
         if span[-1].pos_ in self.alias_pos:
             return True
+        if len(span) > 1 and span[-1].pos_ == "NUM" and span[-2].pos_ == "PROPN":
+            return True           # a model number ends a name: "Falcon 9", "Windows 10", "Boeing 747"
         doc = span.doc
         before = doc[span.start - 1].pos_ if span.start > 0 else None
         after = doc[span.end].pos_ if span.end < len(doc) else None
         return before == "DET" and after not in ("NOUN", "PROPN", "ADJ")
+
+
+def longest_spans(spans: list) -> list:
+    """Non-overlapping spans, longest first, a leading article not counted; of two as long,
+    the one that ends later: English noun phrases end in their head ("SpaceX Falcon 9":
+    "Falcon 9" wins over "a SpaceX Falcon", and "SpaceX" is left to be a mention of its own)."""
+    def length(span) -> int:
+        return len(span) - (span[0].lower_ in ARTICLES)
+
+    kept: list = []
+    taken: set[int] = set()
+    for span in sorted(spans, key=lambda s: (-length(s), -s.end, s.start)):
+        if not taken.intersection(range(span.start, span.end)):
+            kept.append(span)
+            taken.update(range(span.start, span.end))
+    return sorted(kept, key=lambda s: s.start)
 
 
 def build_extractor(config: NerConfig, alias_index: Optional[AliasIndex] = None) -> MentionExtractor:

@@ -66,6 +66,10 @@ FORMS = ("name", "alias", "acronym", "name_part")
 UNLINKABLE_KINDS = ("list", "name_page")
 # Kinds whose names have no surname: places, taxa, visual concepts.
 _NO_NAME_PART_KINDS = frozenset({"place", "country", "admin_division", "taxon", "concept", *UNLINKABLE_KINDS})
+# Per-entity traits the linker reads without touching the entity table (``traits.npy``,
+# one uint8 of bits per entity): a person-shaped name, a kind, a "Town, Region" name.
+TRAIT_PERSON_SHAPE, TRAIT_COMMA_NAME = 1, 2
+KIND_TRAITS = {"place": 4, "country": 4, "admin_division": 4, "concept": 8, "taxon": 16}
 _NAME_WORD = re.compile(r"[A-Z][a-z'\-]*[a-z]\.?|[A-Z]\.")
 _FUNCTION_WORDS = frozenset({"of", "the", "and", "in", "on", "at", "for", "to", "a", "an", "de", "la", "le", "du",
                              "des", "von", "van", "der", "da", "di", "del", "y", "&"})
@@ -218,6 +222,9 @@ def build_index(kb: pa.Table, folder: str | Path, *, kb_version: str = "",
     initials = [(row, form) for row, form in enumerate(map(initialism, names)) if form]
     parts = [(row, part) for row, (name, kind) in enumerate(zip(names, kinds))
              if kind not in _NO_NAME_PART_KINDS and (part := name_part(name))]
+    traits = np.array([KIND_TRAITS.get(kind, 0) | (TRAIT_COMMA_NAME if "," in name else 0)
+                       for name, kind in zip(names, kinds)], dtype=np.uint8)
+    traits[[row for row, _ in parts]] |= TRAIT_PERSON_SHAPE
     alias_surfaces = pc.list_flatten(aliases).to_pylist()
     surfaces = names + alias_surfaces + [form for _, form in initials] + [part for _, part in parts]
     rows = np.concatenate([np.arange(kb.num_rows, dtype=np.int32),
@@ -282,6 +289,7 @@ def build_index(kb: pa.Table, folder: str | Path, *, kb_version: str = "",
     np.save(folder / "priors.npy", priors.astype(np.float32))
     np.save(folder / "forms.npy", forms)
     np.save(folder / "matchable.npy", matchable)
+    np.save(folder / "traits.npy", traits)
     entity_ids = kb.column("entity_id").to_pylist()
     id_trie = marisa_trie.Trie(entity_ids)
     entity_rows = np.empty(len(entity_ids), dtype=np.int32)
@@ -322,11 +330,14 @@ class AliasIndex:
         load = lambda name: np.load(self.folder / name, mmap_mode="r")  # noqa: E731
         self._offsets, self._candidates, self._priors = load("offsets.npy"), load("candidates.npy"), load("priors.npy")
         self._forms = load("forms.npy")
+        self.traits = load("traits.npy")
         self._matchable, self._entity_rows = load("matchable.npy"), load("entity_rows.npy")
         self._entities = pa.ipc.open_file(pa.memory_map(str(self.folder / "entities.arrow"))).read_all()
         # One record batch per file, so each column is one chunk of the mapped file; taking
         # it (not combine_chunks, which copies) keeps the process's private memory small.
         self._columns = {name: _single_chunk(self._entities.column(name)) for name in self._entities.column_names}
+        # float64 without nulls: a view of the mapped file, shared by every process
+        self.popularity = self._columns["popularity"].to_numpy(zero_copy_only=True)
 
     @classmethod
     def from_kb_table(cls, kb: pa.Table, *, smoothing: float = DEFAULT_SMOOTHING) -> "AliasIndex":

@@ -316,8 +316,8 @@ def published_index_uri(kb_uri: str) -> str:
     return storage.normalize(kb_uri) + ".aliases"
 
 
-_INDEX_FILES = ("meta.json", "keys.marisa", "offsets.npy", "candidates.npy", "priors.npy", "forms.npy", "matchable.npy",
-                "entity_ids.marisa", "entity_rows.npy", "entities.arrow")
+_INDEX_FILES = ("meta.json", "keys.marisa", "offsets.npy", "candidates.npy", "priors.npy", "forms.npy", "traits.npy",
+                "matchable.npy", "entity_ids.marisa", "entity_rows.npy", "entities.arrow")
 
 
 @contextlib.contextmanager

@@ -182,8 +182,10 @@ def sense_class(synset: str) -> int:
 
 
 def is_concept_word(lemma: str) -> bool:
-    """A lower-case lemma that is not a stop word (module docstring)."""
-    return bool(lemma) and not lemma[0].isupper() and normalize_alias(lemma) not in STOP_WORDS
+    """A lower-case lemma that is not a stop word (module docstring) nor a possessive
+    ("men's" for the men's room: alias keys drop the "'s", so it would claim "men")."""
+    return (bool(lemma) and not lemma[0].isupper() and "'s" not in lemma
+            and normalize_alias(lemma) not in STOP_WORDS)
 
 
 def word_owners(ids: list[str], lemmas: dict[str, list[str]]) -> dict[str, str]:

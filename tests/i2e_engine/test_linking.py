@@ -129,8 +129,8 @@ def test_an_acronym_alias_matches_only_a_mention_in_capitals(linker):
     text = "MODI scans and Modi speaks"
     upper = linker.name_candidates(mention(text, "MODI", label="ORG"))
     title = linker.name_candidates(mention(text, "Modi"))
-    assert [linker.alias_index.entity_id(row) for row, _, _ in upper] == ["enwiki:Microsoft_Office_Document_Imaging"]
-    assert title == []
+    assert [linker.alias_index.entity_id(row) for row in upper.rows] == ["enwiki:Microsoft_Office_Document_Imaging"]
+    assert len(title.rows) == 0
 
 
 def test_list_and_name_pages_are_never_candidates(linker, index):
