@@ -30,7 +30,7 @@ from i2e_engine.kb.build import ensure_default_kb, kb_file_version  # noqa: E402
 from i2e_engine.kb.evaluate import EntityTest, LinkingScore, TextLinker, load_gold, overlaps, score_links  # noqa: E402
 from i2e_engine.kb.link_fit import GoldSet, cross_validate, fit_on  # noqa: E402
 from i2e_engine.kb.naive import TitleLookup  # noqa: E402
-from i2e_engine.link_model import DEFAULT_MIN_PRECISION, WEIGHTS_PATH  # noqa: E402
+from i2e_engine.link_model import DEFAULT_HIDDEN, DEFAULT_MIN_PRECISION, WEIGHTS_PATH  # noqa: E402
 
 NEL = REPO.parent / "shared" / "data" / "nel"
 COCO_GOLD = REPO / "benchmarks" / "gold" / "coco_mini_entities.jsonl"
@@ -96,7 +96,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default="benchmarks/out/linking.json")
     parser.add_argument("--kb", help="KB parquet (default: the default KB, built once)")
     parser.add_argument("--folds", type=int, default=5)
-    parser.add_argument("--c", type=float, default=1.0, help="inverse L2 strength of the logistic regression")
+    parser.add_argument("--hidden", type=int, default=DEFAULT_HIDDEN,
+                        help="hidden units of the link model (0: a logistic regression)")
     parser.add_argument("--min-precision", type=float, default=DEFAULT_MIN_PRECISION,
                         help="the NIL threshold links the most mentions at this precision on the training folds")
     parser.add_argument("--limit", type=int, help="only the first N texts of each set (smoke runs)")
@@ -115,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
     naive = TitleLookup.from_package(text_linker.ner.extractor.nlp)
     report: dict = {"facts": run_facts(), "kb": kb, "kb_version": kb_file_version(kb), "folds": args.folds,
                     "sets": {}}
-    held_out = cross_validate(linker, sets, folds=args.folds, c=args.c, min_precision=args.min_precision)
+    held_out = cross_validate(linker, sets, folds=args.folds, hidden=args.hidden, min_precision=args.min_precision)
     for gold in sets:
         naive_links = naive([t.text for t in gold.texts])
         naive_score = LinkingScore.of(len(gold.texts), held_out[gold.name].score.gold_mentions,
@@ -126,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
             "errors_linker_held_out": error_kinds(gold, held_out[gold.name].links, test)}
     report["speed"] = speed(text_linker, sets, args.repeats)
     if args.fit:
-        model = fit_on(linker, sets, c=args.c, min_precision=args.min_precision, fit_info={
+        model = fit_on(linker, sets, hidden=args.hidden, min_precision=args.min_precision, fit_info={
             "sets": {g.name: len(g.texts) for g in sets}, "kb_version": report["kb_version"],
             "fit_by": "benchmarks/bench_linking.py --fit"})
         model.save(WEIGHTS_PATH)

@@ -271,7 +271,8 @@ def _kb_parser(commands) -> None:
         "eval", help="linking precision and recall on a gold set",
         description="Link the texts of an entity-linking gold set (JSON lines: text, mentions with start, end, "
                     "title, qid; e.g. ../shared/data/nel/tweeki_gold.jsonl) with the build's NER and linker, "
-                    "and print precision, recall and KB coverage of the linked mentions "
+                    "and print P(gold) (correct / links on a gold span), P(all) (correct / all links), recall, F1 "
+                    "and KB coverage of the linked mentions "
                     "(i2e_engine/kb/evaluate.py states the counting rule).")
     evaluate.add_argument("gold", help="gold JSON-lines file")
     evaluate.add_argument("--kb", help="KB parquet (default: the build's default KB)")
@@ -295,7 +296,8 @@ def _kb_command(args: argparse.Namespace) -> int:
         else:
             print(f"{score.texts} texts, {score.gold_mentions} gold mentions, {score.predicted_links} links "
                   f"({score.texts_per_second:.0f} texts/s)\n"
-                  f"precision {score.precision:.3f}  recall {score.recall:.3f}  KB coverage {score.coverage:.3f}")
+                  f"P(gold) {score.precision_gold:.3f}  P(all) {score.precision:.3f}  recall {score.recall:.3f}  "
+                  f"F1 {score.f1:.3f}  KB coverage {score.coverage:.3f}")
         return 0
     with _SourceProgress() as progress:
         build_kb(args.sources.split(","), args.out, wikidata_dump=args.wikidata_dump,

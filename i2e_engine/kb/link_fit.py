@@ -24,7 +24,7 @@ from typing import Optional, Sequence
 import numpy as np
 
 from i2e_engine.kb.evaluate import EntityTest, GoldText, LinkingScore, overlaps, score_links
-from i2e_engine.link_model import DEFAULT_MIN_PRECISION, Example, LinkModel, fit
+from i2e_engine.link_model import DEFAULT_HIDDEN, DEFAULT_MIN_PRECISION, Example, LinkModel, fit
 from i2e_engine.linking import Linker, Traced
 from i2e_engine.records import Link, Mention
 
@@ -73,13 +73,13 @@ def examples(linker: Linker, gold: GoldSet, keep: Sequence[int]) -> list[Example
 
 
 def fit_on(linker: Linker, sets: Sequence[GoldSet], keep: Optional[dict[str, list[int]]] = None,
-           c: float = 1.0, min_precision: Optional[float] = DEFAULT_MIN_PRECISION,
+           hidden: int = DEFAULT_HIDDEN, min_precision: Optional[float] = DEFAULT_MIN_PRECISION,
            fit_info: Optional[dict] = None) -> LinkModel:
     """A model fit on the texts ``keep[set name]`` of each set (default: all)."""
     found: list[Example] = []
     for gold in sets:
         found += examples(linker, gold, range(len(gold.texts)) if keep is None else keep[gold.name])
-    return fit(found, c=c, min_precision=min_precision, fit_info=fit_info)
+    return fit(found, hidden=hidden, min_precision=min_precision, fit_info=fit_info)
 
 
 @dataclass
@@ -89,7 +89,7 @@ class HeldOut:
     links: list[list[Link]]
 
 
-def cross_validate(linker: Linker, sets: Sequence[GoldSet], folds: int = 5, c: float = 1.0,
+def cross_validate(linker: Linker, sets: Sequence[GoldSet], folds: int = 5, hidden: int = DEFAULT_HIDDEN,
                    min_precision: Optional[float] = DEFAULT_MIN_PRECISION) -> dict[str, HeldOut]:
     """Held-out scores and links of each set (module docstring). The linker's model is
     restored after."""
@@ -99,7 +99,7 @@ def cross_validate(linker: Linker, sets: Sequence[GoldSet], folds: int = 5, c: f
         for k in range(folds):
             train = {g.name: [i for i, t in enumerate(g.texts) if fold_of(t.id, folds) != k] for g in sets}
             linker.model, linker.nil_threshold = shipped, threshold
-            model = fit_on(linker, sets, train, c=c, min_precision=min_precision)
+            model = fit_on(linker, sets, train, hidden=hidden, min_precision=min_precision)
             linker.model, linker.nil_threshold = model, model.threshold
             for gold in sets:
                 held = [i for i, t in enumerate(gold.texts) if fold_of(t.id, folds) == k]

@@ -20,7 +20,7 @@ def hand_model(threshold: float = 0.6, **weights: float) -> LinkModel:
     """p = sigmoid(6 prior - 3 + ...): a sole candidate (prior 1) gets 0.95, an even split
     of two 0.5 (NIL under 0.6), of eight 0.13."""
     w = {"prior": 6.0, **weights}
-    return LinkModel(list(FEATURES), [w.get(f, 0.0) for f in FEATURES], -3.0, threshold, {})
+    return LinkModel(list(FEATURES), [{"weights": [[w.get(f, 0.0)] for f in FEATURES], "bias": [-3.0]}], threshold, {})
 
 
 def kb_index(rows: list[tuple]) -> AliasIndex:
@@ -172,7 +172,7 @@ def test_a_model_with_other_features_is_refused(tmp_path):
     path = tmp_path / "model.json"
     model = hand_model()
     model.save(path)
-    assert LinkModel.load(path).weights == model.weights
+    assert LinkModel.load(path).layers == model.layers
     text = path.read_text().replace('"context"', '"something_else"')
     path.write_text(text)
     with pytest.raises(ValueError, match="refit"):

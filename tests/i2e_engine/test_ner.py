@@ -61,10 +61,27 @@ def test_missing_model_gives_a_clear_error():
 
 
 def test_alias_hits_must_be_nouns():
-    extractor = build_extractor(NerConfig(), index_of("nice", "reading", "book", "day"))
-    texts = [m["text"] for m in extractor.extract(["a nice day: a girl reading a book"])[0]]
-    assert "book" in texts and "day" in texts
+    extractor = build_extractor(NerConfig(), index_of("nice", "reading", "book", "hat"))
+    texts = [m["text"] for m in extractor.extract(["a nice hat: a girl reading a book"])[0]]
+    assert "book" in texts and "hat" in texts
     assert "nice" not in texts and "reading" not in texts
+
+
+def test_no_alias_hit_inside_a_date_or_a_number():
+    extractor = build_extractor(NerConfig(), index_of("september", "leaders", "dozen"))
+    text = "BRICS leaders in Hangzhou, China, 3 September 2016"
+    [mentions] = extractor.extract([text])
+    assert "3 September 2016" not in [m["text"] for m in mentions]      # DATE is no wanted label
+    assert [m["text"] for m in mentions if m["source"] == "alias"] == ["leaders"]
+
+
+def test_a_model_number_ends_a_name_and_the_later_head_wins():
+    extractor = build_extractor(NerConfig(), index_of("spacex falcon", "falcon 9", "spacex", "rocket"))
+    text = "Launch of the satellite on a SpaceX Falcon 9 rocket"
+    [mentions] = extractor.extract([text])
+    aliases = [m["text"] for m in mentions if m["source"] == "alias"]
+    assert "Falcon 9" in aliases and "SpaceX" in aliases and "rocket" in aliases
+    assert not any("," in a or a.endswith(".") for a in aliases)
 
 
 def test_plural_forms_of_aliases_are_found():

@@ -3,9 +3,11 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 import schemas
 from i2e_engine.kb.alias_index import AliasIndex
-from i2e_engine.kb.evaluate import GoldMention, GoldText, load_gold, score_links
+from i2e_engine.kb.evaluate import GoldMention, GoldText, LinkingScore, load_gold, score_links
 
 
 def _index() -> AliasIndex:
@@ -34,9 +36,25 @@ def test_counting_rule():
          _link(16, 21, "Q90"), _link(17, 20, "Q90")],                           # right once; the second is a duplicate
         [_link(8, 12, "enwiki:Paris_Hilton")],                                  # no gold span there
     ]
-    correct, links, covered = score_links(gold, predicted, _index())
-    assert (correct, links) == (3, 6)
-    assert covered == 4          # Nothing_(band) is not in the KB
+    counts = score_links(gold, predicted, _index())
+    assert (counts.correct, counts.links) == (3, 6)
+    assert counts.on_gold == 5   # every link but the one on "here" overlaps a gold span
+    assert counts.covered == 4   # Nothing_(band) is not in the KB
+    score = LinkingScore.of(3, 5, counts, 1.0)
+    assert score.precision == 3 / 6 and score.precision_gold == 3 / 5 and score.recall == 3 / 5
+    assert score.f1 == pytest.approx(0.6)
+
+
+def test_a_gold_mention_may_list_the_ids_it_accepts(tmp_path):
+    path = tmp_path / "gold.jsonl"
+    path.write_text(json.dumps({"id": "c1", "text": "a dog and a cat", "mentions": [
+        {"start": 2, "end": 5, "surface": "dog", "accept": ["enwiki:Paris_Hilton", "Q90"]},
+        {"start": 12, "end": 15, "surface": "cat", "accept": ["wordnet:n0"]}]}) + "\n")
+    gold = load_gold(str(path))
+    assert gold[0].mentions[0].accept == ("enwiki:Paris_Hilton", "Q90") and gold[0].mentions[0].title == "enwiki:Paris_Hilton"
+    counts = score_links(gold, [[_link(2, 5, "Q90"), _link(12, 15, "enwiki:Myanmar")]], _index())
+    assert (counts.correct, counts.links, counts.on_gold) == (1, 2, 2)
+    assert counts.covered == 1          # wordnet:n0 is not in this KB
 
 
 def test_load_gold_reads_json_lines(tmp_path):
