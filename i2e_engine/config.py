@@ -34,7 +34,7 @@ class NerConfig:
 
 @dataclass
 class LinkConfig:
-    top_k_candidates: int = 30
+    top_k_candidates: int = 10       # a name's best candidates by prior that the model scores
     # a name whose best candidate's probability is under this is NIL (no entity);
     # None -> the link model's own threshold, calibrated when it was fit
     nil_threshold: Optional[float] = None

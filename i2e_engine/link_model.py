@@ -25,7 +25,7 @@ Features (``FEATURES``; all in [0, 1] or small ranges, computed by
   ``word_frequency`` (wordfreq's Zipf frequency of the mention in lower case / 8: "Good
   Morning" and "Win" are English words before they are names, "Minaj" is not);
 - the candidate: ``person_shape`` (a name of two or three capitalized words),
-  ``place_kind`` (a place kind or a "Town, Region" title), ``concept_kind``;
+  ``place_kind`` (a place kind or a "Town, Region" title);
 - ``exact_case``: the mention (without a leading article) is the candidate's name
   written the same way, letter case included;
 - ``context``: cosine of the words around the mention with the candidate's name and
@@ -51,7 +51,7 @@ FEATURES = ("prior", "top_prior", "prior_margin", "log_candidates", "log_popular
             "form_alias", "form_acronym",
             "form_name_part", "in_text", "ner_person", "ner_place", "ner_org", "ner_other", "alias_only",
             "single_token", "sentence_initial", "all_caps", "word_frequency", "person_shape", "place_kind",
-            "concept_kind", "exact_case", "context")
+            "exact_case", "context")
 WEIGHTS_PATH = Path(__file__).parent / "kb" / "link_model.json"
 DEFAULT_MIN_PRECISION = 0.80
 DEFAULT_HIDDEN = 32

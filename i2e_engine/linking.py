@@ -198,14 +198,21 @@ class Linker:
                                  for label, kinds in self.config.label_excluded_kinds}
         threshold = self.config.nil_threshold
         self.nil_threshold = self.model.threshold if threshold is None else threshold
-        # Bounded: a worker sees millions of distinct entities over a long run.
+        # Bounded: a worker sees millions of distinct entities and surfaces over a long run.
         self._words_of = functools.lru_cache(maxsize=_WORDS_CACHE)(self._entity_words)
+        self._concept = functools.lru_cache(maxsize=_WORDS_CACHE)(self._find_concept)
+        self._name_candidates = functools.lru_cache(maxsize=_WORDS_CACHE)(self._find_name_candidates)
+
+    def clear_caches(self) -> None:
+        """Forget the per-surface and per-entity caches (benchmarks measure cold)."""
+        for cache in (self._words_of, self._concept, self._name_candidates, word_frequency):
+            cache.cache_clear()
 
     def _entity_words(self, row: int) -> frozenset[str]:
         index = self.alias_index
         return content_words(f"{index.field(row, 'name')} {index.field(row, 'description')}")
 
-    def _concept(self, text: str) -> Optional[tuple[int, float]]:
+    def _find_concept(self, text: str) -> Optional[tuple[int, float]]:
         """The visual concept a common noun names (row, prior among concepts), if any; a
         plural whose own key names no concept tries its singular ("Horses": the key
         "horses" is an album's title)."""
@@ -242,15 +249,18 @@ class Linker:
         """A name's candidates, best prior first: concepts, kinds the NER label excludes
         (``label_excluded_kinds``: a PERSON is no place) and acronyms of a mention not
         written in capitals ("Modi" is not MODI) are dropped."""
+        return self._name_candidates(mention["text"], mention["label"])
+
+    def _find_name_candidates(self, text: str, label: str) -> Candidates:
         index = self.alias_index
-        key_id = index.lookup_key(mention["text"])
+        key_id = index.lookup_key(text)
         if key_id is None:
             return Candidates.empty()
         k = self.config.top_k_candidates
         rows, priors = index.candidate_rows(key_id, k)
         forms = index.candidate_forms(key_id, k)
-        keep = (index.traits[rows] & self._excluded_traits.get(mention["label"], KIND_TRAITS["concept"])) == 0
-        if not mention["text"].isupper():
+        keep = (index.traits[rows] & self._excluded_traits.get(label, KIND_TRAITS["concept"])) == 0
+        if not text.isupper():
             keep &= forms != FORM_ACRONYM
         return Candidates(np.asarray(rows)[keep].astype(np.int64), np.asarray(priors)[keep].astype(np.float64),
                           np.asarray(forms)[keep], np.zeros(int(keep.sum()), dtype=bool))
@@ -260,7 +270,6 @@ class Linker:
         candidate's context similarity."""
         index = self.alias_index
         n = len(candidates.rows)
-        x = np.zeros((n, len(FEATURES)))
         text, label = mention["text"], mention["label"]
         mention_words = content_words(text)
         context_words = content_words(f"{alt_text[:mention['start']]} {alt_text[mention['end']:]}") - mention_words
@@ -269,29 +278,31 @@ class Linker:
         popularity = index.popularity[rows]
         traits = index.traits[rows]
         f = _FEATURE
+        # What the mention alone says, the same for every candidate: one row, broadcast.
+        same = np.zeros(len(FEATURES))
+        same[f["log_candidates"]] = log_scaled(n)
+        same[f["ner_person"]] = label == "PERSON"
+        same[f["ner_place"]] = label in _NER_PLACE
+        same[f["ner_org"]] = label == "ORG"
+        same[f["ner_other"]] = mention["source"] == "ner" and label not in _NER_PLACE and label not in ("PERSON", "ORG")
+        same[f["alias_only"]] = mention["source"] == "alias"
+        same[f["single_token"]] = len(text.split()) == 1
+        same[f["sentence_initial"]] = sentence_initial(alt_text, mention["start"])
+        same[f["all_caps"]] = text.isupper()
+        same[f["word_frequency"]] = word_frequency(bare)
+        x = np.empty((n, len(FEATURES)))
+        x[:] = same
+        best = priors.max()
+        second = np.partition(priors, -2)[-2] if n > 1 else 0.0
         x[:, f["prior"]] = priors
-        x[:, f["top_prior"]] = priors >= priors.max()
-        if n > 1:
-            order = np.sort(priors)
-            x[:, f["prior_margin"]] = priors - np.where(priors >= order[-1], order[-2], order[-1])
-        else:
-            x[:, f["prior_margin"]] = priors
-        x[:, f["log_candidates"]] = log_scaled(n)
+        x[:, f["top_prior"]] = priors >= best
+        x[:, f["prior_margin"]] = priors - np.where(priors >= best, second, best)
         x[:, f["log_popularity"]] = np.log1p(popularity) / 5.0
         x[:, f["popularity_share"]] = popularity / (popularity.max() or 1.0)
         x[:, f["form_alias"]] = forms == FORM_ALIAS
         x[:, f["form_acronym"]] = forms == FORM_ACRONYM
         x[:, f["form_name_part"]] = forms == FORM_NAME_PART
         x[:, f["in_text"]] = candidates.in_text
-        x[:, f["ner_person"]] = label == "PERSON"
-        x[:, f["ner_place"]] = label in _NER_PLACE
-        x[:, f["ner_org"]] = label == "ORG"
-        x[:, f["ner_other"]] = mention["source"] == "ner" and label not in _NER_PLACE and label not in ("PERSON", "ORG")
-        x[:, f["alias_only"]] = mention["source"] == "alias"
-        x[:, f["single_token"]] = len(text.split()) == 1
-        x[:, f["sentence_initial"]] = sentence_initial(alt_text, mention["start"])
-        x[:, f["all_caps"]] = text.isupper()
-        x[:, f["word_frequency"]] = word_frequency(bare)
         x[:, f["person_shape"]] = (traits & TRAIT_PERSON_SHAPE) > 0
         x[:, f["place_kind"]] = (traits & (KIND_TRAITS["place"] | TRAIT_COMMA_NAME)) > 0
         # Only the candidates named by this very surface can be spelled the same way.

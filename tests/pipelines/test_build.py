@@ -61,12 +61,14 @@ def test_demo_links_real_entities(demo_build):
     joined = t["image_entities"].merge(t["images"][["image_id", "alt_text"]], on="image_id") \
         .merge(t["entities"][["entity_id", "name"]], on="entity_id")
     cat = joined[joined["alt_text"].str.contains("cat", case=False)]
-    assert "Cat" in set(cat["name"])
+    assert "wordnet:n02121620" in set(cat["entity_id"])          # the concept cat
+    assert not cat["mention"].str.startswith("Chelsea").any()     # no article is about this cat
     coffee = joined[joined["alt_text"].str.contains("coffee")]
-    assert "Coffee" in set(coffee["name"])
+    assert "wordnet:n07929519" in set(coffee["entity_id"])       # the beverage
     # the default KB knows SpaceX's rocket: "SpaceX Falcon 9" is not the bird of prey
     rocket = joined[joined["alt_text"].str.contains("Falcon 9")]
-    assert len(rocket) and "enwiki:Falcon" not in set(joined["entity_id"])
+    assert "enwiki:Falcon_9" in set(rocket["entity_id"]) and "enwiki:Falcon" not in set(joined["entity_id"])
+    assert not set(t["entities"]["entity_id"]) & {"enwiki:Chelsea", "enwiki:Table", "enwiki:Group"}
 
 
 def test_rerun_resumes_and_refilters_without_reannotating(demo_build, tmp_path):

@@ -11,7 +11,8 @@ import pyarrow as pa
 import pytest
 
 import schemas
-from i2e_engine.kb.alias_index import (ALIAS_WEIGHT, MAX_CANDIDATES_PER_KEY, AliasIndex, build_index, initialism,
+from i2e_engine.kb.alias_index import (ALIAS_WEIGHT, FORMS, KIND_TRAITS, MAX_CANDIDATES_PER_KEY, TRAIT_COMMA_NAME,
+                                       TRAIT_PERSON_SHAPE, AliasIndex, build_index, initialism, name_part,
                                        normalize_alias)
 from i2e_engine.kb.build import merge_sources
 from i2e_engine.kb.geonames import geonames_table
@@ -57,6 +58,7 @@ def index(default_kb) -> AliasIndex:
     ("Straße", "strasse"),                             # casefold, not lower
     ("C++", "c++"),
     ("Theodore", "theodore"),                          # "the" only as a whole word
+    ("Małgorzata Søe", "malgorzata soe"),              # letters Unicode does not decompose
 ])
 def test_normalize_alias(text, key):
     assert normalize_alias(text) == key
@@ -167,7 +169,9 @@ def test_matchable_keys_leave_out_stop_words_numbers_and_short_forms():
 
 
 def test_index_files_are_arrays_and_a_second_process_maps_them(index, tmp_path):
-    assert isinstance(index._candidates, np.memmap) and index._candidates.dtype == np.int32
+    # a plain view of the mapped file (its memory is the file's, not a copy)
+    assert isinstance(index._candidates.base, np.memmap) and index._candidates.dtype == np.int32
+    assert not index._candidates.flags.owndata and not index.traits.flags.owndata
     script = (f"from i2e_engine.kb.alias_index import AliasIndex; "
               f"print(AliasIndex({str(index.folder)!r}).candidates('Paris', 2))")
     out = subprocess.run([sys.executable, "-c", script], check=True, capture_output=True, text=True).stdout
@@ -207,3 +211,39 @@ def test_initialisms_are_weak_aliases_that_the_popular_name_wins():
     assert index.candidates("NYK") == [("e:nyk", 1.0)]
     assert initialism("United States of America") == "USA" and initialism("Paris, Texas") is None
     assert initialism("Coca-Cola") is None and initialism("Cat") is None and initialism("Group (mathematics)") is None
+
+
+@pytest.mark.parametrize("name, part", [("Frank Sinatra", "Sinatra"), ("B. J. Armstrong", "Armstrong"),
+                                        ("Quincy Delight Jones", "Jones"),
+                                        ("Paris", None), ("Louis XIV of France", None), ("Akron, Ohio", None),
+                                        ("Falcon 9", None), ("Jo Li", None), ("Frank Sinatra Jr.", None)])
+def test_name_part_is_the_surname_of_a_person_shaped_name(name, part):
+    assert name_part(name) == part
+
+
+def test_each_candidate_says_how_its_key_names_it():
+    kb = schemas.from_records([
+        kb_row("e:sinatra", "Frank Sinatra", ["Ol' Blue Eyes"], popularity=10),
+        kb_row("e:modi", "Microsoft Office Document Imaging", ["MODI"], popularity=1),
+        kb_row("e:narendra", "Narendra Modi", popularity=20),
+        kb_row("e:jones", "Jones", kind="name_page", popularity=5),
+        kb_row("e:tom", "Tom Jones", popularity=3),
+        kb_row("e:list", "List of Dogs", ["Dogs list"], kind="list"),
+        kb_row("e:akron", "Akron, Ohio", kind="place"),
+    ], "kb")
+    index = AliasIndex.from_kb_table(kb)
+
+    def forms(mention: str) -> dict[str, str]:
+        key_id = index.lookup_key(mention)
+        rows, _ = index.candidate_rows(key_id, 10)
+        return {index.entity_id(r): FORMS[f] for r, f in zip(rows.tolist(), index.candidate_forms(key_id, 10).tolist())}
+
+    assert forms("Frank Sinatra") == {"e:sinatra": "name"} and forms("Ol' Blue Eyes") == {"e:sinatra": "alias"}
+    assert forms("Sinatra") == {"e:sinatra": "name_part"}
+    assert forms("Modi") == {"e:narendra": "name_part", "e:modi": "acronym"}     # the linker drops the acronym
+    assert forms("Jones") == {"e:tom": "name_part"}                              # a name page is never a candidate
+    assert index.candidates("List of Dogs") == [] and index.candidates("Dogs list") == []
+    traits = {e: int(index.traits[index.row_of(e)]) for e in ("e:sinatra", "e:akron", "e:modi")}
+    assert traits["e:sinatra"] & TRAIT_PERSON_SHAPE and not traits["e:modi"] & TRAIT_PERSON_SHAPE
+    assert traits["e:akron"] & KIND_TRAITS["place"] and traits["e:akron"] & TRAIT_COMMA_NAME
+    assert index.popularity[index.row_of("e:narendra")] == 20.0

@@ -65,7 +65,9 @@ def test_only_lower_case_words_and_no_stop_words(rows, owner):
 def test_chosen_senses(owner):
     assert owner["dog"] == "n02084071"            # not the andiron
     assert owner["table"] == "n04379243"          # the furniture
-    assert owner["mouse"] == "n02330245"          # the rodent: the rule stands for two common senses
+    assert owner["mouse"] == "n03793489"          # the computer mouse (override)
+    assert owner["toilet"] == "n03371875"         # the fixture, a word its synset lacks (EXTRA_WORDS)
+    assert "riding" not in owner and "snow" not in owner       # acts and phenomena are no concepts
     assert owner["cat"] == "n02121620" and owner["horse"] == "n02374451" and owner["car"] == "n02958343"
     assert owner["ball"] == "n02778669"           # the object before "the game of baseball" (class rule)
     assert owner["orange"] == "n07747607"         # the fruit before the colour
