@@ -236,12 +236,18 @@ class Linker:
         """A common noun, not a name (see the class docstring): written in lower case, or
         an alias hit that starts a sentence and whose capital is only the sentence's: its
         other words in lower case ("Aerial view", "Plastic containers"), or one word that
-        names a concept ("Dog on a beach"; "Sinatra in 1955" stays a name). A common
+        names a concept ("Dog on a beach"; "Sinatra in 1955" stays a name); in a text
+        written all in capitals, an alias hit that names a concept ("BASEBALL GAME WITH
+        BATTER"). A common
         English word never names a named entity by its lower-case form."""
         text = mention["text"]
         if common_noun(text):
             return True
-        if mention["source"] != "alias" or not text[1:].islower() or not sentence_initial(alt_text, mention["start"]):
+        if mention["source"] != "alias":
+            return False
+        if alt_text.isupper():          # a text in capitals says nothing about names
+            return self._concept(text) is not None
+        if not text[1:].islower() or not sentence_initial(alt_text, mention["start"]):
             return False
         return len(text.split()) > 1 or self._concept(text) is not None
 

@@ -87,6 +87,9 @@ def test_a_sentence_initial_concept_word_is_common_but_a_surname_is_a_name(linke
     later = "The Bowery Boys meet Dog"                      # capitalized mid-sentence: a name
     assert not linker.is_common(later, alias(later, "Dog"))
     assert sentence_initial(text, text.index("Sinatra")) and not sentence_initial(later, later.index("Dog"))
+    shouting = "A MAN WALKS HIS DOG PAST SINATRA"
+    assert linker.is_common(shouting, alias(shouting, "DOG")) and not linker.is_common(shouting, alias(shouting, "SINATRA"))
+    assert not linker.is_common(shouting, mention(shouting, "DOG"))       # an NER name stays a name
 
 
 def test_a_capitalized_name_never_links_to_a_concept_and_ner_labels_exclude_kinds(linker):
