@@ -46,8 +46,9 @@ class LinkConfig:
     # Image-aware choice (linking.choose_with_image): link score + image_weight x image-entity score
     image_weight: float = 1.0
     image_nil_score: Optional[float] = None     # NIL under this for every candidate; None -> the scorer's own
-    # a link the text is this sure of (concepts: 1.0) keeps its entity whatever the image says
-    text_certain_score: float = 0.9
+    # a link the text is this sure of (concepts: 1.0; a name the model gives 0.5: more likely
+    # right than wrong) keeps its entity whatever the image says
+    text_certain_score: float = 0.5
 
 
 @dataclass

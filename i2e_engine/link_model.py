@@ -34,8 +34,8 @@ Features (``FEATURES``; all in [0, 1] or small ranges, computed by
 The NIL rule: the best candidate's probability under ``threshold`` is no link. The
 threshold is chosen on the training data as the one that links the most mentions while
 the links made stay right ``DEFAULT_MIN_PRECISION`` (80%) of the time there
-(:func:`best_threshold`), so it is calibrated on data to a stated precision, not set by hand. The weights file records the KB and index code
-versions it was fit with; the linker warns when they differ from the running ones.
+(:func:`best_threshold`), so it is calibrated on data to a stated precision, not set by hand. The weights file records the KB
+version it was fit with; the linker logs it when it links against another KB.
 """
 from __future__ import annotations
 

@@ -35,6 +35,7 @@ input always gives the same links.
 from __future__ import annotations
 
 import functools
+import logging
 import math
 import re
 from dataclasses import dataclass
@@ -51,6 +52,7 @@ from i2e_engine.kb.alias_index import (ARTICLES, FORM_ACRONYM, FORM_ALIAS, FORM_
 from i2e_engine.link_model import FEATURES, WEIGHTS_PATH, LinkModel, log_scaled
 from i2e_engine.records import Candidate, Link, Mention
 
+log = logging.getLogger(__name__)
 _WORDS = re.compile(r"[^\W_]+")
 _ARTICLE = re.compile(r"^(?:the|a|an)\s+", re.IGNORECASE)
 _WORDS_CACHE = 200_000
@@ -189,6 +191,11 @@ class Linker:
         self.alias_index = alias_index
         self.config = config or LinkConfig()
         self.model = model or LinkModel.load(self.config.model_path or WEIGHTS_PATH)
+        fit_on = self.model.fit_info.get("kb_version")
+        if fit_on and fit_on != alias_index.meta.get("kb_version"):
+            log.info("the link model was fit on KB %s; linking against KB %s (refit with "
+                     "benchmarks/bench_linking.py --fit --kb ... for the best links)", fit_on,
+                     alias_index.meta.get("kb_version"))
         unknown = {kind for _, kinds in self.config.label_excluded_kinds for kind in kinds} - set(KIND_TRAITS)
         if unknown:
             raise ValueError(f"label_excluded_kinds names kinds {sorted(unknown)}; the linker can exclude "
