@@ -70,9 +70,10 @@ class MentionExtractor:
     def extract(self, texts: Sequence[str], batch_size: int = 256) -> list[list[Mention]]:
         """One list of mentions per text, sorted by start offset.
 
-        NER mentions with a wanted label are kept as they are; alias hits are reduced
-        to the longest non-overlapping spans and dropped where they coincide with an
-        NER mention (the linker resolves the remaining overlaps).
+        NER mentions with a wanted label are kept as they are; every alias hit is kept
+        too, overlapping ones included ("a cup of coffee", "a cup", "coffee"), except where
+        it coincides with an NER mention: the linker resolves overlaps, knowing which
+        spans have candidates (:func:`i2e_engine.linking.resolve_overlaps`).
         """
         return [self._mentions(doc) for doc in self.nlp.pipe(texts, batch_size=batch_size)]
 
@@ -87,7 +88,6 @@ class MentionExtractor:
                        and not any(span.start < end and start < span.end for start, end in unwanted)]
         if self.alias_case == "capitalized":
             alias_spans = self._whole_names(doc, alias_spans)
-        alias_spans = longest_spans(alias_spans)
         mentions += [Mention(text=span.text, label="ALIAS", start=span.start_char, end=span.end_char,
                              source="alias")
                      for span in alias_spans if (span.start_char, span.end_char) not in ner_offsets]
@@ -161,22 +161,6 @@ class MentionExtractor:
         before = doc[span.start - 1].pos_ if span.start > 0 else None
         after = doc[span.end].pos_ if span.end < len(doc) else None
         return before == "DET" and after not in ("NOUN", "PROPN", "ADJ")
-
-
-def longest_spans(spans: list) -> list:
-    """Non-overlapping spans, longest first, a leading article not counted; of two as long,
-    the one that ends later: English noun phrases end in their head ("SpaceX Falcon 9":
-    "Falcon 9" wins over "a SpaceX Falcon", and "SpaceX" is left to be a mention of its own)."""
-    def length(span) -> int:
-        return len(span) - (span[0].lower_ in ARTICLES)
-
-    kept: list = []
-    taken: set[int] = set()
-    for span in sorted(spans, key=lambda s: (-length(s), -s.end, s.start)):
-        if not taken.intersection(range(span.start, span.end)):
-            kept.append(span)
-            taken.update(range(span.start, span.end))
-    return sorted(kept, key=lambda s: s.start)
 
 
 def build_extractor(config: NerConfig, alias_index: Optional[AliasIndex] = None) -> MentionExtractor:

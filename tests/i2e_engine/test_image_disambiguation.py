@@ -38,7 +38,10 @@ PAIRS = [_pair(0, "chelsea.png", "Jaguar"), _pair(1, "motorcycle_left.png", "Jag
 
 
 def _annotate(kb_path: str, link: LinkConfig):
-    config = dataclasses.replace(BuildConfig(), link=link)
+    # An even split of two candidates is under the link model's NIL threshold on the text
+    # alone; these tests hand the choice to the image (nil_threshold 0), below the score
+    # at which the text is sure (text_certain_score).
+    config = dataclasses.replace(BuildConfig(), link=dataclasses.replace(link, nil_threshold=0.0))
     return Annotator(config, kb_path).setup().process(PAIRS)
 
 
@@ -58,6 +61,11 @@ def test_the_image_chooses_between_equal_text_candidates(kb_path):
 def test_without_image_weight_the_text_tie_break_stands(kb_path):
     result = _annotate(kb_path, LinkConfig(image_weight=0.0, image_nil_score=-1.0))
     assert {row["links"][0]["entity_id"] for row in result.kept} == {"custom:jaguar-cat"}   # by entity_id
+
+
+def test_the_text_alone_leaves_an_even_split_unlinked(kb_path):
+    result = Annotator(BuildConfig(), kb_path).setup().process(PAIRS)
+    assert not result.kept and {r["reason"] for r in result.rejects} == {"no_entity_linked"}
 
 
 def test_an_image_that_agrees_with_no_candidate_is_nil(kb_path):

@@ -182,6 +182,14 @@ def test_a_model_with_other_features_is_refused(tmp_path):
         LinkModel.load(path)
 
 
+def test_a_compound_that_names_nothing_leaves_its_head_not_its_modifier(linker):
+    text = "a dog man statue"          # "dog man" names nothing here; "man" is its head
+    links = linker.link(text, [alias(text, "a dog man"), alias(text, "dog"), alias(text, "man")])
+    assert ids(links) == ["wordnet:n10289039"]
+    assert ids(linker.link(text, [alias(text, "dog"), alias(text, "man")])) == ["wordnet:n02084071",
+                                                                                  "wordnet:n10289039"]
+
+
 def test_longer_mentions_win_overlaps_then_ner():
     text = "lights of Paris Hilton"
     kept = resolve_overlaps([alias(text, "Paris"), mention(text, "Paris Hilton"), mention(text, "Paris")])

@@ -3,6 +3,7 @@ import pytest
 import schemas
 from i2e_engine.config import NerConfig
 from i2e_engine.kb.alias_index import AliasIndex
+from i2e_engine.linking import resolve_overlaps
 from i2e_engine.ner import build_extractor
 
 
@@ -35,12 +36,14 @@ def test_alias_matcher_finds_concepts_the_ner_misses(extractor):
     assert ("pizza", "alias", "ALIAS") in found
 
 
-def test_alias_matches_keep_the_longest_span(extractor):
+def test_alias_matches_keep_every_span_for_the_linker(extractor):
     mentions = extractor.extract(["the space shuttle tower at dusk"])[0]
     texts = [m["text"] for m in mentions if m["source"] == "alias"]
     assert "space shuttle" in texts and "tower" in texts
     assert extractor.extract(["eiffel tower"])[0][0]["text"] == "eiffel tower"
-    assert [m["text"] for m in extractor.extract(["eiffel tower"])[0]] == ["eiffel tower"]
+    assert [m["text"] for m in extractor.extract(["eiffel tower"])[0]] == ["eiffel tower", "tower"]
+    kept = resolve_overlaps(extractor.extract(["eiffel tower"])[0])
+    assert [m["text"] for m in kept] == ["eiffel tower"]             # the linker keeps the longer
 
 
 def test_unwanted_labels_are_dropped(extractor):

@@ -132,9 +132,9 @@ def test_a_kb_and_its_alias_index_are_built_once_in_the_cache(tmp_path, monkeypa
     stamp = path.stat().st_mtime_ns
     assert ensure_kb(DEMO_SOURCES, 100_000) == path and path.stat().st_mtime_ns == stamp   # reused, not rebuilt
     table, version = read_kb(path)
-    assert version.startswith("geonames+vital_articles-")
+    assert version.startswith("concepts+geonames+vital_articles-")
     ids = set(table.column("entity_id").to_pylist())
-    assert {"enwiki:Eiffel_Tower", "enwiki:Cat", "enwiki:Paris", "enwiki:France"} <= ids
+    assert {"enwiki:Eiffel_Tower", "enwiki:Cat", "enwiki:Paris", "enwiki:France", "wordnet:n02084071"} <= ids
     assert not list(path.parent.glob("*.tmp"))
     assert default_kb_path(DEMO_SOURCES, 50_000) != path
     with monkeypatch.context() as patch:     # other code that makes the rows: another file
