@@ -178,7 +178,8 @@ class Candidates:
         if not in_text:
             return self
         marked = self.in_text | np.isin(self.rows, list(in_text))
-        extra = [row for row in in_text if row not in set(self.rows.tolist())]
+        present = set(self.rows.tolist())
+        extra = [row for row in in_text if row not in present]
         return Candidates(np.concatenate([self.rows, np.array(extra, np.int64)]),
                           np.concatenate([self.priors, [in_text[row] for row in extra]]),
                           np.concatenate([self.forms, np.full(len(extra), FORM_NAME_PART, np.int8)]),
