@@ -27,7 +27,7 @@ from _common import REPO, facts_lines, median, run_facts  # noqa: E402
 
 from i2e_engine.config import LinkConfig, NerConfig  # noqa: E402
 from i2e_engine.kb.build import ensure_default_kb, kb_file_version  # noqa: E402
-from i2e_engine.kb.evaluate import EntityTest, LinkingScore, TextLinker, load_gold, overlaps, score_links  # noqa: E402
+from i2e_engine.kb.evaluate import EntityTest, TextLinker, load_gold, overlaps, score  # noqa: E402
 from i2e_engine.kb.link_fit import GoldSet, cross_validate, fit_on  # noqa: E402
 from i2e_engine.kb.naive import TitleLookup  # noqa: E402
 from i2e_engine.link_model import DEFAULT_HIDDEN, DEFAULT_MIN_PRECISION, WEIGHTS_PATH  # noqa: E402
@@ -122,8 +122,7 @@ def main(argv: list[str] | None = None) -> int:
     held_out = cross_validate(linker, sets, folds=args.folds, hidden=args.hidden, min_precision=args.min_precision)
     for gold in sets:
         naive_links = naive([t.text for t in gold.texts])
-        naive_score = LinkingScore.of(len(gold.texts), held_out[gold.name].score.gold_mentions,
-                                      score_links(gold.texts, naive_links, linker.alias_index), 0.0)
+        naive_score = score(gold.texts, naive_links, linker.alias_index)
         report["sets"][gold.name] = {
             "naive_lookup": naive_score.to_dict(), "linker_held_out": held_out[gold.name].score.to_dict(),
             "errors_naive": error_kinds(gold, naive_links, test),
@@ -142,12 +141,9 @@ def main(argv: list[str] | None = None) -> int:
     for name, path in COCO_GOLD.items():
         coco = load_gold(str(path))
         coco_links = list(text_linker([t.text for t in coco]))
-        mentions = sum(len(t.mentions) for t in coco)
         report[name] = {
-            "linker_shipped_model": LinkingScore.of(len(coco), mentions, score_links(coco, coco_links,
-                                                                                     linker.alias_index), 0).to_dict(),
-            "naive_lookup": LinkingScore.of(len(coco), mentions, score_links(coco, naive([t.text for t in coco]),
-                                                                             linker.alias_index), 0).to_dict(),
+            "linker_shipped_model": score(coco, coco_links, linker.alias_index).to_dict(),
+            "naive_lookup": score(coco, naive([t.text for t in coco]), linker.alias_index).to_dict(),
             "links_per_caption": round(sum(map(len, coco_links)) / len(coco), 2),
             "wrong_links": [(t.text, link["mention"], link["entity_id"]) for t, found in zip(coco, coco_links)
                             for link in found if not any(overlaps(link, m) and test.same(link["entity_id"], m)

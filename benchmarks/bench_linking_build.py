@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import REPO, facts_lines, run_facts, timed  # noqa: E402
 
 from i2e_engine.kb.build import ensure_default_kb  # noqa: E402
-from i2e_engine.kb.evaluate import GoldMention, GoldText, LinkingScore, TextLinker, load_gold, score_links  # noqa: E402
+from i2e_engine.kb.evaluate import GoldMention, GoldText, TextLinker, load_gold, score  # noqa: E402
 from i2e_engine.records import make_sample_id  # noqa: E402
 from i2e_engine.text import TextRejected, normalize_alt_text  # noqa: E402
 
@@ -109,11 +109,10 @@ def main(argv: list[str] | None = None) -> int:
         gold = [g for _, g in kept]
         built = [by_image.get(image_of[url]["image_id"], []) if url in image_of else [] for url, _ in kept]
         text_only = list(text_linker([g.text for g in gold]))
-        mentions = sum(len(g.mentions) for g in gold)
         report["sets"][name] = {
             "images_scored": len(kept), "of_captions": sum(1 for set_name, _ in texts if set_name == name),
-            "text_only": LinkingScore.of(len(gold), mentions, score_links(gold, text_only, index), 0).to_dict(),
-            "through_build": LinkingScore.of(len(gold), mentions, score_links(gold, built, index), 0).to_dict()}
+            "text_only": score(gold, text_only, index).to_dict(),
+            "through_build": score(gold, built, index).to_dict()}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(report, indent=1))
     print("\n".join(facts_lines(report["facts"])))

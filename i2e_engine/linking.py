@@ -443,13 +443,11 @@ def choose_with_image(link: Link, image_scores: dict[str, float], image_weight: 
     options = [Candidate(entity_id=link["entity_id"], link_score=link["link_score"], link_prior=link["link_prior"],
                          link_context=link["link_context"], image_entity_score=None), *link["runner_ups"]]
     options = [{**option, "image_entity_score": float(image_scores[option["entity_id"]])} for option in options]
-    if link["link_score"] >= certain_score:
-        chosen, runner_ups = options[0], options[1:]
-    else:
+    if link["link_score"] < certain_score:
         if nil_score is not None and max(o["image_entity_score"] for o in options) < nil_score:
             return None
         options.sort(key=lambda o: (-(o["link_score"] + image_weight * o["image_entity_score"]), o["entity_id"]))
-        chosen, runner_ups = options[0], options[1:]
+    chosen, runner_ups = options[0], options[1:]
     return {**link, "entity_id": chosen["entity_id"], "link_score": chosen["link_score"],
             "link_prior": chosen["link_prior"], "link_context": chosen["link_context"],
             "image_entity_score": chosen["image_entity_score"], "runner_ups": runner_ups}

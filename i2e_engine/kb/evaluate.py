@@ -199,5 +199,11 @@ def evaluate(gold: Sequence[GoldText], kb_path: str, ner: NerConfig = NerConfig(
     started = time.perf_counter()
     predicted = list(linker([item.text for item in gold]))
     seconds = time.perf_counter() - started
-    counts = score_links(gold, predicted, linker.link.linker.alias_index)
+    return score(gold, predicted, linker.link.linker.alias_index, seconds)
+
+
+def score(gold: Sequence[GoldText], predicted: Iterable[list[Link]], index: AliasIndex,
+          seconds: float = 0.0) -> LinkingScore:
+    """The :class:`LinkingScore` of links made for ``gold`` (one list per text)."""
+    counts = score_links(gold, predicted, index)
     return LinkingScore.of(len(gold), sum(len(item.mentions) for item in gold), counts, seconds)

@@ -23,7 +23,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from i2e_engine.kb.evaluate import EntityTest, GoldText, LinkingScore, overlaps, score_links
+from i2e_engine.kb.evaluate import EntityTest, GoldText, LinkingScore, overlaps, score
 from i2e_engine.link_model import DEFAULT_HIDDEN, DEFAULT_MIN_PRECISION, Example, LinkModel, fit
 from i2e_engine.linking import Linker, Traced
 from i2e_engine.records import Link, Mention
@@ -68,7 +68,7 @@ def examples(linker: Linker, gold: GoldSet, keep: Sequence[int]) -> list[Example
         if not golds and not gold.complete:
             continue
         labels = np.array([any(test.same(e, m) for m in golds) for e in t.entity_ids], dtype=bool)
-        out.append(Example(f"{gold.name}:{gold.texts[i].id}", t.features, labels))
+        out.append(Example(t.features, labels))
     return out
 
 
@@ -107,6 +107,5 @@ def cross_validate(linker: Linker, sets: Sequence[GoldSet], folds: int = 5, hidd
                     links[gold.name][i] = found
     finally:
         linker.model, linker.nil_threshold = shipped, threshold
-    return {gold.name: HeldOut(LinkingScore.of(len(gold.texts), sum(len(t.mentions) for t in gold.texts),
-                                               score_links(gold.texts, links[gold.name], linker.alias_index), 0.0),
-                               links[gold.name]) for gold in sets}
+    return {gold.name: HeldOut(score(gold.texts, links[gold.name], linker.alias_index), links[gold.name])
+            for gold in sets}
