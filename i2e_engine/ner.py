@@ -85,6 +85,7 @@ class MentionExtractor:
         # Inside a date, a number or a quantity ("3 September 2016", "two dozen") no word is an entity.
         unwanted = [(ent.start, ent.end) for ent in doc.ents if ent.label_ not in self.labels]
         alias_spans = [span for span in self.alias_spans(doc) if self._is_nominal(span)
+                       and not _modifies_next_noun(span)
                        and not any(span.start < end and start < span.end for start, end in unwanted)]
         if self.alias_case == "capitalized":
             alias_spans = self._whole_names(doc, alias_spans)
@@ -161,6 +162,16 @@ class MentionExtractor:
         before = doc[span.start - 1].pos_ if span.start > 0 else None
         after = doc[span.end].pos_ if span.end < len(doc) else None
         return before == "DET" and after not in ("NOUN", "PROPN", "ADJ")
+
+
+def _modifies_next_noun(span) -> bool:
+    """A common noun right before another one modifies it: "a bathroom sink", "a stone
+    bench", "hot dog cake", "a teddy bear umbrella" show a sink, a bench, a cake and an
+    umbrella, so the modifier is no mention (a longer alias hit may still take the whole
+    compound). Names are untouched ("Wii game controller": "Wii" is a proper noun), and so
+    is every hit when there is no tagger."""
+    doc = span.doc
+    return span[-1].pos_ == "NOUN" and span.end < len(doc) and doc[span.end].pos_ == "NOUN"
 
 
 def build_extractor(config: NerConfig, alias_index: Optional[AliasIndex] = None) -> MentionExtractor:

