@@ -3,11 +3,13 @@ the engine's linker, side by side on the same gold sets, with the linker's model
 only on texts it was not fit on (k folds by text); an error table by kind; candidate
 generation + disambiguation speed in mentions/s on one core (NER excluded).
 
-    python benchmarks/bench_linking.py [--out benchmarks/out/linking.json] [--fit]
+    python benchmarks/bench_linking.py [--out benchmarks/out/linking.json] [--fit] [--ablate]
 
 ``--fit`` then fits the model on every text of both sets and writes the shipped weights
 (i2e_engine/kb/link_model.json) with the KB and code versions they were fit with. The
 shipped weights are never scored here (they have seen every gold text).
+``--ablate`` also scores, held out the same way, models fit without each group of
+features (``ABLATIONS``): what each signal is worth.
 
 Counting (i2e_engine/kb/evaluate.py): recall = gold mentions with an overlapping link to
 the gold entity; P(gold) = correct links / links whose span overlaps a gold mention;
@@ -36,6 +38,17 @@ NEL = REPO.parent / "shared" / "data" / "nel"
 COCO_GOLD = {"coco_mini_dev": REPO / "benchmarks" / "gold" / "coco_mini_entities.jsonl",
              "coco_mini_test": REPO / "benchmarks" / "gold" / "coco_mini_entities_test.jsonl"}
 SETS = (("wikidata_mel_dev", NEL / "wikidata_mel_dev.jsonl", False), ("tweeki", NEL / "tweeki_gold.jsonl", True))
+# What each signal is worth (--ablate): held-out scores of models fit without a group of features.
+ABLATIONS = {
+    "prior": ("prior", "top_prior", "prior_margin"),
+    "popularity": ("log_popularity", "popularity_share"),
+    "context": ("context",),
+    "mention_form": ("form_alias", "form_acronym", "form_name_part", "in_text"),
+    "ner_label": ("ner_person", "ner_place", "ner_org", "ner_other", "alias_only"),
+    "word_frequency": ("word_frequency",),
+    "entity_shape": ("person_shape", "place_kind"),
+    "exact_case": ("exact_case",),
+}
 
 
 def gold_sets(text_linker: TextLinker, limit: int | None) -> list[GoldSet]:
@@ -77,20 +90,27 @@ def error_kinds(gold: GoldSet, links: list[list[dict]], test: EntityTest) -> dic
     return dict(sorted(kinds.items()))
 
 
-def speed(text_linker: TextLinker, sets: list[GoldSet], repeats: int) -> dict:
+def speed(text_linker: TextLinker, sets: list[GoldSet], repeats: int, batch: int = 256) -> dict:
     """Mentions linked per second on one core (candidates + features + model), NER excluded,
-    with the linker's caches emptied before each repeat (every surface is new to it)."""
+    with the linker's caches emptied before each repeat (every surface is new to it); texts
+    in batches of ``batch``, as the link stage gets them (``Linker.link_many``), and one at a
+    time (``Linker.link``) for comparison."""
     linker = text_linker.link.linker
-    work = [(t.text, m) for g in sets for t, m in zip(g.texts, g.mentions)]
-    mentions = sum(len(m) for _, m in work)
-    rates = []
-    for _ in range(repeats):
+    texts = [t.text for g in sets for t in g.texts]
+    found = [list(m) for g in sets for m in g.mentions]
+    mentions = sum(map(len, found))
+
+    def rate(run) -> float:
         linker.clear_caches()
         started = time.perf_counter()
-        for text, found in work:
-            linker.link(text, list(found))
-        rates.append(mentions / (time.perf_counter() - started))
-    return {"mentions": mentions, "mentions_per_s_median": round(median(rates)), "repeats": repeats}
+        run()
+        return mentions / (time.perf_counter() - started)
+
+    batched = [rate(lambda: [linker.link_many(texts[i:i + batch], found[i:i + batch])
+                             for i in range(0, len(texts), batch)]) for _ in range(repeats)]
+    single = [rate(lambda: [linker.link(text, m) for text, m in zip(texts, found)]) for _ in range(repeats)]
+    return {"mentions": mentions, "batch": batch, "mentions_per_s_median": round(median(batched)),
+            "one_text_at_a_time_mentions_per_s_median": round(median(single)), "repeats": repeats}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -106,6 +126,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--limit", type=int, help="only the first N texts of each set (smoke runs)")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--fit", action="store_true", help=f"write the model fit on every text to {WEIGHTS_PATH}")
+    parser.add_argument("--ablate", action="store_true",
+                        help="also score held-out models fit without each group of features (ABLATIONS)")
     args = parser.parse_args(argv)
     missing = [str(path) for _, path, _ in SETS if not path.is_file()]
     if missing:
@@ -119,6 +141,7 @@ def main(argv: list[str] | None = None) -> int:
     naive = TitleLookup.from_package(text_linker.ner.extractor.nlp)
     report: dict = {"facts": run_facts(), "kb": kb, "kb_version": kb_file_version(kb), "folds": args.folds,
                     "sets": {}}
+    report["speed"] = speed(text_linker, sets, args.repeats)      # first: a fresh process, nothing else held
     held_out = cross_validate(linker, sets, folds=args.folds, hidden=args.hidden, min_precision=args.min_precision)
     for gold in sets:
         naive_links = naive([t.text for t in gold.texts])
@@ -127,7 +150,13 @@ def main(argv: list[str] | None = None) -> int:
             "naive_lookup": naive_score.to_dict(), "linker_held_out": held_out[gold.name].score.to_dict(),
             "errors_naive": error_kinds(gold, naive_links, test),
             "errors_linker_held_out": error_kinds(gold, held_out[gold.name].links, test)}
-    report["speed"] = speed(text_linker, sets, args.repeats)
+    if args.ablate:
+        report["ablations"] = {}
+        for name, without in ABLATIONS.items():
+            ablated = cross_validate(linker, sets, folds=args.folds, hidden=args.hidden,
+                                     min_precision=args.min_precision, without=without)
+            report["ablations"][name] = {"without": list(without),
+                                         **{g.name: ablated[g.name].score.to_dict() for g in sets}}
     if args.fit:
         model = fit_on(linker, sets, hidden=args.hidden, min_precision=args.min_precision, fit_info={
             "sets": {g.name: len(g.texts) for g in sets}, "kb_version": report["kb_version"],
@@ -159,6 +188,10 @@ def main(argv: list[str] | None = None) -> int:
                   f"coverage {s['coverage']:.3f}")
         print(f"  naive errors: {scores['errors_naive']}")
         print(f"  linker errors (held out): {scores['errors_linker_held_out']}")
+    for name, scores in report.get("ablations", {}).items():
+        print(f"without {name:15} " + "  ".join(
+            f"{g.name}: R {scores[g.name]['recall']:.3f} P(gold) {scores[g.name]['precision_gold']:.3f} "
+            f"F1 {scores[g.name]['f1']:.3f}" for g in sets))
     for name in COCO_GOLD:
         for who in ("naive_lookup", "linker_shipped_model"):
             s = report[name][who]

@@ -117,15 +117,24 @@ class Example:
 
 
 def fit(examples: Sequence[Example], hidden: int = DEFAULT_HIDDEN, min_precision: Optional[float] = DEFAULT_MIN_PRECISION,
-        fit_info: Optional[dict] = None, seed: int = 0) -> LinkModel:
+        fit_info: Optional[dict] = None, seed: int = 0, without: Sequence[str] = ()) -> LinkModel:
     """A network with one hidden layer of ``hidden`` ReLU units (0: a logistic
     regression) on every candidate row, then the NIL threshold (:func:`best_threshold`)
-    on the same examples (see the module docstring). Deterministic for a ``seed``."""
+    on the same examples (see the module docstring). Deterministic for a ``seed``.
+
+    ``without`` names features the model must not use (ablations: what each signal is
+    worth): they are zero while it is fit and their first-layer weights are zero after,
+    so the model ignores them wherever it runs."""
     from sklearn.linear_model import LogisticRegression
     from sklearn.neural_network import MLPClassifier
 
+    unknown = set(without) - set(FEATURES)
+    if unknown:
+        raise ValueError(f"no such link model features: {sorted(unknown)}")
+    dropped = [FEATURES.index(name) for name in without]
     rows = [e for e in examples if len(e.labels)]
     x = np.concatenate([e.features for e in rows])
+    x[:, dropped] = 0.0
     y = np.concatenate([e.labels for e in rows]).astype(int)
     if y.min() == y.max():
         raise ValueError("cannot fit the link model: the examples have only one class")
@@ -135,8 +144,10 @@ def fit(examples: Sequence[Example], hidden: int = DEFAULT_HIDDEN, min_precision
     else:
         regression = LogisticRegression(max_iter=2000).fit(x, y)
         layers = [{"weights": regression.coef_.T.tolist(), "bias": regression.intercept_.tolist()}]
+    for index in dropped:
+        layers[0]["weights"][index] = [0.0] * len(layers[0]["weights"][index])
     info = dict(fit_info or {}, candidates=int(len(y)), mentions=len(examples), min_precision=min_precision,
-                hidden=hidden, seed=seed)
+                hidden=hidden, seed=seed, **({"without": list(without)} if without else {}))
     model = LinkModel(list(FEATURES), layers, 0.5, info)
     model.threshold = best_threshold(model, examples, min_precision)
     return model

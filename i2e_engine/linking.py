@@ -22,9 +22,9 @@ can revisit the choice with the image (:func:`choose_with_image`), which never o
 a link the text is certain of.
 
 Context similarity is deliberately cheap and deterministic: the cosine between two
-binary bags of content words (folded, stop words removed, crudely singularized), one from
-the alt-text with the mention's own characters cut out, the other from the entity's name
-and description minus the mention's words. Cutting the mention out on both sides keeps
+binary bags of content words (:mod:`i2e_engine.kb.words`), one from the alt-text, the
+other from the entity's name and description (stored in the alias index as word ids),
+both less the mention's own words. Taking the mention's words out on both sides keeps
 the word that made a candidate a candidate ("paris") from counting as evidence for any
 one of them. The alt-text keeps the other mentions, which are often the best evidence
 ("Eiffel Tower", "France"): this is the coherence signal.
@@ -43,34 +43,18 @@ from typing import Iterable, Optional, Sequence
 
 import numpy as np
 
-from spacy.lang.en.stop_words import STOP_WORDS
-
 from i2e_engine.config import LinkConfig
 from i2e_engine.inflect import singulars
 from i2e_engine.kb.alias_index import (ARTICLES, FORM_ACRONYM, FORM_ALIAS, FORM_NAME, FORM_NAME_PART, KIND_TRAITS,
                                        TRAIT_COMMA_NAME, TRAIT_PERSON_SHAPE, AliasIndex, fold, normalize_alias)
+from i2e_engine.kb.words import content_word, content_words
 from i2e_engine.link_model import FEATURES, WEIGHTS_PATH, LinkModel, log_scaled
 from i2e_engine.records import Candidate, Link, Mention
 
 log = logging.getLogger(__name__)
-_WORDS = re.compile(r"[^\W_]+")
 _ARTICLE = re.compile(r"^(?:the|a|an)\s+", re.IGNORECASE)
 _WORDS_CACHE = 200_000
-
-
-def content_words(text: str) -> frozenset[str]:
-    """The bag of words compared by the linker (see the module docstring)."""
-    return frozenset(_singular(word) for word in _WORDS.findall(fold(text))
-                     if len(word) > 1 and word not in STOP_WORDS)
-
-
-def _singular(word: str) -> str:
-    """A crude singular so that "towers"/"tower" and "cities"/"city" meet."""
-    if len(word) > 4 and word.endswith("ies"):
-        return word[:-3] + "y"
-    if len(word) > 3 and word.endswith("s") and not word.endswith(("ss", "us", "is")):
-        return word[:-1]
-    return word
+_BAGS_CACHE = 4_096
 
 
 def common_noun(mention: str) -> bool:
@@ -80,13 +64,6 @@ def common_noun(mention: str) -> bool:
     if len(words) > 1 and words[0].lower() in ARTICLES:
         words = words[1:]
     return bool(words) and all(word.islower() for word in words)
-
-
-def bag_cosine(a: frozenset[str], b: frozenset[str]) -> float:
-    """|a & b| / sqrt(|a| |b|), 0 when either bag is empty."""
-    if not a or not b:
-        return 0.0
-    return len(a & b) / math.sqrt(len(a) * len(b))
 
 
 def _overlaps(a: Mention, b: Mention) -> bool:
@@ -144,10 +121,31 @@ def sentence_initial(text: str, start: int) -> bool:
 
 @functools.lru_cache(maxsize=_WORDS_CACHE)
 def word_frequency(text: str) -> float:
-    """wordfreq's Zipf frequency of ``text`` in lower case, / 8 (about 0 to 1)."""
+    """wordfreq's Zipf frequency of ``text`` in lower case, / 8 (about 0 to 1).
+
+    Plain words (ASCII letters between spaces) are read straight from wordfreq's table and
+    combined by wordfreq's own rule (1/f = 1/f1 + 1/f2 + ..., three significant digits,
+    0 when a word is unknown): the same number without its Unicode tokenizer, which cost
+    a sixth of the linker's time. Anything else goes through wordfreq."""
     from wordfreq import zipf_frequency
 
-    return zipf_frequency(text.lower(), "en") / 8.0
+    words = text.lower().split()
+    if not words or not all(word.isascii() and word.isalpha() for word in words):
+        return zipf_frequency(text.lower(), "en") / 8.0
+    table = _frequencies()
+    frequencies = [table.get(word, 0.0) for word in words]
+    if not all(frequencies):
+        return 0.0
+    frequency = 1.0 / sum(1.0 / f for f in frequencies)
+    frequency = round(frequency, math.floor(-math.log10(frequency)) + 3)
+    return round(math.log10(frequency) + 9, 2) / 8.0
+
+
+@functools.lru_cache(maxsize=1)
+def _frequencies() -> dict[str, float]:
+    from wordfreq import get_frequency_dict
+
+    return get_frequency_dict("en")
 
 
 @dataclass
@@ -226,18 +224,16 @@ class Linker:
         threshold = self.config.nil_threshold
         self.nil_threshold = self.model.threshold if threshold is None else threshold
         # Bounded: a worker sees millions of distinct entities and surfaces over a long run.
-        self._words_of = functools.lru_cache(maxsize=_WORDS_CACHE)(self._entity_words)
         self._concept = functools.lru_cache(maxsize=_WORDS_CACHE)(self._find_concept)
         self._name_candidates = functools.lru_cache(maxsize=_WORDS_CACHE)(self._find_name_candidates)
+        # The bags of the alt-text and its mentions, asked once per candidate list.
+        self._bag = functools.lru_cache(maxsize=_BAGS_CACHE)(content_words)
+        self._bag_ids = functools.lru_cache(maxsize=_BAGS_CACHE)(alias_index.word_ids)
 
     def clear_caches(self) -> None:
         """Forget the per-surface and per-entity caches (benchmarks measure cold)."""
-        for cache in (self._words_of, self._concept, self._name_candidates, word_frequency):
+        for cache in (self._concept, self._name_candidates, self._bag, self._bag_ids, word_frequency, content_word):
             cache.cache_clear()
-
-    def _entity_words(self, row: int) -> frozenset[str]:
-        index = self.alias_index
-        return content_words(f"{index.field(row, 'name')} {index.field(row, 'description')}")
 
     def _find_concept(self, text: str) -> Optional[tuple[int, float]]:
         """The visual concept a common noun names (row, prior among concepts), if any; a
@@ -301,18 +297,13 @@ class Linker:
     def features(self, alt_text: str, mention: Mention, candidates: Candidates) -> tuple[np.ndarray, np.ndarray]:
         """The model's features of each candidate (rows in order; ``FEATURES``) and each
         candidate's context similarity."""
-        index = self.alias_index
-        n = len(candidates.rows)
+        return self.features_of([(alt_text, mention, candidates)])
+
+    def _mention_features(self, alt_text: str, mention: Mention, n: int) -> list[float]:
+        """What the mention alone says, the same for each of its ``n`` candidates."""
         text, label = mention["text"], mention["label"]
-        mention_words = content_words(text)
-        context_words = content_words(f"{alt_text[:mention['start']]} {alt_text[mention['end']:]}") - mention_words
-        bare = _ARTICLE.sub("", text)
-        rows, priors, forms = candidates.rows, candidates.priors, candidates.forms
-        popularity = index.popularity[rows]
-        traits = index.traits[rows]
+        same = [0.0] * len(FEATURES)
         f = _FEATURE
-        # What the mention alone says, the same for every candidate: one row, broadcast.
-        same = np.zeros(len(FEATURES))
         same[f["log_candidates"]] = log_scaled(n)
         same[f["ner_person"]] = label == "PERSON"
         same[f["ner_place"]] = label in _NER_PLACE
@@ -322,29 +313,74 @@ class Linker:
         same[f["single_token"]] = len(text.split()) == 1
         same[f["sentence_initial"]] = sentence_initial(alt_text, mention["start"])
         same[f["all_caps"]] = text.isupper()
-        same[f["word_frequency"]] = word_frequency(bare)
-        x = np.empty((n, len(FEATURES)))
-        x[:] = same
-        best = priors.max()
-        second = np.partition(priors, -2)[-2] if n > 1 else 0.0
+        same[f["word_frequency"]] = word_frequency(_ARTICLE.sub("", text))
+        return same
+
+    def features_of(self, named: Sequence[tuple[str, Mention, Candidates]]) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`features` of many names (alt-text, mention, its candidates: at least
+        one), their candidate lists one after the other: one pass of array operations
+        per batch of texts, not per name, which is most of the linker's speed."""
+        index = self.alias_index
+        sizes = [len(candidates.rows) for _, _, candidates in named]
+        starts = np.cumsum([0] + sizes[:-1])
+        rows = np.concatenate([candidates.rows for _, _, candidates in named])
+        priors = np.concatenate([candidates.priors for _, _, candidates in named])
+        forms = np.concatenate([candidates.forms for _, _, candidates in named])
+        popularity = index.popularity[rows]
+        traits = index.traits[rows]
+        f = _FEATURE
+        x = np.repeat(np.array([self._mention_features(alt_text, mention, n)
+                                for (alt_text, mention, _), n in zip(named, sizes)]), sizes, axis=0)
+        # Per name: the best prior, the second (the best again on a tie), the most popular.
+        each = np.repeat(np.arange(len(named)), sizes)
+        best = np.maximum.reduceat(priors, starts)[each]
+        top = priors >= best
+        tied = np.add.reduceat(top, starts)[each] > 1
+        below = np.maximum.reduceat(np.where(top, -np.inf, priors), starts)[each]
+        second = np.where(tied, best, np.where(np.isfinite(below), below, 0.0))
         x[:, f["prior"]] = priors
-        x[:, f["top_prior"]] = priors >= best
-        x[:, f["prior_margin"]] = priors - np.where(priors >= best, second, best)
+        x[:, f["top_prior"]] = top
+        x[:, f["prior_margin"]] = priors - np.where(top, second, best)
         x[:, f["log_popularity"]] = np.log1p(popularity) / 5.0
-        x[:, f["popularity_share"]] = popularity / (popularity.max() or 1.0)
+        most_popular = np.maximum.reduceat(popularity, starts)[each]
+        x[:, f["popularity_share"]] = popularity / np.where(most_popular > 0, most_popular, 1.0)
         x[:, f["form_alias"]] = forms == FORM_ALIAS
         x[:, f["form_acronym"]] = forms == FORM_ACRONYM
         x[:, f["form_name_part"]] = forms == FORM_NAME_PART
-        x[:, f["in_text"]] = candidates.in_text
+        x[:, f["in_text"]] = np.concatenate([candidates.in_text for _, _, candidates in named])
         x[:, f["person_shape"]] = (traits & TRAIT_PERSON_SHAPE) > 0
         x[:, f["place_kind"]] = (traits & (KIND_TRAITS["place"] | TRAIT_COMMA_NAME)) > 0
         # Only the candidates named by this very surface can be spelled the same way.
-        x[:, f["exact_case"]] = [form == FORM_NAME and index.field(row, "name") == bare
-                                 for row, form in zip(rows.tolist(), forms.tolist())]
-        contexts = np.array([bag_cosine(context_words, self._words_of(row) - mention_words) if context_words else 0.0
-                             for row in rows.tolist()])
+        named_by_surface = np.flatnonzero(forms == FORM_NAME)
+        bare = [_ARTICLE.sub("", mention["text"]) for _, mention, _ in named]
+        x[named_by_surface, f["exact_case"]] = [index.field(rows[i], "name") == bare[each[i]]
+                                                for i in named_by_surface.tolist()]
+        contexts = self._contexts(named, rows, each)
         x[:, f["context"]] = contexts
         return x, contexts
+
+    def _contexts(self, named: Sequence[tuple[str, Mention, Candidates]], rows: np.ndarray,
+                  each: np.ndarray) -> np.ndarray:
+        """The context similarity of every candidate (``rows``, of name ``each``): the
+        cosine of two binary bags (module docstring), |C & E| / sqrt(|C| |E|) with C the
+        alt-text's words and E the entity's (its bag in the alias index), both less the
+        mention's words; 0 when either is empty. Array operations over the whole batch:
+        each word id is tagged with the name it is counted for."""
+        sizes, words = self.alias_index.entity_words(rows)
+        owner = np.repeat(np.arange(len(rows)), sizes)            # the candidate of each entity word
+        tagged = (each[owner] << 32) | words
+        context_sizes = np.zeros(len(named))
+        context_tags, mention_tags = [np.zeros(0, np.int64)], [np.zeros(0, np.int64)]
+        for j, (alt_text, mention, _) in enumerate(named):
+            mention_words = self._bag(mention["text"])
+            context = self._bag(alt_text) - mention_words
+            context_sizes[j] = len(context)
+            context_tags.append((j << 32) | self._bag_ids(context))
+            mention_tags.append((j << 32) | self._bag_ids(mention_words))
+        entity_sizes = np.bincount(owner[~np.isin(tagged, np.concatenate(mention_tags))], minlength=len(rows))
+        shared = np.bincount(owner[np.isin(tagged, np.concatenate(context_tags))], minlength=len(rows))
+        product = context_sizes[each] * entity_sizes
+        return np.where(product > 0, shared / np.sqrt(np.where(product > 0, product, 1.0)), 0.0)
 
     def score_name(self, alt_text: str, mention: Mention, in_text: dict[int, float],
                    trace: Optional[list[Traced]] = None) -> list[Scored]:
@@ -352,17 +388,34 @@ class Linker:
         entity_id, which is row order); ``in_text`` adds entities (row -> prior) named in
         full in the text; ``trace`` collects the features (to fit the model on what the
         linker sees)."""
-        candidates = self.name_candidates(mention).with_in_text(in_text)
-        if not len(candidates.rows):
-            return []
-        x, contexts = self.features(alt_text, mention, candidates)
-        rows = candidates.rows.tolist()
-        if trace is not None:
-            trace.append(Traced(mention, [self.alias_index.entity_id(row) for row in rows], x))
-        probability = self.model.probability(x)
-        order = sorted(range(len(rows)), key=lambda i: (-probability[i], rows[i]))[:1 + self.config.max_runner_ups]
-        return [Scored(rows[i], self.alias_index.entity_id(rows[i]), float(candidates.priors[i]), float(contexts[i]),
-                       float(probability[i])) for i in order]
+        return self.score_names([(alt_text, mention, in_text)], trace)[0]
+
+    def score_names(self, names: Sequence[tuple[str, Mention, dict[int, float]]],
+                    trace: Optional[list[Traced]] = None) -> list[list[Scored]]:
+        """:meth:`score_name` of many names (alt-text, mention, in_text), scored together."""
+        named = [(i, alt_text, mention, self.name_candidates(mention).with_in_text(in_text))
+                 for i, (alt_text, mention, in_text) in enumerate(names)]
+        named = [item for item in named if len(item[3].rows)]
+        scored: list[list[Scored]] = [[] for _ in names]
+        if not named:
+            return scored
+        x, contexts = self.features_of([(alt_text, mention, candidates) for _, alt_text, mention, candidates in named])
+        # Rounded: a matrix product sums in an order that depends on the batch's shape, so
+        # unrounded, equal candidates would differ in the last bit and a name's choice and
+        # runner-ups would depend on the other texts of its batch.
+        probability = np.round(self.model.probability(x), 12)
+        start = 0
+        for i, _, mention, candidates in named:
+            end = start + len(candidates.rows)
+            rows = candidates.rows.tolist()
+            p = probability[start:end].tolist()
+            if trace is not None:
+                trace.append(Traced(mention, [self.alias_index.entity_id(row) for row in rows], x[start:end]))
+            order = sorted(range(len(rows)), key=lambda j: (-p[j], rows[j]))[:1 + self.config.max_runner_ups]
+            scored[i] = [Scored(rows[j], self.alias_index.entity_id(rows[j]), float(candidates.priors[j]),
+                                float(contexts[start + j]), p[j]) for j in order]
+            start = end
+        return scored
 
     def _make_link(self, mention: Mention, scored: Sequence[Scored]) -> Link:
         best = scored[0]
@@ -381,11 +434,6 @@ class Linker:
         row, prior = found
         return self._make_link(mention, [Scored(row, self.alias_index.entity_id(row), prior, 0.0, 1.0)])
 
-    def _has_candidates(self, alt_text: str, mention: Mention) -> bool:
-        if self.is_common(alt_text, mention):
-            return self._concept(mention["text"]) is not None
-        return len(self.name_candidates(mention).rows) > 0
-
     def link(self, alt_text: str, mentions: list[Mention], trace: Optional[list[Traced]] = None) -> list[Link]:
         """Links of the mentions of ``alt_text`` (offsets index into it), in text order.
 
@@ -395,25 +443,40 @@ class Linker:
         threshold are dropped; when two mentions link to the same entity only the
         higher-scoring link is kept (the earlier on a tie).
         """
-        links: list[Optional[Link]] = []
-        full_names: list[tuple[list[str], int, float]] = []    # (folded words, row, probability)
-        names = []
-        for mention in resolve_overlaps(heads_of_what_names_nothing(
-                mentions, [self._has_candidates(alt_text, m) for m in mentions])):
-            if self.is_common(alt_text, mention):
-                links.append(self._link_common(mention))
-            else:
-                names.append(mention)
-        for mention in sorted(names, key=lambda m: (len(m["text"].split()) == 1, m["start"])):
-            words = fold(mention["text"]).split()
-            in_text = {row: p for full, row, p in full_names if len(words) == 1 and words[0] in (full[0], full[-1])}
-            scored = self.score_name(alt_text, mention, in_text, trace)
-            if not scored or scored[0].probability < self.nil_threshold:
-                continue
-            links.append(self._make_link(mention, scored))
-            if len(words) > 1:
-                full_names.append((words, scored[0].row, scored[0].probability))
-        return best_link_per_entity(links)
+        return self.link_many([alt_text], [mentions], trace)[0]
+
+    def link_many(self, alt_texts: Sequence[str], mentions_of: Sequence[list[Mention]],
+                  trace: Optional[list[Traced]] = None) -> list[list[Link]]:
+        """:meth:`link` of a batch of alt-texts, the same links; their names are scored
+        together (:meth:`score_names`), which is what makes a batch fast."""
+        links: list[list[Optional[Link]]] = [[] for _ in alt_texts]
+        names: list[tuple[int, Mention]] = []
+        for t, (alt_text, mentions) in enumerate(zip(alt_texts, mentions_of)):
+            common = {id(m): self.is_common(alt_text, m) for m in mentions}
+            found = [self._concept(m["text"]) is not None if common[id(m)] else len(self.name_candidates(m).rows) > 0
+                     for m in mentions]
+            for mention in resolve_overlaps(heads_of_what_names_nothing(mentions, found)):
+                if common[id(mention)]:
+                    links[t].append(self._link_common(mention))
+                else:
+                    names.append((t, mention))
+        # Names of several words first; then single words, which may take the entity of a
+        # full name linked in the same text ("Marx" after "Karl Marx").
+        full_names: list[list[tuple[list[str], int, float]]] = [[] for _ in alt_texts]  # (folded words, row, p)
+        for single in (False, True):
+            group = [(t, m) for t, m in names if (len(m["text"].split()) == 1) == single]
+            words = [fold(m["text"]).split() for _, m in group]
+            in_texts = [{row: p for full, row, p in full_names[t] if len(w) == 1 and w[0] in (full[0], full[-1])}
+                        for (t, _), w in zip(group, words)]
+            scored_all = self.score_names([(alt_texts[t], m, in_text) for (t, m), in_text in zip(group, in_texts)],
+                                          trace)
+            for (t, mention), w, scored in zip(group, words, scored_all):
+                if not scored or scored[0].probability < self.nil_threshold:
+                    continue
+                links[t].append(self._make_link(mention, scored))
+                if len(w) > 1:
+                    full_names[t].append((w, scored[0].row, scored[0].probability))
+        return [best_link_per_entity(found) for found in links]
 
 
 def best_link_per_entity(links: Iterable[Optional[Link]]) -> list[Link]:

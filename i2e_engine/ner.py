@@ -164,14 +164,23 @@ class MentionExtractor:
         return before == "DET" and after not in ("NOUN", "PROPN", "ADJ")
 
 
+# Nouns that name the picture itself, not a thing in it: "cat photo", "brick wall texture".
+PICTURE_WORDS = frozenset("""photo photos photograph photographs picture pictures image images texture textures
+    pattern patterns background backgrounds wallpaper wallpapers illustration illustrations drawing drawings sketch
+    icon icons clipart clip vector vectors closeup shot shots snapshot portrait painting poster print prints
+    silhouette graphic graphics thumbnail scan render rendering screenshot banner stock""".split())
+
+
 def _modifies_next_noun(span) -> bool:
     """A common noun right before another one modifies it: "a bathroom sink", "a stone
     bench", "hot dog cake", "a teddy bear umbrella" show a sink, a bench, a cake and an
     umbrella, so the modifier is no mention (a longer alias hit may still take the whole
-    compound). Names are untouched ("Wii game controller": "Wii" is a proper noun), and so
-    is every hit when there is no tagger."""
+    compound). Not before a word for the picture itself (``PICTURE_WORDS``): a "cat photo"
+    shows a cat. Names are untouched ("Wii game controller": "Wii" is a proper noun), and
+    so is every hit when there is no tagger."""
     doc = span.doc
-    return span[-1].pos_ == "NOUN" and span.end < len(doc) and doc[span.end].pos_ == "NOUN"
+    return (span[-1].pos_ == "NOUN" and span.end < len(doc) and doc[span.end].pos_ == "NOUN"
+            and doc[span.end].lower_ not in PICTURE_WORDS)
 
 
 def build_extractor(config: NerConfig, alias_index: Optional[AliasIndex] = None) -> MentionExtractor:

@@ -14,6 +14,10 @@ opening files, not parsing):
   best prior first, ties by entity_id;
 - ``matchable.npy`` (bool per key): whether the matcher may find the key in free text;
 - ``entity_ids.marisa`` + ``entity_rows.npy``: entity_id -> entity row;
+- ``words.marisa`` (every word of an entity's bag, :mod:`i2e_engine.kb.words`),
+  ``word_offsets.npy`` (int64, entities + 1) and ``word_ids.npy`` (uint32): the bag of
+  entity row ``r`` is the word ids ``word_offsets[r]:word_offsets[r+1]``, read by the
+  linker's context similarity without parsing a text;
 - ``entities.arrow``: the KB table sorted by entity_id (Arrow IPC, uncompressed, so it
   maps without a copy); ``meta.json``: format, KB version, counts.
 
@@ -52,7 +56,11 @@ import pyarrow.compute as pc
 import schemas
 from i2e_engine.inflect import singulars
 
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
+# Every file of an index folder (what publishing it beside its KB copies).
+INDEX_FILES = ("meta.json", "keys.marisa", "offsets.npy", "candidates.npy", "priors.npy", "forms.npy", "traits.npy",
+               "matchable.npy", "words.marisa", "word_offsets.npy", "word_ids.npy", "entity_ids.marisa",
+               "entity_rows.npy", "entities.arrow")
 ALIAS_WEIGHT = 0.5
 INITIALISM_WEIGHT = 0.1
 NAME_PART_WEIGHT = 0.2
@@ -104,12 +112,15 @@ def fold(text: str) -> str:
     Accents are removed because web alt-text often drops them ("Sao Paulo", "Pokemon")
     while KB names keep them. Shared by alias keys and the linker's context words.
     """
-    text = unicodedata.normalize("NFKC", text).translate(_APOSTROPHES).casefold()
-    if not text.isascii():
-        decomposed = unicodedata.normalize("NFKD", text)
-        text = unicodedata.normalize("NFC", "".join(c for c in decomposed if not unicodedata.combining(c)))
-        text = text.translate(_UNDECOMPOSED)
-    return _POSSESSIVE.sub("", text)
+    if text.isascii():                  # NFKC leaves ASCII as it is: the common case, fast
+        text = text.translate(_APOSTROPHES).casefold()
+    else:
+        text = unicodedata.normalize("NFKC", text).translate(_APOSTROPHES).casefold()
+        if not text.isascii():
+            decomposed = unicodedata.normalize("NFKD", text)
+            text = unicodedata.normalize("NFC", "".join(c for c in decomposed if not unicodedata.combining(c)))
+            text = text.translate(_UNDECOMPOSED)
+    return _POSSESSIVE.sub("", text) if "'" in text else text
 
 
 def normalize_alias(text: str) -> str:
@@ -129,11 +140,12 @@ def normalize_alias(text: str) -> str:
 
 
 def index_code_version() -> str:
-    """A hash of this module's source: an index built by other code (other priors, keys or
-    matchable rules) is never reused, even for the same KB version."""
+    """A hash of the source of this module and of the entity bags' (:mod:`i2e_engine.kb.words`):
+    an index built by other code (other priors, keys, matchable rules or bags) is never
+    reused, even for the same KB version."""
     from i2e_engine.workdir import code_digest
 
-    return code_digest(("kb/alias_index.py",))[:12]
+    return code_digest(("kb/alias_index.py", "kb/words.py"))[:12]
 
 
 def initialism(name: str) -> Optional[str]:
@@ -238,6 +250,7 @@ def build_index(kb: pa.Table, folder: str | Path, *, kb_version: str = "",
                                      dtype=np.int8),
                             np.full(len(initials), FORM_ACRONYM, dtype=np.int8),
                             np.full(len(parts), FORM_NAME_PART, dtype=np.int8)])
+    vocabulary, word_offsets, word_ids = _entity_bags(names, kb.column("description").to_pylist())
     del names, initials, parts, alias_surfaces, kinds
     keys = [normalize_alias(surface) for surface in surfaces]
     del surfaces
@@ -290,6 +303,9 @@ def build_index(kb: pa.Table, folder: str | Path, *, kb_version: str = "",
     np.save(folder / "forms.npy", forms)
     np.save(folder / "matchable.npy", matchable)
     np.save(folder / "traits.npy", traits)
+    vocabulary.save(str(folder / "words.marisa"))
+    np.save(folder / "word_offsets.npy", word_offsets)
+    np.save(folder / "word_ids.npy", word_ids)
     entity_ids = kb.column("entity_id").to_pylist()
     id_trie = marisa_trie.Trie(entity_ids)
     entity_rows = np.empty(len(entity_ids), dtype=np.int32)
@@ -304,6 +320,23 @@ def build_index(kb: pa.Table, folder: str | Path, *, kb_version: str = "",
             "candidates": int(len(rows)), "smoothing": smoothing}
     (folder / "meta.json").write_text(json.dumps(meta, indent=1))
     return folder
+
+
+def _entity_bags(names: list[str], descriptions: list[Optional[str]]) -> tuple[marisa_trie.Trie, np.ndarray, np.ndarray]:
+    """Each entity's bag of content words (its name and description) as ids of one
+    vocabulary: (vocabulary trie, offsets per entity row, word ids)."""
+    from i2e_engine.kb.words import content_words   # here: opening an index must not import spaCy
+
+    sizes = np.empty(len(names), dtype=np.int64)
+    words: list[str] = []
+    for row, (name, description) in enumerate(zip(names, descriptions)):
+        bag = content_words(f"{name} {description or ''}")
+        sizes[row] = len(bag)
+        words.extend(bag)
+    vocabulary = marisa_trie.Trie(words)
+    offsets = np.zeros(len(names) + 1, dtype=np.int64)
+    np.cumsum(sizes, out=offsets[1:])
+    return vocabulary, offsets, np.fromiter(map(vocabulary.__getitem__, words), dtype=np.uint32, count=len(words))
 
 
 def _single_chunk(column: pa.ChunkedArray) -> pa.Array:
@@ -334,6 +367,9 @@ class AliasIndex:
         self._forms = load("forms.npy")
         self.traits = load("traits.npy")
         self._matchable, self._entity_rows = load("matchable.npy"), load("entity_rows.npy")
+        self._words = marisa_trie.Trie()
+        self._words.mmap(str(self.folder / "words.marisa"))
+        self._word_offsets, self._word_ids = load("word_offsets.npy"), load("word_ids.npy")
         self._entities = pa.ipc.open_file(pa.memory_map(str(self.folder / "entities.arrow"))).read_all()
         # One record batch per file, so each column is one chunk of the mapped file; taking
         # it (not combine_chunks, which copies) keeps the process's private memory small.
@@ -413,6 +449,21 @@ class AliasIndex:
             return []
         rows, priors = self.candidate_rows(key_id, k)
         return [(self.entity_id(row), float(prior)) for row, prior in zip(rows.tolist(), priors.tolist())]
+
+    def word_ids(self, words: Collection[str]) -> np.ndarray:
+        """The vocabulary ids (int64) of those ``words`` some entity's bag holds (the
+        others can match none)."""
+        found = [self._words.get(word) for word in words]
+        return np.array([i for i in found if i is not None], dtype=np.int64)
+
+    def entity_words(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The bags of entity ``rows``: (bag size of each row, their word ids one bag after
+        the other)."""
+        starts = self._word_offsets[rows]
+        sizes = self._word_offsets[rows + 1] - starts
+        # positions starts[i] .. starts[i] + sizes[i] of every row, in one gather
+        positions = np.arange(int(sizes.sum())) + np.repeat(starts - (np.cumsum(sizes) - sizes), sizes)
+        return sizes, self._word_ids[positions].astype(np.int64)
 
     def entity_id(self, row: int) -> str:
         return self._columns["entity_id"][row].as_py()

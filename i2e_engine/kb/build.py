@@ -52,7 +52,7 @@ import pyarrow.parquet as pq
 
 import schemas
 from i2e_engine import storage
-from i2e_engine.kb.alias_index import AliasIndex, build_index, index_code_version, source_parts
+from i2e_engine.kb.alias_index import INDEX_FILES, AliasIndex, build_index, index_code_version, source_parts
 from i2e_engine.kb.geonames import DEFAULT_MIN_POPULATION, geonames_table, title_key
 
 log = logging.getLogger(__name__)
@@ -316,10 +316,6 @@ def published_index_uri(kb_uri: str) -> str:
     return storage.normalize(kb_uri) + ".aliases"
 
 
-_INDEX_FILES = ("meta.json", "keys.marisa", "offsets.npy", "candidates.npy", "priors.npy", "forms.npy", "traits.npy",
-                "matchable.npy", "entity_ids.marisa", "entity_rows.npy", "entities.arrow")
-
-
 @contextlib.contextmanager
 def _machine_lock(path: Path):
     """One process of a machine at a time (the others wait, then find the work done)."""
@@ -354,7 +350,7 @@ def ensure_alias_index(kb_uri: str, *, table: Optional[pa.Table] = None, version
         try:
             published = published_index_uri(kb_uri)
             if published_index_is_current(kb_uri, version):
-                for name in _INDEX_FILES:
+                for name in INDEX_FILES:
                     (tmp / name).write_bytes(storage.read_bytes(storage.join(published, name)))
                 how = f"copied from {published}"
             else:
@@ -381,7 +377,7 @@ def publish_alias_index(kb_uri: str) -> str:
     instead of rebuilding it. Returns the published folder's URI."""
     folder = ensure_alias_index(kb_uri)
     published = published_index_uri(kb_uri)
-    for name in _INDEX_FILES:
+    for name in INDEX_FILES:
         storage.write_bytes(storage.join(published, name), (folder / name).read_bytes())
     return published
 

@@ -119,18 +119,19 @@ class TextLinker:
     """The engine's own NER and link stages over plain texts (no image), set up once."""
 
     def __init__(self, kb_path: str, ner: NerConfig = NerConfig(), link: LinkConfig = LinkConfig()):
-        from i2e_engine.stages import LinkStage, NerStage
+        from i2e_engine.stages import LinkStage, NerStage, freeze_setup_objects
 
         self.ner, self.link = NerStage(ner, kb_path), LinkStage(link, kb_path, "name")
         self.ner.setup()
         self.link.setup()
+        freeze_setup_objects()
 
     def __call__(self, texts: Sequence[str], batch_size: int = 256) -> Iterator[list[Link]]:
         """The links of each text, in order."""
         for start in range(0, len(texts), batch_size):
             batch = list(texts[start:start + batch_size])
-            for text, mentions in zip(batch, self.ner.extractor.extract(batch, self.ner.config.batch_size)):
-                yield self.link.linker.link(text, list(mentions)) if mentions else []
+            found = self.ner.extractor.extract(batch, self.ner.config.batch_size)
+            yield from self.link.linker.link_many(batch, [list(mentions) for mentions in found])
 
 
 class EntityTest:

@@ -74,12 +74,13 @@ def examples(linker: Linker, gold: GoldSet, keep: Sequence[int]) -> list[Example
 
 def fit_on(linker: Linker, sets: Sequence[GoldSet], keep: Optional[dict[str, list[int]]] = None,
            hidden: int = DEFAULT_HIDDEN, min_precision: Optional[float] = DEFAULT_MIN_PRECISION,
-           fit_info: Optional[dict] = None) -> LinkModel:
-    """A model fit on the texts ``keep[set name]`` of each set (default: all)."""
+           fit_info: Optional[dict] = None, without: Sequence[str] = ()) -> LinkModel:
+    """A model fit on the texts ``keep[set name]`` of each set (default: all), not using
+    the features ``without`` (:func:`i2e_engine.link_model.fit`)."""
     found: list[Example] = []
     for gold in sets:
         found += examples(linker, gold, range(len(gold.texts)) if keep is None else keep[gold.name])
-    return fit(found, hidden=hidden, min_precision=min_precision, fit_info=fit_info)
+    return fit(found, hidden=hidden, min_precision=min_precision, fit_info=fit_info, without=without)
 
 
 @dataclass
@@ -90,16 +91,17 @@ class HeldOut:
 
 
 def cross_validate(linker: Linker, sets: Sequence[GoldSet], folds: int = 5, hidden: int = DEFAULT_HIDDEN,
-                   min_precision: Optional[float] = DEFAULT_MIN_PRECISION) -> dict[str, HeldOut]:
-    """Held-out scores and links of each set (module docstring). The linker's model is
-    restored after."""
+                   min_precision: Optional[float] = DEFAULT_MIN_PRECISION,
+                   without: Sequence[str] = ()) -> dict[str, HeldOut]:
+    """Held-out scores and links of each set (module docstring), of models that do not
+    use the features ``without``. The linker's model is restored after."""
     shipped, threshold = linker.model, linker.nil_threshold
     links: dict[str, list[list[Link]]] = {gold.name: [[] for _ in gold.texts] for gold in sets}
     try:
         for k in range(folds):
             train = {g.name: [i for i, t in enumerate(g.texts) if fold_of(t.id, folds) != k] for g in sets}
             linker.model, linker.nil_threshold = shipped, threshold
-            model = fit_on(linker, sets, train, hidden=hidden, min_precision=min_precision)
+            model = fit_on(linker, sets, train, hidden=hidden, min_precision=min_precision, without=without)
             linker.model, linker.nil_threshold = model, model.threshold
             for gold in sets:
                 held = [i for i, t in enumerate(gold.texts) if fold_of(t.id, folds) == k]

@@ -11,8 +11,9 @@ import schemas
 from i2e_engine.config import LinkConfig
 from i2e_engine.kb.alias_index import AliasIndex
 from i2e_engine.link_model import FEATURES, LinkModel
-from i2e_engine.linking import (Linker, bag_cosine, best_link_per_entity, choose_with_image, common_noun, content_words,
-                                resolve_overlaps, sentence_initial)
+from i2e_engine.kb.words import content_words
+from i2e_engine.linking import (Linker, best_link_per_entity, choose_with_image, common_noun, resolve_overlaps,
+                                sentence_initial, word_frequency)
 from i2e_engine.records import Mention
 
 
@@ -163,6 +164,33 @@ def test_output_does_not_depend_on_mention_order(linker):
     assert ids(forward) == ["enwiki:Frank_Sinatra", "wordnet:n02084071", "enwiki:Tom_Jones"]
 
 
+def test_a_batch_links_each_text_as_it_would_alone(index):
+    # link_many scores the names of many texts in one matrix; ties (eight John Smiths with
+    # equal features) and the surname rule must come out as they do text by text.
+    linker = Linker(index, LinkConfig(nil_threshold=0.0, max_runner_ups=3), model=hand_model())
+    texts = ["Frank Sinatra and a dog, with Tom Jones", "John Smith sings", "Karl Marx read, and Marx wrote",
+             "Sinatra sings", "a man", "nothing to link"]
+    mentions = [[mention(texts[0], "Frank Sinatra"), alias(texts[0], "a dog"), mention(texts[0], "Tom Jones")],
+                [mention(texts[1], "John Smith")],
+                [mention(texts[2], "Karl Marx"), mention(texts[2], "Marx", occurrence=1)],
+                [mention(texts[3], "Sinatra")], [alias(texts[4], "a man")], []]
+    alone = [linker.link(text, found) for text, found in zip(texts, mentions)]
+    assert linker.link_many(texts, mentions) == alone
+    assert linker.link_many(texts[::-1], mentions[::-1]) == alone[::-1]
+    assert [r["entity_id"] for r in alone[1][0]["runner_ups"]] == [f"enwiki:John_Smith_{i}" for i in (1, 2, 3)]
+    marx = alone[2][-1]          # "Marx" had "Karl Marx" of the same text as a candidate
+    assert marx["mention"] == "Marx" and "enwiki:Karl_Marx" in [marx["entity_id"], *ids(marx["runner_ups"])]
+    assert alone[5] == []
+
+
+@pytest.mark.parametrize("text", ["dog", "The", "Sinatra", "zzqxv", "New York", "café", "rock'n'roll", "x2",
+                                  "Barack Obama", "the Eiffel Tower", "New zzqxv", "Hello  World", "Falcon 9"])
+def test_word_frequency_reads_wordfreq(text):
+    from wordfreq import zipf_frequency
+
+    assert word_frequency(text) == zipf_frequency(text.lower(), "en") / 8.0
+
+
 def test_runner_ups_follow_the_config(index):
     text = "Sinatra sings"
     for max_runner_ups, expected in ((0, 0), (1, 1), (3, 1)):
@@ -198,10 +226,41 @@ def test_longer_mentions_win_overlaps_then_ner():
     assert [(m["source"], m["label"]) for m in kept] == [("ner", "GPE")]
 
 
-def test_content_words_and_cosine():
+def test_content_words():
     assert content_words("The towers of the cities, and Paris's museums") == {"tower", "city", "paris", "museum"}
-    assert bag_cosine(frozenset({"a1", "b1"}), frozenset({"a1", "c1", "d1", "e1"})) == pytest.approx(0.5 ** 1.5)
-    assert bag_cosine(frozenset(), frozenset({"x1"})) == 0.0
+    assert content_words("a I of") == frozenset()
+
+
+def test_context_is_the_cosine_of_the_bags_less_the_mention_words():
+    index = kb_index([
+        ("e:Paris", "Paris", "capital city of France with the Eiffel Tower", [], 5, "place"),
+        ("e:Paris_Hilton", "Paris Hilton", "", [], 5, "thing"),
+        ("e:Paris_album", "Paris", "album recorded in Lamar County", [], 1, "thing")])
+    linker = Linker(index, LinkConfig(), model=hand_model())
+    texts = ["Paris and the Eiffel Tower, France", "Paris", "towers in Lamar County near Paris"]
+    named = [(text, mention(text, "Paris", label="GPE", occurrence=0), None) for text in texts]
+    named = [(text, m, linker.name_candidates(m)) for text, m, _ in named]
+    x, contexts = linker.features_of(named)
+    got = {}
+    start = 0
+    for text, m, candidates in named:
+        for row, value in zip(candidates.rows.tolist(), contexts[start:start + len(candidates.rows)].tolist()):
+            got[(text, index.entity_id(row))] = value
+        start += len(candidates.rows)
+
+    def cosine(c: frozenset, e: frozenset) -> float:          # the rule, written out
+        return len(c & e) / (len(c) * len(e)) ** 0.5 if c and e else 0.0
+
+    for (text, entity_id), value in got.items():
+        entity = index.entity(entity_id)
+        mention_words = content_words("Paris")
+        expected = cosine(content_words(text) - mention_words,
+                          content_words(f"{entity['name']} {entity['description']}") - mention_words)
+        assert value == pytest.approx(expected, abs=1e-12), (text, entity_id)
+    # C = {eiffel, tower, france}; E = {capital, city, france, eiffel, tower}: 3 shared
+    assert got[(texts[0], "e:Paris")] == pytest.approx(3 / (3 * 5) ** 0.5)
+    assert got[(texts[2], "e:Paris_album")] > got[(texts[2], "e:Paris")] > 0     # "Lamar County" over "towers"
+    assert all(value == 0.0 for (text, _), value in got.items() if text == "Paris")   # no context words
 
 
 def _link(entity_id: str, score: float, runner_ups: list[tuple[str, float]]) -> dict:

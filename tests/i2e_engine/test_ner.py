@@ -37,7 +37,7 @@ def test_alias_matcher_finds_concepts_the_ner_misses(extractor):
 
 
 def test_alias_matches_keep_every_span_for_the_linker(extractor):
-    mentions = extractor.extract(["the space shuttle tower at dusk"])[0]
+    mentions = extractor.extract(["the space shuttle by the tower at dusk"])[0]
     texts = [m["text"] for m in mentions if m["source"] == "alias"]
     assert "space shuttle" in texts and "tower" in texts
     assert extractor.extract(["eiffel tower"])[0][0]["text"] == "eiffel tower"
@@ -107,6 +107,20 @@ def test_the_alias_matcher_can_be_turned_off():
 
 def test_a_leading_article_and_punctuation_do_not_hide_a_name():
     extractor = build_extractor(NerConfig(), index_of("The Beatles", "Coca-Cola"))
-    texts = [m["text"] for m in extractor.extract(["poster of the beatles and a coca-cola bottle"])[0]
-             if m["source"] == "alias"]
-    assert texts == ["beatles", "coca-cola"]          # the key drops a leading "the"
+    found = extractor.extract(["poster of the beatles and a bottle of coca-cola"])[0]
+    assert [m["text"] for m in found if m["source"] == "alias"][0] == "beatles"   # the key drops a leading "the"
+    assert "coca-cola" in {m["text"] for m in found}
+
+
+def test_a_common_noun_that_modifies_the_next_noun_is_no_mention():
+    extractor = build_extractor(NerConfig(), index_of("bathroom", "sink", "stone", "bench", "Wii", "controller"))
+    found = [m["text"] for m in extractor.extract(["A bathroom sink filled with soap next to a stone bench"])[0]]
+    assert "sink" in found and "bench" in found                         # the heads stay
+    assert not {"A bathroom", "bathroom", "a stone", "stone"} & set(found)  # their modifiers go
+    alone = [m["text"] for m in extractor.extract(["A bathroom with a bench of stone"])[0]]
+    assert {"bench"} <= set(alone) and any(t.endswith("bathroom") for t in alone) and any(t.endswith("stone") for t in alone)
+    pictured = [m["text"] for m in extractor.extract(["Bathroom photo", "stone bench texture"])[1]]
+    assert "stone" not in pictured and "bench" in pictured         # a word for the picture is no head
+    assert "Bathroom" in [m["text"] for m in extractor.extract(["Bathroom photo"])[0]]
+    named = [m["text"] for m in extractor.extract(["A man holding a Wii game controller"])[0]]
+    assert "Wii" in named                                                # a proper noun is a name, not a modifier

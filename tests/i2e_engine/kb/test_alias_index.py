@@ -3,6 +3,7 @@ merged offline demo KB and on small KBs."""
 from __future__ import annotations
 
 import pickle
+import random
 import subprocess
 import sys
 
@@ -11,8 +12,8 @@ import pyarrow as pa
 import pytest
 
 import schemas
-from i2e_engine.kb.alias_index import (ALIAS_WEIGHT, FORMS, KIND_TRAITS, MAX_CANDIDATES_PER_KEY, TRAIT_COMMA_NAME,
-                                       TRAIT_PERSON_SHAPE, AliasIndex, build_index, initialism, name_part,
+from i2e_engine.kb.alias_index import (ALIAS_WEIGHT, FORMS, INDEX_FILES, KIND_TRAITS, MAX_CANDIDATES_PER_KEY, TRAIT_COMMA_NAME,
+                                       TRAIT_PERSON_SHAPE, AliasIndex, build_index, fold, initialism, name_part,
                                        normalize_alias)
 from i2e_engine.kb.build import merge_sources
 from i2e_engine.kb.geonames import geonames_table
@@ -62,6 +63,17 @@ def index(default_kb) -> AliasIndex:
 ])
 def test_normalize_alias(text, key):
     assert normalize_alias(text) == key
+
+
+def test_fold_of_ascii_text_takes_a_short_cut_to_the_same_result():
+    # An ASCII text skips Unicode normalization; with one accented word appended the same
+    # text goes the long way, and must fold the same.
+    rng = random.Random(7)
+    alphabet = "abcXYZ '`s-_.,0()\t"
+    texts = ["Paris's", "O`Neil's Cafe", "ROCK 'N' ROLL", "it's", "Jones'", "A  B"] + [
+        "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 12))) for _ in range(2000)]
+    for text in texts:
+        assert fold(text + " \u00e9") == fold(text) + " e", text
 
 
 def test_priors_of_every_alias_sum_to_at_most_one(index, default_kb):
@@ -176,6 +188,26 @@ def test_index_files_are_arrays_and_a_second_process_maps_them(index, tmp_path):
               f"print(AliasIndex({str(index.folder)!r}).candidates('Paris', 2))")
     out = subprocess.run([sys.executable, "-c", script], check=True, capture_output=True, text=True).stdout
     assert out.strip() == repr(index.candidates("Paris", 2))
+
+
+def test_index_files_name_every_file_the_build_writes(index):
+    # what publishing an index beside its KB copies (i2e_engine.kb.build)
+    assert sorted(path.name for path in index.folder.iterdir()) == sorted(INDEX_FILES)
+
+
+def test_entity_bags_are_stored_as_word_ids(index):
+    from i2e_engine.kb.words import content_words
+
+    rows = np.array([index.row_of(e) for e in ("enwiki:Paris", "enwiki:Mercury_(planet)", "enwiki:Paris")])
+    sizes, ids = index.entity_words(rows)
+    bags = np.split(ids, np.cumsum(sizes)[:-1])
+    for row, bag in zip(rows.tolist(), bags):
+        words = content_words(f"{index.field(row, 'name')} {index.field(row, 'description') or ''}")
+        assert sorted(bag.tolist()) == sorted(index.word_ids(words).tolist()) and len(bag) == len(words) > 0
+    assert bags[0].tolist() == bags[2].tolist()
+    assert index.word_ids(["zzqxv-not-a-word"]).tolist() == []
+    empty_sizes, empty_ids = index.entity_words(np.zeros(0, dtype=np.int64))
+    assert len(empty_sizes) == 0 and len(empty_ids) == 0
 
 
 def test_index_pickles_for_shipping_to_workers(index):

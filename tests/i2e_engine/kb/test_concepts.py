@@ -8,7 +8,7 @@ import pytest
 
 import schemas
 from i2e_engine.kb.alias_index import normalize_alias
-from i2e_engine.kb.concepts import SENSES, STOP_WORDS, concept_table, data_dir, read_synsets
+from i2e_engine.kb.concepts import SENSES, STOP_WORDS, concept_table, data_dir, described_concept, read_synsets
 
 
 @pytest.fixture(scope="module")
@@ -75,6 +75,22 @@ def test_chosen_senses(owner):
     assert owner["teddy bear"] == "n04399382"     # the 1k class missing from 21k
     assert all(owner[word] == synset for word, synset in SENSES.items())
     assert owner["field"] == "n09393605" and owner["tie"] == "n03815615"
+
+
+def test_a_colour_or_young_before_a_concept_word_is_no_concept(owner):
+    # WordNet has "white sheep" (Dall sheep) and "young man" (young buck); in a caption
+    # they describe a sheep and a man, which link instead.
+    assert "white sheep" not in owner and "young man" not in owner and "black bear" not in owner
+    assert owner["sheep"] and owner["man"] and owner["bear"]
+    assert owner["hot dog"]                       # not a colour: a concept of its own
+    assert described_concept("white sheep", {"sheep"}) and not described_concept("white sheep", {"goat"})
+    assert not described_concept("barbed wire", {"wire"})
+
+
+def test_words_whose_only_sense_captions_never_mean_are_no_concepts(owner):
+    # "trick" is a prostitute's customer, "game" hunted animals, "pile" a column driven into
+    # the ground: what "a skateboarding trick", "a baseball game", "a pile of" never mean.
+    assert not {"trick", "game", "pile", "wind", "batter", "dinner", "pitch"} & owner.keys()
 
 
 def test_popularity_follows_word_frequency(rows):
