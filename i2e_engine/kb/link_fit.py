@@ -56,8 +56,9 @@ def link_texts(linker: Linker, gold: GoldSet, keep: Optional[Sequence[int]] = No
     return out
 
 
-def examples(linker: Linker, gold: GoldSet, keep: Sequence[int]) -> list[Example]:
-    """The training examples of the texts at positions ``keep`` (module docstring)."""
+def labelled(linker: Linker, gold: GoldSet, keep: Sequence[int]) -> list[tuple[int, Traced, np.ndarray]]:
+    """(text position, the name as the linker scored it, which of its candidates are gold)
+    for the names of the texts at positions ``keep`` that teach the model (module docstring)."""
     test = EntityTest(linker.alias_index)
     traced: list[tuple[int, Traced]] = []
     link_texts(linker, gold, keep, traced)
@@ -67,9 +68,13 @@ def examples(linker: Linker, gold: GoldSet, keep: Sequence[int]) -> list[Example
         golds = [m for m in gold.texts[i].mentions if overlaps(span, m)]
         if not golds and not gold.complete:
             continue
-        labels = np.array([any(test.same(e, m) for m in golds) for e in t.entity_ids], dtype=bool)
-        out.append(Example(t.features, labels))
+        out.append((i, t, np.array([any(test.same(e, m) for m in golds) for e in t.entity_ids], dtype=bool)))
     return out
+
+
+def examples(linker: Linker, gold: GoldSet, keep: Sequence[int]) -> list[Example]:
+    """The training examples of the texts at positions ``keep`` (module docstring)."""
+    return [Example(t.features, labels) for _, t, labels in labelled(linker, gold, keep)]
 
 
 def fit_on(linker: Linker, sets: Sequence[GoldSet], keep: Optional[dict[str, list[int]]] = None,
