@@ -156,7 +156,7 @@ def build_state(cfg: TrainConfig, num_classes: int, comm: Comm, device: str | to
         torch.set_float32_matmul_precision("high")  # TF32 for the fp32 matmuls that remain
     torch.manual_seed(cfg.seed)
     model = DualEncoder(cfg.image, cfg.text, cfg.embed_dim, cfg.data.mean, cfg.data.std,
-                        cfg.task.init_logit_scale).to(device)
+                        cfg.task.init_logit_scale).to(device).train()  # frozen trunks keep eval themselves
     if cfg.channels_last:
         model.image.to(memory_format=torch.channels_last)
         model.image.channels_last = True

@@ -258,16 +258,24 @@ def minilm_folder(path: str | None = None) -> Path:
 
 
 class MiniLMTextTower(nn.Module):
-    """The packaged all-MiniLM-L6-v2 encoder (BERT, 384 wide), mean-pooled as sentence-transformers does."""
+    """The packaged all-MiniLM-L6-v2 encoder (BERT, 384 wide), mean-pooled as sentence-transformers does.
+
+    BERT's pooler (a dense layer over the first token) is not built: the mean pooling never
+    reads it, and a module whose parameters get no gradient stops DistributedDataParallel
+    at the second step. Weights saved with a pooler (before it was left out) still load."""
 
     def __init__(self, cfg: TextTowerConfig, load_weights: bool = True):
         super().__init__()
         from transformers import AutoConfig, AutoModel, AutoTokenizer
         folder = minilm_folder(cfg.minilm_path)
         if load_weights:
-            self.model = AutoModel.from_pretrained(str(folder))
+            self.model = AutoModel.from_pretrained(str(folder), add_pooling_layer=False)
         else:
-            self.model = AutoModel.from_config(AutoConfig.from_pretrained(str(folder)))
+            self.model = AutoModel.from_config(AutoConfig.from_pretrained(str(folder)), add_pooling_layer=False)
+        # from_pretrained leaves the model in eval mode; the tower trains (dropout on) when its
+        # owner does, and .eval() for export and evaluation turns it off again.
+        self.model.train()
+        self.register_load_state_dict_pre_hook(_drop_pooler)
         self.tokenizer = AutoTokenizer.from_pretrained(str(folder))
         self.context_length = cfg.context_length
         self.width = self.model.config.hidden_size
@@ -283,6 +291,11 @@ class MiniLMTextTower(nn.Module):
         out = self.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
         keep = attention_mask.to(out.dtype)[..., None]
         return (out * keep).sum(1) / keep.sum(1).clamp(min=1e-9)
+
+
+def _drop_pooler(module: nn.Module, state_dict: dict, prefix: str, *args) -> None:
+    for key in [k for k in state_dict if k.startswith(prefix + "model.pooler.")]:
+        del state_dict[key]
 
 
 class OpenClipTextTrunk(nn.Module):

@@ -78,6 +78,39 @@ def test_step_runs_with_state_on_device(device):
         assert all(v.device.type in (torch.device(device).type, "cpu") for v in per_param.values())
 
 
+@pytest.mark.parametrize("text_kind", ["bytes", "minilm"])
+def test_every_trainable_parameter_gets_a_gradient_and_the_towers_train(text_kind):
+    # DistributedDataParallel (find_unused_parameters off, as the loop runs it) fails at the
+    # second step when a module the loss never reads is built, as MiniLM's pooler was; and a
+    # tower left in eval mode trains without its dropout.
+    overrides = [f'text.kind="{text_kind}"'] + (["text.context_length=16"] if text_kind == "minilm" else [])
+    comm = Comm(0, 1, torch.device("cpu"))
+    state = build_state(_cfg(*overrides), NUM_CLASSES, comm, "cpu")
+    assert state.model.training and all(m.training for m in state.model.text.modules())
+    reached: set[str] = set()
+    for name, p in state.model.named_parameters():
+        if p.requires_grad:
+            p.register_post_accumulate_grad_hook(lambda p, name=name: reached.add(name))
+    train_step(state, _batch(0), comm)
+    trainable = {name for name, p in state.model.named_parameters() if p.requires_grad}
+    assert trainable and trainable - reached == set()
+
+
+def test_minilm_weights_saved_with_a_pooler_still_load():
+    from transformers import AutoConfig, AutoModel
+
+    from trainer.towers import MiniLMTextTower, minilm_folder
+
+    cfg = _cfg('text.kind="minilm"', "text.context_length=16").text
+    tower = MiniLMTextTower(cfg, load_weights=False)
+    assert not any(".pooler." in name for name, _ in tower.named_parameters())
+    with_pooler = AutoModel.from_config(AutoConfig.from_pretrained(str(minilm_folder())))   # as saved before
+    old = {f"model.{k}": v for k, v in with_pooler.state_dict().items()}
+    assert any(".pooler." in k for k in old)
+    tower.load_state_dict(old)                        # strict: no unexpected key left
+    assert torch.equal(tower.model.embeddings.word_embeddings.weight, with_pooler.embeddings.word_embeddings.weight)
+
+
 @pytest.mark.parametrize("device", DEVICES)
 def test_logging_reduction_on_comm_device(device):
     comm = DeviceCheckingComm(device=device)
