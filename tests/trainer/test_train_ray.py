@@ -50,6 +50,18 @@ def test_recipe_trains_and_loss_falls(recipe, caltech_packed, local_ray, tmp_pat
     assert enc.has_text_tower == (recipe != "supervised") and enc.card["steps"] == 16
 
 
+@pytest.mark.timeout(600)
+def test_a_minilm_text_tower_trains_on_two_workers(caltech_packed, local_ray, tmp_path):
+    # issue 21's reproduction: DistributedDataParallel stopped both ranks at step 2 on the
+    # parameters of MiniLM's pooler, which the loss never used
+    cfg = _cfg("smoke_mofi", caltech_packed, tmp_path / "runs", "t_minilm", 'text.kind="minilm"',
+               "text.context_length=32", "total_steps=4", "checkpoint_every=4")
+    assert cfg.num_workers == 2
+    result = run(cfg)
+    assert result.error is None
+    assert len(result.return_value["history"]) == 4 and result.return_value["step"] == 4
+
+
 def _final_state(result):
     with result.checkpoint.as_directory() as d:
         d = Path(d)
