@@ -10,28 +10,34 @@ import contextlib
 
 import torch
 
-# Dense peak TFLOPS per device, (bf16/fp16 tensor cores, fp32 matmuls). The fp32 column is the
-# TF32 tensor-core peak where the card has one, since the trainer allows TF32 on CUDA (V100
-# and older: plain FP32). Vendor datasheet numbers without sparsity. Matched as a substring of
-# ``torch.cuda.get_device_name()``, longest key first.
-PEAK_TFLOPS = {
-    "H200": (989.0, 494.0), "H100 PCIe": (756.0, 378.0), "H100": (989.0, 494.0),
+# Dense peak TFLOPS per device: (bf16 tensor cores, fp32 matmuls). The fp32 column is the TF32
+# tensor-core peak where the card has one, since the trainer allows TF32 on CUDA (V100 and
+# older: plain FP32). Vendor datasheet numbers halved where the sheet quotes them with 2:4
+# sparsity (NVIDIA's H100, H200, A100, L4, L40S and A10 pages: "with sparsity"); V100 and T4
+# from their datasheets. None where the card has no bf16 tensor cores (V100 and T4 have fp16
+# ones only; bf16 there runs far below any peak, so no MFU is reported for it). Matched as a
+# substring of ``torch.cuda.get_device_name()``, longest key first: "H100 NVL" (835 bf16, NVIDIA
+# H100 page: 1,671 with sparsity) and "H100 PCIe" (756) before the SXM "H100" (989).
+PEAK_TFLOPS: dict[str, tuple[float | None, float]] = {
+    "H200": (989.0, 494.0), "H100 NVL": (835.0, 418.0), "H100 PCIe": (756.0, 378.0), "H100": (989.0, 494.0),
     "A100": (312.0, 156.0), "A10G": (125.0, 62.5), "A10": (125.0, 62.5), "L40S": (362.0, 183.0),
-    "L4": (121.0, 60.0), "V100": (125.0, 15.7), "T4": (65.0, 8.1), "RTX 4090": (165.0, 82.6),
+    "L4": (121.0, 60.0), "V100": (None, 15.7), "T4": (None, 8.1), "RTX 4090": (165.0, 82.6),
     "RTX 3090": (71.0, 35.6),
 }
 
 
 def peak_flops(device: torch.device | str, precision: str) -> float | None:
     """Peak FLOP/s of ``device`` for ``precision`` ("bf16" | "fp32"), None where unknown (CPUs,
-    cards missing from the table: MFU is then not reported)."""
+    cards missing from the table, bf16 on a card without bf16 tensor cores: MFU is then not
+    reported)."""
     device = torch.device(device)
     if device.type != "cuda":
         return None
     name = torch.cuda.get_device_name(device)
     for key in sorted(PEAK_TFLOPS, key=len, reverse=True):
         if key in name:
-            return PEAK_TFLOPS[key][0 if precision == "bf16" else 1] * 1e12
+            peak = PEAK_TFLOPS[key][0 if precision == "bf16" else 1]
+            return None if peak is None else peak * 1e12
     return None
 
 

@@ -174,6 +174,16 @@ def test_full_softmax_head_uses_torch_adamw():
 def test_throughput_and_peaks():
     assert peak_flops("cpu", "bf16") is None
     assert PEAK_TFLOPS["H100"][0] == 989.0
+
+
+@pytest.mark.parametrize("name, bf16, fp32", [
+    ("NVIDIA H100 80GB HBM3", 989e12, 494e12), ("NVIDIA H100 NVL", 835e12, 418e12), ("NVIDIA H100 PCIe", 756e12, 378e12),
+    ("Tesla V100-SXM2-16GB", None, 15.7e12), ("Tesla T4", None, 8.1e12), ("Some Future GPU", None, None)])
+def test_peaks_by_device_name(monkeypatch, name, bf16, fp32):
+    # the H100 variants differ; V100 and T4 have no bf16 tensor cores, so no bf16 MFU there
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: name)
+    assert peak_flops(torch.device("cuda", 0), "bf16") == bf16
+    assert peak_flops(torch.device("cuda", 0), "fp32") == fp32
     meter = Throughput(global_batch=8, peak=1e12, skip=2)
     first = meter.update(wait=0.5, total=1.0, flops_per_step=1e11)
     assert first["samples_per_s"] == 8.0 and first["data_wait_frac"] == 0.5 and "mfu" not in first
