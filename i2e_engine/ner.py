@@ -19,7 +19,7 @@ import spacy
 from spacy.language import Language
 
 from i2e_engine.config import NerConfig
-from i2e_engine.kb.alias_index import ARTICLES, AliasIndex, normalize_alias
+from i2e_engine.kb.alias_index import ARTICLES, KIND_TRAITS, MAX_CANDIDATES_PER_KEY, AliasIndex, normalize_alias
 from i2e_engine.records import Mention
 
 log = logging.getLogger(__name__)
@@ -85,7 +85,7 @@ class MentionExtractor:
         # Inside a date, a number or a quantity ("3 September 2016", "two dozen") no word is an entity.
         unwanted = [(ent.start, ent.end) for ent in doc.ents if ent.label_ not in self.labels]
         alias_spans = [span for span in self.alias_spans(doc) if self._is_nominal(span)
-                       and not _modifies_next_noun(span)
+                       and not self._modifies_next_noun(span)
                        and not any(span.start < end and start < span.end for start, end in unwanted)]
         if self.alias_case == "capitalized":
             alias_spans = self._whole_names(doc, alias_spans)
@@ -143,6 +143,31 @@ class MentionExtractor:
 
         return [span for span in spans if keep(span)]
 
+    def _modifies_next_noun(self, span) -> bool:
+        """A common noun right before another one modifies it: "a bathroom sink", "a stone
+        bench", "hot dog cake", "a teddy bear umbrella" show a sink, a bench, a cake and an
+        umbrella, so the modifier is no mention (a longer alias hit may still take the whole
+        compound). Not before a word for the picture itself (``PICTURE_WORDS``: a "cat
+        photo" shows a cat), nor before an -ing word that names no visual concept: that is
+        a participle the small tagger took for a noun ("a dolphin jumping"), while "a brick
+        building" has a head. Names are untouched ("Wii game controller": "Wii" is a proper
+        noun), and so is every hit when there is no tagger."""
+        doc = span.doc
+        if span[-1].pos_ != "NOUN" or span.end >= len(doc) or doc[span.end].pos_ != "NOUN":
+            return False
+        head = doc[span.end].lower_
+        if head in PICTURE_WORDS:
+            return False
+        return not head.endswith("ing") or self._names_a_concept(head)
+
+    def _names_a_concept(self, word: str) -> bool:
+        index = self.alias_index
+        key_id = index.lookup_key(word)
+        if key_id is None:
+            return False
+        rows, _ = index.candidate_rows(key_id, MAX_CANDIDATES_PER_KEY)
+        return bool((index.traits[rows] & KIND_TRAITS["concept"]).any())
+
     def _is_nominal(self, span) -> bool:
         """In "capitalized" mode an alias hit counts only when its last token is a proper
         noun (sentence-initial "Dinner" or "Thanks" is capitalized but not a name).
@@ -169,18 +194,6 @@ PICTURE_WORDS = frozenset("""photo photos photograph photographs picture picture
     pattern patterns background backgrounds wallpaper wallpapers illustration illustrations drawing drawings sketch
     icon icons clipart clip vector vectors closeup shot shots snapshot portrait painting poster print prints
     silhouette graphic graphics thumbnail scan render rendering screenshot banner stock""".split())
-
-
-def _modifies_next_noun(span) -> bool:
-    """A common noun right before another one modifies it: "a bathroom sink", "a stone
-    bench", "hot dog cake", "a teddy bear umbrella" show a sink, a bench, a cake and an
-    umbrella, so the modifier is no mention (a longer alias hit may still take the whole
-    compound). Not before a word for the picture itself (``PICTURE_WORDS``): a "cat photo"
-    shows a cat. Names are untouched ("Wii game controller": "Wii" is a proper noun), and
-    so is every hit when there is no tagger."""
-    doc = span.doc
-    return (span[-1].pos_ == "NOUN" and span.end < len(doc) and doc[span.end].pos_ == "NOUN"
-            and doc[span.end].lower_ not in PICTURE_WORDS)
 
 
 def build_extractor(config: NerConfig, alias_index: Optional[AliasIndex] = None) -> MentionExtractor:

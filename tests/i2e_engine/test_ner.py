@@ -7,11 +7,11 @@ from i2e_engine.linking import resolve_overlaps
 from i2e_engine.ner import build_extractor
 
 
-def index_of(*names: str) -> AliasIndex:
+def index_of(*names: str, kind: str = "thing") -> AliasIndex:
     """An alias index of one entity per name."""
     return AliasIndex.from_kb_table(schemas.from_records(
         [{"entity_id": f"e:{name}", "name": name, "description": "", "aliases": [], "source": "custom",
-          "popularity": 1.0, "qid": None, "wiki_title": None, "kind": "thing"} for name in names], "kb"))
+          "popularity": 1.0, "qid": None, "wiki_title": None, "kind": kind} for name in names], "kb"))
 
 
 @pytest.fixture(scope="module")
@@ -124,3 +124,15 @@ def test_a_common_noun_that_modifies_the_next_noun_is_no_mention():
     assert "Bathroom" in [m["text"] for m in extractor.extract(["Bathroom photo"])[0]]
     named = [m["text"] for m in extractor.extract(["A man holding a Wii game controller"])[0]]
     assert "Wii" in named                                                # a proper noun is a name, not a modifier
+
+
+def test_a_participle_the_tagger_calls_a_noun_is_no_head():
+    # "jumping" is tagged a noun at the end of "a dolphin jumping"; it names no concept, so
+    # the dolphin stays. "building" names one, so "brick" only modifies it.
+    extractor = build_extractor(NerConfig(), index_of("dolphin", "brick", "building", kind="concept"))
+    assert "dolphin" in [m["text"] for m in extractor.extract(["a dolphin jumping"])[0]]
+    found = [m["text"] for m in extractor.extract(["a brick building"])[0]]
+    assert "building" in found and not {"a brick", "brick"} & set(found)
+    # were "jumping" a visual concept, it would be the head
+    jumping = build_extractor(NerConfig(), index_of("dolphin", "jumping", kind="concept"))
+    assert "dolphin" not in [m["text"] for m in jumping.extract(["a dolphin jumping"])[0]]
