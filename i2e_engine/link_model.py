@@ -10,7 +10,7 @@ than a logistic regression on the same features at the same precision (BENCHMARK
 ``hidden=0`` fits the logistic regression instead.
 
 Features (``FEATURES``; all in [0, 1] or small ranges, computed by
-:func:`i2e_engine.linking.Linker.features`):
+:func:`i2e_engine.linking.Linker.features_of`):
 
 - ``prior``: P(entity | alias) from the alias index; ``top_prior``: the candidate has the
   key's largest prior; ``prior_margin``: its prior minus the best other candidate's;

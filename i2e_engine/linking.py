@@ -294,11 +294,6 @@ class Linker:
         return Candidates(np.asarray(rows)[keep].astype(np.int64), np.asarray(priors)[keep].astype(np.float64),
                           np.asarray(forms)[keep], np.zeros(int(keep.sum()), dtype=bool))
 
-    def features(self, alt_text: str, mention: Mention, candidates: Candidates) -> tuple[np.ndarray, np.ndarray]:
-        """The model's features of each candidate (rows in order; ``FEATURES``) and each
-        candidate's context similarity."""
-        return self.features_of([(alt_text, mention, candidates)])
-
     def _mention_features(self, alt_text: str, mention: Mention, n: int) -> list[float]:
         """What the mention alone says, the same for each of its ``n`` candidates."""
         text, label = mention["text"], mention["label"]
@@ -316,10 +311,11 @@ class Linker:
         same[f["word_frequency"]] = word_frequency(_ARTICLE.sub("", text))
         return same
 
-    def features_of(self, named: Sequence[tuple[str, Mention, Candidates]]) -> tuple[np.ndarray, np.ndarray]:
-        """:meth:`features` of many names (alt-text, mention, its candidates: at least
-        one), their candidate lists one after the other: one pass of array operations
-        per batch of texts, not per name, which is most of the linker's speed."""
+    def features_of(self, named: Sequence[tuple[str, Mention, Candidates]]) -> np.ndarray:
+        """The model's features (``FEATURES``) of the candidates of many names (alt-text,
+        mention, its candidates: at least one), one row per candidate, their candidate
+        lists one after the other: one pass of array operations per batch of texts, not
+        per name, which is most of the linker's speed."""
         index = self.alias_index
         sizes = [len(candidates.rows) for _, _, candidates in named]
         starts = np.cumsum([0] + sizes[:-1])
@@ -355,9 +351,8 @@ class Linker:
         bare = [_ARTICLE.sub("", mention["text"]) for _, mention, _ in named]
         x[named_by_surface, f["exact_case"]] = [index.field(rows[i], "name") == bare[each[i]]
                                                 for i in named_by_surface.tolist()]
-        contexts = self._contexts(named, rows, each)
-        x[:, f["context"]] = contexts
-        return x, contexts
+        x[:, f["context"]] = self._contexts(named, rows, each)
+        return x
 
     def _contexts(self, named: Sequence[tuple[str, Mention, Candidates]], rows: np.ndarray,
                   each: np.ndarray) -> np.ndarray:
@@ -399,7 +394,8 @@ class Linker:
         scored: list[list[Scored]] = [[] for _ in names]
         if not named:
             return scored
-        x, contexts = self.features_of([(alt_text, mention, candidates) for _, alt_text, mention, candidates in named])
+        x = self.features_of([(alt_text, mention, candidates) for _, alt_text, mention, candidates in named])
+        contexts = x[:, _FEATURE["context"]]
         # Rounded: a matrix product sums in an order that depends on the batch's shape, so
         # unrounded, equal candidates would differ in the last bit and a name's choice and
         # runner-ups would depend on the other texts of its batch.

@@ -106,8 +106,7 @@ def test_a_surname_alone_gets_the_people_of_that_name_as_candidates(linker):
     text = "Sinatra in 1955"
     scored = linker.score_name(text, alias(text, "Sinatra"), {})
     assert [s.entity_id for s in scored] == ["enwiki:Frank_Sinatra", "enwiki:Nancy_Sinatra"]   # by prior
-    features = linker.features(text, alias(text, "Sinatra"),
-                               linker.name_candidates(alias(text, "Sinatra")))[0]
+    features = linker.features_of([(text, alias(text, "Sinatra"), linker.name_candidates(alias(text, "Sinatra")))])
     assert features[:, FEATURES.index("form_name_part")].tolist() == [1.0, 1.0]
     assert features[:, FEATURES.index("person_shape")].tolist() == [1.0, 1.0]
 
@@ -240,7 +239,7 @@ def test_context_is_the_cosine_of_the_bags_less_the_mention_words():
     texts = ["Paris and the Eiffel Tower, France", "Paris", "towers in Lamar County near Paris"]
     named = [(text, mention(text, "Paris", label="GPE", occurrence=0), None) for text in texts]
     named = [(text, m, linker.name_candidates(m)) for text, m, _ in named]
-    x, contexts = linker.features_of(named)
+    contexts = linker.features_of(named)[:, FEATURES.index("context")]
     got = {}
     start = 0
     for text, m, candidates in named:
