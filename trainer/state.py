@@ -32,14 +32,20 @@ def lr_factor(step: int, warmup: int, total: int, min_ratio: float) -> float:
     return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
-def param_groups(module: torch.nn.Module, weight_decay: float):
-    decay, no_decay = [], []
-    for name, p in module.named_parameters():
+def param_groups(model: torch.nn.Module, weight_decay: float, trunk_lr_scale: float = 1.0):
+    """AdamW groups: weight decay on matrices only; when ``trunk_lr_scale`` != 1 the image
+    trunk's parameters apart with that ``lr_scale`` (``train_step`` sets each group's lr to lr x
+    factor x lr_scale). At 1 the groups are the two of checkpoints written before the option."""
+    groups: dict[tuple[bool, bool], list] = {(False, True): [], (False, False): []}  # (trunk, decays)
+    for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
-        (no_decay if p.ndim <= 1 or name.endswith(".bias") or "logit_scale" in name or ".pos" in name
-         else decay).append(p)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+        decays = not (p.ndim <= 1 or name.endswith(".bias") or "logit_scale" in name or ".pos" in name)
+        trunk = trunk_lr_scale != 1.0 and name.startswith("image.trunk.")
+        groups.setdefault((trunk, decays), []).append(p)
+    return [{"params": params, "weight_decay": weight_decay if decays else 0.0,
+             "lr_scale": trunk_lr_scale if trunk else 1.0}
+            for (trunk, decays), params in sorted(groups.items(), key=lambda item: (item[0][0], not item[0][1]))]
 
 
 def adamw(params, impl: str = "auto", **kwargs) -> torch.optim.AdamW:
@@ -166,7 +172,7 @@ def build_state(cfg: TrainConfig, num_classes: int, comm: Comm, device: str | to
             model.text.trunk.compile()
     task = Task(cfg, num_classes, comm, device)
     o = cfg.optim
-    opt = adamw(param_groups(model, o.weight_decay), o.adamw_impl, lr=o.lr, betas=tuple(o.betas))
+    opt = adamw(param_groups(model, o.weight_decay, o.trunk_lr_scale), o.adamw_impl, lr=o.lr, betas=tuple(o.betas))
     head_opt = None
     if task.head is not None:
         head_lr = o.head_lr or o.lr
@@ -220,7 +226,7 @@ def train_step(state: TrainState, batch: dict, comm: Comm, *, measure_flops: boo
     generator = torch.Generator().manual_seed(step_seed(cfg.seed, state.step, comm.rank, 1))
     factor = lr_factor(state.step, o.warmup_steps, cfg.total_steps, o.min_lr_ratio)
     for group in state.opt.param_groups:
-        group["lr"] = o.lr * factor
+        group["lr"] = o.lr * factor * group.get("lr_scale", 1.0)
     if state.head_opt is not None:
         state.head_opt.param_groups[0]["lr"] = (o.head_lr or o.lr) * factor
     tokens = None

@@ -152,6 +152,13 @@ class ImageTower(nn.Module):
         else:
             self.proj = nn.Linear(width, embed_dim, bias=False)
             nn.init.normal_(self.proj.weight, std=width ** -0.5)
+        if getattr(cfg, "proj_init", "random") == "identity":
+            if hidden or not isinstance(self.proj, nn.Linear) or width != embed_dim:
+                raise ValueError(f"image.proj_init=identity needs a linear projection (proj_hidden=0) and "
+                                 f"embed_dim = the trunk's width ({width}), got proj_hidden={hidden}, "
+                                 f"embed_dim={embed_dim}")
+            with torch.no_grad():
+                self.proj.weight.copy_(torch.eye(width))
         self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1), persistent=True)
         self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1), persistent=True)
         self.channels_last = False  # pixels handed to the trunk in channels-last format (TrainConfig.channels_last)

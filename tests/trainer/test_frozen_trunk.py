@@ -14,10 +14,10 @@ from trainer.towers import DualEncoder, ImageTower
 _TINY_RESNET = ImageTowerConfig(kind="timm", arch="resnet18", kwargs=dict(layers=[1, 1, 1, 1], channels=[8, 8, 16, 16]))
 
 
-def _tower(**kw) -> ImageTower:
+def _tower(embed_dim: int = 8, **kw) -> ImageTower:
     torch.manual_seed(0)
     cfg = ImageTowerConfig(**{**_TINY_RESNET.__dict__, "kwargs": dict(_TINY_RESNET.kwargs), **kw})
-    return ImageTower(cfg, 8, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
+    return ImageTower(cfg, embed_dim, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
 
 
 def _pixels(n: int, seed: int = 0) -> torch.Tensor:
@@ -95,3 +95,40 @@ def test_frozen_mlp_export_roundtrip(tmp_path):
         direct = torch.nn.functional.normalize(model.image(torch.from_numpy(np.stack(
             [enc.preprocess(im) for im in images]))), dim=1).numpy()
     assert np.allclose(enc.encode_images(images), direct, atol=1e-5)
+
+
+def test_identity_projection_starts_at_the_trunk_features():
+    _timm_kwargs_ok()
+    tower = _tower(16, proj_init="identity").eval()   # the tiny resnet has 16 features
+    with torch.no_grad():
+        x = _pixels(3)
+        assert torch.equal(tower(x), tower.trunk_features(x))
+    with pytest.raises(ValueError, match="embed_dim = the trunk's width"):
+        _tower(8, proj_init="identity")
+    with pytest.raises(ValueError, match="proj_hidden=16"):
+        _tower(16, proj_init="identity", proj_hidden=16)
+
+
+def test_trunk_lr_scale_moves_the_trunk_that_much_slower():
+    from trainer.configs import fingerprint, from_dict, to_dict
+    from trainer.dist import Comm
+    from trainer.state import build_state, train_step
+    batch = {"pixels": _pixels(4), "labels": torch.tensor([[0, -1], [1, -1], [2, -1], [0, -1]]),
+             "valid": torch.ones(4, dtype=torch.int64), "text_class": torch.tensor([0, 1, 2, 0]), "texts": ["a"] * 4}
+    moved = {}
+    for scale in (1.0, 0.0):
+        cfg = apply_overrides(get_config("smoke_supervised"), [f"optim.trunk_lr_scale={scale}",
+                                                               "optim.warmup_steps=0", "optim.clip_grad_norm=0"])
+        state = build_state(cfg, 3, Comm())
+        before = {n: p.detach().clone() for n, p in state.model.named_parameters()}
+        train_step(state, batch, Comm())
+        moved[scale] = {n: not torch.equal(p, before[n]) for n, p in state.model.named_parameters()}
+    trunk = [n for n in moved[1.0] if n.startswith("image.trunk.")]
+    assert trunk and all(moved[1.0][n] for n in trunk) and not any(moved[0.0][n] for n in trunk)
+    assert all(moved[0.0][n] for n in moved[0.0] if n not in trunk)   # the projection still trains
+    # at its default the option leaves the fingerprint of checkpoints written before it
+    cfg = get_config("smoke_supervised")
+    old = to_dict(cfg)
+    del old["optim"]["trunk_lr_scale"], old["image"]["proj_init"]
+    assert fingerprint(cfg) == fingerprint(from_dict({**old}))  # from_dict fills the defaults back in
+    assert fingerprint(apply_overrides(get_config("smoke_supervised"), ["optim.trunk_lr_scale=0.1"])) != fingerprint(cfg)

@@ -44,6 +44,9 @@ class ImageTowerConfig:
     grad_checkpointing: bool = False
     freeze_trunk: bool = False         # trunk frozen (no grad, BatchNorm/dropout in eval mode); proj trains
     proj_hidden: int = 0               # 0: linear projection; >0: MLP trunk -> hidden -> GELU -> embed_dim
+    proj_init: str = "random"          # linear projection's start: "random" | "identity" (needs embed_dim =
+                                       # the trunk's width: the untrained tower is then the pretrained
+                                       # trunk's features, and weights can be interpolated with it, WiSE-FT)
     feature_cache: int = 0             # frozen trunk only: cache up to N trunk outputs while training,
                                        # keyed by the uint8 pixels' hash (a repeated, un-augmented image
                                        # skips the trunk); 0 disables
@@ -87,6 +90,7 @@ class OptimConfig:
     warmup_steps: int = 1000
     min_lr_ratio: float = 0.0
     clip_grad_norm: float = 1.0        # 0 disables
+    trunk_lr_scale: float = 1.0        # the image trunk's lr = lr x this (a pretrained trunk fine-tuned gently)
     ema_decay: float = 0.0             # 0 disables EMA
     adamw_impl: str = "auto"           # "auto" (= "fused": one kernel, on CUDA and on CPUs) | "fused"
                                        # | "foreach" | "for_loop"
@@ -118,6 +122,7 @@ class TrainConfig:
 
 
 ADAMW_IMPLS = ("auto", "fused", "foreach", "for_loop")
+PROJ_INITS = ("random", "identity")
 _REMOVED = {"fail_at_step"}  # fields of older configs (in checkpoints' meta.json) that no longer exist
 
 
@@ -152,9 +157,17 @@ _RESUME_FREE = {"total_steps", "checkpoint_every", "log_every", "keep_checkpoint
                 "storage_path", "run_name", "use_gpu", "cpus_per_worker", "compile", "channels_last"}
 
 
+# Fields added after checkpoint format 2, with their defaults: at the default they are left out of
+# the fingerprint, so checkpoints written before they existed still resume.
+_ADDED_DEFAULTS = {("image", "proj_init"): "random", ("optim", "trunk_lr_scale"): 1.0}
+
+
 def fingerprint(config: TrainConfig) -> str:
     """Hash of the fields that must match for a checkpoint to be resumed."""
     data = to_dict(config)
+    for (section, key), default in _ADDED_DEFAULTS.items():
+        if data[section].get(key) == default:
+            data[section].pop(key)
     for key in _RESUME_FREE:
         data.pop(key, None)
     for key in ("decode_threads", "prefetch_batches", "packed", "tables"):
@@ -172,6 +185,10 @@ def check_config(config: TrainConfig) -> TrainConfig:
         raise ValueError(f"data.text_entity {config.data.text_entity!r} not in {TEXT_ENTITY}")
     if config.data.shuffle_buffer < 1:
         raise ValueError("data.shuffle_buffer must be >= 1")
+    if config.image.proj_init not in PROJ_INITS:
+        raise ValueError(f"image.proj_init {config.image.proj_init!r} not in {PROJ_INITS}")
+    if config.optim.trunk_lr_scale < 0:
+        raise ValueError("optim.trunk_lr_scale must be >= 0")
     if config.optim.adamw_impl not in ADAMW_IMPLS:
         raise ValueError(f"optim.adamw_impl {config.optim.adamw_impl!r} not in {ADAMW_IMPLS}")
     return config
