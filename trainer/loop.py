@@ -162,11 +162,10 @@ def worker_threads(cfg: TrainConfig) -> int:
 
 
 def step_metrics(result: StepResult, state: TrainState, timing: dict) -> dict:
-    metrics = {"step": result.step, "loss": result.loss, **{f"loss_{n}": v for n, v in result.losses.items()},
-               "lr": result.lr, **timing, "bad_images_step": result.bad_images, "bad_images": state.bad_images,
+    """The logged values of a step: reading them waits for the device, so the loop calls this
+    on logging and checkpoint steps only."""
+    metrics = {"step": result.step, **result.floats(), "lr": result.lr, **timing, "bad_images": state.bad_images,
                "epoch": state.position["epoch"], "step_in_epoch": state.position["step"]}
-    if result.grad_norm is not None:
-        metrics["grad_norm"] = result.grad_norm
     if state.flops_per_step:
         metrics["gflops_per_step"] = state.flops_per_step / 1e9
     if state.model.logit_scale is not None:
@@ -221,12 +220,20 @@ def train_loop_per_worker(loop_config: dict) -> dict:
             step_hook(state.step, rank, world)
         wait = time.perf_counter() - t_prev
         result = train_step(state, batch, comm, measure_flops=True)
-        metrics = step_metrics(result, state, meter.update(wait, time.perf_counter() - t_prev, state.flops_per_step))
         final = state.step >= cfg.total_steps
-        if rank == 0 and (state.step % cfg.log_every == 0 or final):
-            print(json.dumps({"event": "step", **{k: (round(v, 5) if isinstance(v, float) else v)
-                                                  for k, v in metrics.items()}}), flush=True)
-        if final or (cfg.checkpoint_every and state.step % cfg.checkpoint_every == 0):
+        checkpoint_now = final or (cfg.checkpoint_every and state.step % cfg.checkpoint_every == 0)
+        # values are read back from the device (a host sync) on these steps only; the first
+        # steps too, so that the steady-state timing starts from a finished step
+        read_now = checkpoint_now or state.step % cfg.log_every == 0 or state.step <= meter.skip
+        if read_now:
+            metrics = step_metrics(result, state, {})
+        meter.step(wait, time.perf_counter() - t_prev)
+        if read_now:
+            metrics.update(meter.report(state.flops_per_step, state.recompute_flops_per_step))
+            if rank == 0 and (state.step % cfg.log_every == 0 or final):
+                print(json.dumps({"event": "step", **{k: (round(v, 5) if isinstance(v, float) else v)
+                                                      for k, v in metrics.items()}}), flush=True)
+        if checkpoint_now:
             save(metrics, final)
         t_prev = time.perf_counter()
         if final:

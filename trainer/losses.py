@@ -31,10 +31,16 @@ def _chunk_logits(feats, weights, start, end, scale, margin, cols, lowp):
     """fp32 logits for classes [start, end) of this shard, margin on positive columns."""
     z = _mm(feats, weights[start:end].t(), lowp) * scale
     if margin:
-        inside = (cols >= start) & (cols < end)
-        rows, k = inside.nonzero(as_tuple=True)
-        if rows.numel():
-            z[rows, cols[rows, k] - start] -= scale * margin
+        # Every (row, label) pair adds -s*m at its column, or 0 at column 0 when the label is not
+        # in this chunk or repeats an earlier label of its row: fixed shapes, so the host never
+        # waits for the device here.
+        k = cols.shape[1]
+        earlier = torch.ones(k, k, dtype=torch.bool, device=cols.device).triu(1)     # [j, k]: j < k
+        repeated = ((cols[:, :, None] == cols[:, None, :]) & earlier).any(dim=1)
+        inside = (cols >= start) & (cols < end) & ~repeated
+        rows = torch.arange(cols.shape[0], device=cols.device)[:, None].expand_as(cols)
+        z.index_put_((rows, torch.where(inside, cols - start, 0)), inside.to(z.dtype) * (-scale * margin),
+                     accumulate=True)
     return z
 
 

@@ -85,14 +85,28 @@ class EMA:
 
 @dataclass
 class StepResult:
-    """One step's logged values, reduced over ranks: losses are means over ranks (the sharded
-    softmax is already global), ``bad_images`` is this step's count over all ranks."""
+    """One step's logged values, reduced over ranks, as 0-d tensors on the training device
+    (reading one waits for the step, so the loop reads them on logging steps only, with
+    :meth:`floats`). Losses are means over ranks (the sharded softmax is already global);
+    ``bad_images`` is this step's count over all ranks."""
     step: int
-    loss: float
-    losses: dict[str, float]
-    bad_images: int
     lr: float
-    grad_norm: float | None = None
+    loss: torch.Tensor
+    losses: dict[str, torch.Tensor]
+    bad_images: torch.Tensor
+    grad_norm: torch.Tensor | None = None
+
+    def floats(self) -> dict:
+        """The values as Python numbers, in one device-to-host copy."""
+        names = list(self.losses)
+        parts = [self.loss, *self.losses.values(), self.bad_images] + ([self.grad_norm] if self.grad_norm is not None
+                                                                       else [])
+        values = torch.stack([v.detach().float().reshape(()) for v in parts]).tolist()
+        out = {"loss": values[0], **{f"loss_{n}": v for n, v in zip(names, values[1:])},
+               "bad_images_step": int(values[len(names) + 1])}
+        if self.grad_norm is not None:
+            out["grad_norm"] = values[-1]
+        return out
 
 
 @dataclass
@@ -106,10 +120,38 @@ class TrainState:
     ema: EMA | None
     step: int = 0
     position: dict | None = None           # loader position after the last step (trainer.packed.Position)
-    history: list = field(default_factory=list)
-    bad_images: int = 0
     flops_per_step: float | None = None    # this rank's forward+backward FLOPs, counted on one step
+    recompute_flops_per_step: float = 0.0  # the forward FLOPs gradient checkpointing runs again
     wrapped: torch.nn.Module | None = None  # the model as the step calls it (DDP under Ray), default: model
+    _history: list = field(default_factory=list)     # mean loss per step, read back from the device
+    _bad_images: int = 0
+    _unread: list = field(default_factory=list)      # (loss, bad images) device tensors of steps not read yet
+
+    def record(self, loss: torch.Tensor, bad_images: torch.Tensor) -> None:
+        """Keep a step's loss and bad-image count on the device until someone reads them (at the
+        latest every 1024 steps, so what waits stays small)."""
+        self._unread.append(torch.stack([loss.detach().float().reshape(()), bad_images.float().reshape(())]))
+        if len(self._unread) >= 1024:
+            self._read()
+
+    def _read(self) -> None:
+        if self._unread:
+            for loss, bad in torch.stack(self._unread).tolist():   # one device-to-host copy
+                self._history.append(round(loss, 6))
+                self._bad_images += int(bad)
+            self._unread.clear()
+
+    @property
+    def history(self) -> list[float]:
+        """The mean loss of every step so far (reading it waits for the steps in flight)."""
+        self._read()
+        return self._history
+
+    @property
+    def bad_images(self) -> int:
+        """Bad images met so far over all ranks (reading it waits for the steps in flight)."""
+        self._read()
+        return self._bad_images
 
     @property
     def head(self):
@@ -150,8 +192,9 @@ class TrainState:
             with torch.no_grad():
                 self.head.weight.copy_(shard["weight"])
             self.head_opt.load_state_dict(shard["optim"])
-        self.step, self.history = int(state["step"]), list(state.get("history", []))
-        self.bad_images, self.position = int(state.get("bad_images", 0)), state.get("position")
+        self._unread.clear()
+        self.step, self._history = int(state["step"]), list(state.get("history", []))
+        self._bad_images, self.position = int(state.get("bad_images", 0)), state.get("position")
 
 
 def build_state(cfg: TrainConfig, num_classes: int, comm: Comm, device: str | torch.device = "cpu") -> TrainState:
@@ -189,28 +232,30 @@ def step_seed(*parts: int) -> int:
     return int.from_bytes(hashlib.sha256(repr(parts).encode()).digest()[:7], "little")
 
 
-def reduce_for_logging(values: list[torch.Tensor], comm: Comm) -> list[float]:
+def reduce_for_logging(values: list[torch.Tensor], comm: Comm) -> torch.Tensor:
     """Sum scalar tensors over ranks in one collective, on ``comm.device`` (NCCL reduces CUDA
-    tensors only; gloo CPU ones), and hand back Python floats."""
+    tensors only; gloo CPU ones). The result stays there: nothing waits for it."""
     logged = torch.stack([v.detach().float().reshape(()).to(comm.device) for v in values])
-    return comm.all_reduce(logged).cpu().tolist()
+    return comm.all_reduce(logged)
 
 
 def clip_gradients(grads: list[torch.Tensor], head_grad: torch.Tensor | None, max_norm: float, comm: Comm,
-                   device: torch.device) -> float:
-    """Clip the towers' and the (sharded) head's gradients by their global norm; return it.
-    The towers' gradients are the same on every rank (DDP has averaged them); the head's
-    squared norm is summed over its shards. The towers' norm is torch's foreach norm (a
-    kernel per group of tensors); ``torch.nn.utils.clip_grads_with_norm_`` is not used for
-    the scaling because it takes parameters, and the head's gradient rows are no ``.grad``."""
+                   device: torch.device) -> torch.Tensor:
+    """Clip the towers' and the (sharded) head's gradients by their global norm; return it as
+    a 0-d tensor on ``device``. The towers' gradients are the same on every rank (DDP has
+    averaged them); the head's squared norm is summed over its shards. The scale factor stays
+    on the device (``min(1, max_norm / norm)`` multiplies every gradient, as torch's own
+    ``clip_grads_with_norm_`` does), so clipping never waits for the device.
+    ``clip_grads_with_norm_`` itself is not used because it takes parameters, and the head's
+    gradient rows are no ``.grad``."""
     sq = torch.nn.utils.get_total_norm(grads).to(device).pow(2)   # 0 for no tensors
     if head_grad is not None:
         sq = sq + comm.all_reduce(head_grad.float().pow(2).sum())
-    norm = float(sq.sqrt())
-    coef = max_norm / (norm + 1e-6)
-    if coef < 1:
-        for g in grads + ([head_grad] if head_grad is not None else []):
-            g.mul_(coef)
+    norm = sq.sqrt()
+    coef = torch.clamp(max_norm / (norm + 1e-6), max=1.0)
+    everything = grads + ([head_grad] if head_grad is not None else [])
+    if everything:
+        torch._foreach_mul_(everything, coef)
     return norm
 
 
@@ -244,7 +289,7 @@ def train_step(state: TrainState, batch: dict, comm: Comm, *, measure_flops: boo
             total, named = task.losses(model, tensors, tokens, generator)
         total.backward()
     if counting:
-        state.flops_per_step = flops["flops"]
+        state.flops_per_step, state.recompute_flops_per_step = flops["flops"], flops["recompute_flops"]
     rows, head_grad = head.gradient() if head is not None else (None, None)
     norm = None
     if o.clip_grad_norm > 0:
@@ -261,9 +306,7 @@ def train_step(state: TrainState, batch: dict, comm: Comm, *, measure_flops: boo
     if "position" in batch:
         state.position = batch["position"]
     values = reduce_for_logging([total] + list(named.values()) + [(1 - tensors["valid"].float()).sum()], comm)
-    bad = int(values[-1])
-    losses = [v / comm.world for v in values[:-1]]
-    state.bad_images += bad
-    state.history.append(round(losses[0], 6))
-    return StepResult(step=state.step, loss=losses[0], losses=dict(zip(named, losses[1:])), bad_images=bad,
-                      lr=o.lr * factor, grad_norm=norm)
+    losses = values[:-1] / comm.world
+    state.record(losses[0], values[-1])
+    return StepResult(step=state.step, lr=o.lr * factor, loss=losses[0], losses=dict(zip(named, losses[1:])),
+                      bad_images=values[-1], grad_norm=norm)

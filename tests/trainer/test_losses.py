@@ -278,3 +278,19 @@ def test_partialfc_leaves_unsampled_rows_and_moments_bit_identical():
     again = RowAdamW(torch.nn.Parameter(head.weight.detach().clone()), lr=1.0)
     again.load_state_dict(state)
     assert torch.equal(again.exp_avg, opt.exp_avg) and again.param_groups[0]["lr"] == 0.1
+
+
+def test_margin_lands_once_on_each_positive_column_of_a_chunk():
+    # written without index lists (no host sync): a label outside the chunk, a repeated label
+    # and -1 pads must leave the logits alone
+    from trainer.losses import _chunk_logits
+    g = torch.Generator().manual_seed(0)
+    feats, weights = torch.randn(5, 8, generator=g), torch.randn(20, 8, generator=g)
+    cols = torch.tensor([[3, 3, -1], [0, 19, 7], [25, -1, -1], [4, 5, 4], [-1, -1, -1]])
+    for start, end in [(0, 20), (0, 10), (10, 20)]:
+        expected = (feats @ weights[start:end].t()) * 2.0
+        for row, labels in enumerate(cols.tolist()):
+            for c in set(labels):
+                if start <= c < end:
+                    expected[row, c - start] -= 2.0 * 0.5
+        assert torch.equal(_chunk_logits(feats, weights, start, end, 2.0, 0.5, cols, False), expected)

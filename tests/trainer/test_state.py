@@ -3,6 +3,7 @@ the step runs, the EMA lives with the params, logged values are reduced on the c
 (NCCL takes CUDA tensors only), and a checkpoint round trip repeats the next step exactly."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 
@@ -66,7 +67,7 @@ def test_step_runs_with_state_on_device(device):
     results = [train_step(state, _batch(i), comm, measure_flops=True) for i in range(2)]
     assert all(math.isfinite(r.loss) and math.isfinite(r.grad_norm) for r in results)
     assert set(results[0].losses) == {"supervised", "contrastive"}
-    assert [r.bad_images for r in results] == [1, 1] and state.bad_images == 2 and state.step == 2
+    assert [int(r.bad_images) for r in results] == [1, 1] and state.bad_images == 2 and state.step == 2
     assert state.position == {"epoch": 0, "step": 2} and len(state.history) == 2
     assert state.flops_per_step and state.flops_per_step > 0
     params = {p.device.type for p in state.model.parameters()}
@@ -115,7 +116,8 @@ def test_minilm_weights_saved_with_a_pooler_still_load():
 def test_logging_reduction_on_comm_device(device):
     comm = DeviceCheckingComm(device=device)
     host = [torch.tensor(1.5), torch.tensor(2.0, device=device), torch.tensor([3.0])]
-    assert reduce_for_logging(host, comm) == [1.5, 2.0, 3.0]
+    reduced = reduce_for_logging(host, comm)
+    assert reduced.device.type == torch.device(device).type and reduced.tolist() == [1.5, 2.0, 3.0]
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -126,14 +128,15 @@ def test_clipping_scales_towers_and_head_by_their_joint_norm(device):
     joint = math.sqrt(sum(float((t.double() ** 2).sum()) for t in [*grads, head]))
     before = [t.clone() for t in [*grads, head]]
     comm = DeviceCheckingComm(device=device)
-    assert clip_gradients(grads, head, joint / 4, comm, torch.device(device)) == pytest.approx(joint, rel=1e-6)
+    norm = clip_gradients(grads, head, joint / 4, comm, torch.device(device))
+    assert norm.device.type == torch.device(device).type and float(norm) == pytest.approx(joint, rel=1e-6)
     for clipped, original in zip([*grads, head], before):
         torch.testing.assert_close(clipped, original / 4, rtol=1e-5, atol=1e-6)
     # under the limit nothing changes; without a head only the towers count
-    assert clip_gradients(grads, head, joint, comm, torch.device(device)) == pytest.approx(joint / 4, rel=1e-5)
+    assert float(clip_gradients(grads, head, joint, comm, torch.device(device))) == pytest.approx(joint / 4, rel=1e-5)
     torch.testing.assert_close(head, before[-1] / 4, rtol=1e-5, atol=1e-6)
     towers = math.sqrt(sum(float((t.double() ** 2).sum()) for t in before[:-1])) / 4
-    assert clip_gradients(grads, None, 1e9, comm, torch.device(device)) == pytest.approx(towers, rel=1e-5)
+    assert float(clip_gradients(grads, None, 1e9, comm, torch.device(device))) == pytest.approx(towers, rel=1e-5)
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -184,15 +187,61 @@ def test_peaks_by_device_name(monkeypatch, name, bf16, fp32):
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: name)
     assert peak_flops(torch.device("cuda", 0), "bf16") == bf16
     assert peak_flops(torch.device("cuda", 0), "fp32") == fp32
+
+def test_throughput_reports_intervals_and_the_steady_state():
     meter = Throughput(global_batch=8, peak=1e12, skip=2)
-    first = meter.update(wait=0.5, total=1.0, flops_per_step=1e11)
+    meter.step(wait=0.5, total=1.0)
+    first = meter.report(1e11)
     assert first["samples_per_s"] == 8.0 and first["data_wait_frac"] == 0.5 and "mfu" not in first
-    meter.update(0.0, 1.0, 1e11)
-    steady = [meter.update(0.1, 0.5, 1e11) for _ in range(2)][-1]
+    meter.step(0.0, 1.0)
+    for _ in range(2):   # two steady steps read back together, as between two logging steps
+        meter.step(0.1, 0.5)
+    steady = meter.report(1e11, recompute_flops=5e10)
+    assert steady["samples_per_s"] == pytest.approx(24 / 2.0)     # 3 steps in 2 s since the last report
     assert steady["samples_per_s_steady"] == pytest.approx(16.0)
     assert steady["data_wait_frac_steady"] == pytest.approx(0.2)
     assert steady["mfu"] == pytest.approx(0.2) and steady["tflops_per_s"] == pytest.approx(0.2)
+    assert steady["hfu"] == pytest.approx(0.3)
     sink = {}
     with count_flops(sink):
         torch.randn(3, 5) @ torch.randn(5, 7)
-    assert sink["flops"] == 2 * 3 * 5 * 7
+    assert sink["flops"] == 2 * 3 * 5 * 7 and sink["recompute_flops"] == 0
+
+
+def test_model_flops_leave_out_the_checkpointed_recompute():
+    from trainer.configs import ImageTowerConfig
+    from trainer.towers import build_image_trunk
+    tiny = ImageTowerConfig(kind="timm", arch="vit_tiny_patch16_224",
+                            kwargs=dict(img_size=32, patch_size=8, embed_dim=64, depth=2, num_heads=2))
+    counts, trunks = {}, {}
+    for checkpointed in (False, True):
+        torch.manual_seed(0)
+        trunk, _ = build_image_trunk(dataclasses.replace(tiny, grad_checkpointing=checkpointed))
+        trunk.train()
+        sink = {}
+        with count_flops(sink):
+            trunk(torch.randn(4, 3, 32, 32)).pow(2).sum().backward()
+        counts[checkpointed], trunks[checkpointed] = sink, trunk
+    # the same model FLOPs either way; checkpointing runs its blocks' forward a second time
+    assert counts[True]["flops"] == counts[False]["flops"] > 0
+    assert counts[False]["recompute_flops"] == 0
+    from torch.utils.flop_counter import FlopCounterMode
+    with FlopCounterMode(display=False) as forward, torch.no_grad():
+        trunks[False](torch.randn(4, 3, 32, 32))
+    blocks = sum(forward.get_flop_counts()["VisionTransformer.blocks"].values())   # what timm checkpoints
+    assert counts[True]["recompute_flops"] == blocks > 0
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="a host sync can only be seen with a CUDA device")
+def test_a_step_never_waits_for_the_device():
+    # torch raises on every call that makes the host wait for the GPU (.item(), nonzero, ...)
+    comm = Comm(device="cuda")
+    state = build_state(_cfg("task.sample_rate=1.0", device="cuda"), NUM_CLASSES, comm, "cuda")
+    train_step(state, _batch(0), comm, measure_flops=True)   # the first step counts FLOPs
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        result = train_step(state, _batch(1), comm)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert result.floats()["bad_images_step"] == 1 and len(state.history) == 2
