@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import importlib
 import os
 import shutil
 import sys
@@ -207,6 +208,10 @@ def main(argv=None) -> int:
         print(format_config(cfg))
         return 0
     print(format_config(cfg), flush=True)
+    # torch before Ray's threads start: a job driver that connected to a cluster and then imported
+    # ray.train before torch died in oneMKL's loader ("Cannot load libtorch_cpu.so", then a
+    # segfault; Ray 2.60, torch 2.14 CPU, seen under `ray job submit` with --packed)
+    importlib.import_module("torch")
     init_ray(args.address)
     try:
         result = run(cfg, args.export_dir)
