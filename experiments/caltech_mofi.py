@@ -17,8 +17,11 @@ Stages (each skips work already done, so a rerun resumes; --stages picks a subse
            with ``--trunk finetune`` the whole tower),
            same tables, steps, batch and seed, for every --seeds; exports to encoders/
   eval     the GPR1200 protocol (mAP, self-match included), leave-one-out mAP and R@1, kNN
-           and linear-probe top-1 on the evaluation categories, for every exported encoder and for the
-           untrained pretrained tower (``python -m trainer.eval --encoder offline``)
+           and linear-probe top-1 on the evaluation categories, for every exported encoder, for
+           the untrained tower exported the same way (``--proj-init identity``), for WiSE-FT
+           interpolations (``--wise-alpha``), and for the untrained pretrained tower through
+           trainer.eval's own offline path (``python -m trainer.eval --encoder offline``: its
+           own preprocessing and 1280-d features; ``--no-offline-baseline`` skips it)
   report   results.json + results.md: mean +- std over seeds per recipe and metric
 
 Evaluation modes: ``cli`` runs ``python -m trainer.eval`` on every exported encoder (each
@@ -36,6 +39,15 @@ the 50 others), the same with the whole tower fine-tuned, and every image of bot
   .venv/bin/python experiments/caltech_mofi.py ... --trunk finetune --work experiments/out/caltech_heldout_ft
   .venv/bin/python experiments/caltech_mofi.py --categories 50 --heldout-categories 50 --max-per-class 0 \\
       --max-test-per-class 0 --steps 3000 --eval-mode cli --work experiments/out/caltech_full
+
+Section 3 (the fixed comparison): ``--proj-init identity --proj-hidden 0 --embed-dim 1280`` makes
+the untrained tower a 0-step export of the same config (encoders/untrained, its embedding the
+pretrained trunk's pooled features), evaluated through the same path as the trained encoders;
+``--wise-alpha 0.5`` also evaluates WiSE-FT encoders (image tower weights interpolated with the
+untrained one's); ``--tag`` keeps several settings in one work folder (hyper-parameter search):
+  .venv/bin/python experiments/caltech_mofi.py --categories 50 --heldout-categories 50 --max-per-class 25 \\
+      --max-test-per-class 15 --proj-init identity --proj-hidden 0 --embed-dim 1280 --lr 3e-4 \\
+      --wise-alpha 0.5 --work experiments/out/caltech_fixed
 """
 from __future__ import annotations
 
@@ -128,6 +140,14 @@ def caption_for(rel: str) -> str:
     return template.format(name=name, Name=name[0].upper() + name[1:], a=article(name))
 
 
+def kb_kind(name: str) -> str:
+    """The KB kind of a category's entity. The linker links a common noun written in lower case
+    ("a photo of a motorcycle") only to a visual concept (kind ``concept``), and a name ("Snoopy",
+    "Joshua tree") only to an entity that is not a concept; so a category whose name is a common
+    noun is a concept, one whose name is capitalized a thing."""
+    return "thing" if name[:1].isupper() else "concept"
+
+
 def stage_prepare(args, work: Path) -> dict:
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -153,7 +173,7 @@ def stage_prepare(args, work: Path) -> dict:
     # custom KB: one entity per selected category (the schema `i2e kb build` writes; versioned metadata)
     kb = schemas.from_records([{"entity_id": entity_id(c), "name": ENTITIES[c][0], "description": ENTITIES[c][1],
                                 "aliases": list(ENTITIES[c][2]), "source": "custom", "popularity": 1.0,
-                                "qid": None, "wiki_title": None, "kind": "thing"}
+                                "qid": None, "wiki_title": None, "kind": kb_kind(ENTITIES[c][0])}
                                for c in cats], "kb")
     _write_versioned(kb, work / "kb.parquet", kb_version(kb))
     for split in ("eval_train", "eval_test"):  # what the evaluation reads (never the training images)
@@ -234,15 +254,24 @@ def stage_build(args, work: Path) -> dict:
 
 # --------------------------------------------------------------------------------------- train
 
+def run_name(args, recipe: str, seed: int) -> str:
+    """``<recipe>[-<tag>]_s<seed>``: the encoder's folder under encoders/ and its eval/ file."""
+    return f"{recipe}{'-' + args.tag if args.tag else ''}_s{seed}"
+
+
 def train_overrides(args, recipe: str, seed: int) -> list[str]:
     s = [f"task.recipe={recipe}", f"seed={seed}", "use_gpu=false", "precision=fp32",
          f"image.proj_hidden={args.proj_hidden}",
          f"data.batch_size={args.batch_size}", "data.augment=false",
          "data.text_template={name}, {description}", "text.context_length=32",
          f"optim.lr={args.lr}", f"optim.head_lr={args.head_lr}", f"optim.warmup_steps={args.warmup}",
-         "optim.weight_decay=0.05", "optim.ema_decay=0.0",
+         "optim.weight_decay=0.05", f"optim.ema_decay={args.ema}",
          f"checkpoint_every={args.steps}", "keep_checkpoints=1", f"log_every={max(1, args.steps // 10)}",
          "task.scale=16.0", "task.margin=0.1"]
+    if args.proj_init != "random":  # identity: the untrained tower's embedding is the trunk's pooled features
+        s += [f"image.proj_init={args.proj_init}", f"embed_dim={args.embed_dim}"]
+    if args.trunk_lr_scale != 1.0:
+        s.append(f"optim.trunk_lr_scale={args.trunk_lr_scale}")
     if args.trunk == "frozen":  # the trunk runs once per image; later epochs read the feature cache
         s += ["image.freeze_trunk=true", "image.feature_cache=1000000"]
     else:
@@ -260,14 +289,14 @@ def stage_train(args, work: Path) -> None:
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     tables = work / "tables"
     todo = [(seed, recipe) for seed in args.seeds for recipe in args.recipes
-            if not (work / "encoders" / f"{recipe}_s{seed}" / "model_card.json").exists()]
+            if not (work / "encoders" / run_name(args, recipe, seed) / "model_card.json").exists()]
     if not todo:
         log("train: all encoders exported before")
         return
     init_ray(num_cpus=2)
     times = json.loads((work / "train_times.json").read_text()) if (work / "train_times.json").exists() else {}
     for seed, recipe in todo:
-        name = f"{recipe}_s{seed}"
+        name = run_name(args, recipe, seed)
         argv = ["--config", "mofi_efficientnet_lite0", "--tables", str(tables), "--storage-path", str(work / "runs"),
                 "--run-name", name, "--num-workers", "1", "--cpus-per-worker", "2", "--steps", str(args.steps),
                 "--max-failures", "0"]
@@ -286,6 +315,79 @@ def stage_train(args, work: Path) -> None:
                                                                     "samples_per_s_steady", "epoch", "bad_images")}}
         (work / "train_times.json").write_text(json.dumps(times, indent=2))
         log(f"train {name}: {times[name]}")
+
+
+# ------------------------------------------------------------------------- untrained and WiSE-FT
+
+def export_untrained(args, work: Path) -> Path | None:
+    """The untrained tower exported as the trained ones are (same config, 0 steps), so that it is
+    evaluated through the same path: same preprocessing, same embedding. Only meaningful with
+    ``--proj-init identity`` (its embedding is then the pretrained trunk's pooled features)."""
+    import torch
+
+    from trainer.export import export_encoder
+    from trainer.towers import DualEncoder
+    from trainer.train import build_parser, resolve_config
+    out = work / "encoders" / "untrained"
+    if args.proj_init != "identity" or (out / "model_card.json").exists():
+        return out if out.exists() else None
+    argv = ["--config", "mofi_efficientnet_lite0", "--steps", str(args.steps), "--run-name", "untrained"]
+    for o in train_overrides(args, "supervised", 0):
+        argv += ["--set", o]
+    cfg = resolve_config(build_parser().parse_args(argv))
+    torch.manual_seed(0)
+    model = DualEncoder(cfg.image, cfg.text, cfg.embed_dim, cfg.data.mean, cfg.data.std)
+    export_encoder(out, model, cfg, steps=0, name="untrained")
+    log(f"untrained tower exported (identity projection, {cfg.embed_dim}-d) -> {out}")
+    return out
+
+
+def interpolate_state_dicts(base: dict, trained: dict, alpha: float) -> dict:
+    """WiSE-FT: (1 - alpha) * base + alpha * trained for every floating-point tensor (alpha = 0:
+    base exactly, 1: trained exactly); other tensors (BatchNorm's step counters) are the trained
+    ones. Both state dicts must have the same keys and shapes."""
+    import torch
+    if base.keys() != trained.keys():
+        raise ValueError(f"state dicts differ in keys: {sorted(set(base) ^ set(trained))[:5]}")
+    out = {}
+    for key, t in trained.items():
+        b = base[key]
+        if b.shape != t.shape:
+            raise ValueError(f"{key}: shape {tuple(b.shape)} vs {tuple(t.shape)}")
+        if not t.is_floating_point() or alpha == 1.0:
+            out[key] = t.clone()
+        elif alpha == 0.0:
+            out[key] = b.clone()
+        else:
+            out[key] = torch.lerp(b.to(t.dtype), t, float(alpha))
+    return out
+
+
+def export_wise(untrained: Path, trained: Path, out: Path, alpha: float) -> Path:
+    """An exported encoder whose image tower interpolates ``untrained`` and ``trained`` (the text
+    tower, if any, is the trained one's, unchanged)."""
+    import shutil
+
+    import torch
+    if (out / "model_card.json").exists():
+        return out
+    load = lambda d: torch.load(d / "image_tower.pt", map_location="cpu", weights_only=True)  # noqa: E731
+    state = interpolate_state_dicts(load(untrained), load(trained), alpha)
+    tmp = out.with_name(f".{out.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(trained, tmp)
+    torch.save(state, tmp / "image_tower.pt")
+    card = json.loads((tmp / "model_card.json").read_text())
+    card.update(name=out.name, wise_ft={"alpha": alpha, "untrained": str(untrained), "trained": str(trained)})
+    (tmp / "model_card.json").write_text(json.dumps(card, indent=2, default=str))
+    if out.exists():
+        shutil.rmtree(out)
+    tmp.rename(out)
+    return out
+
+
+def wise_name(args, recipe: str, seed: int, alpha: float) -> str:
+    return f"{run_name(args, recipe, seed).rsplit('_s', 1)[0]}-wise{alpha:g}_s{seed}"
 
 
 # ---------------------------------------------------------------------------------------- eval
@@ -370,9 +472,23 @@ def stage_eval(args, work: Path) -> None:
     data = Path(args.data)
     (work / "eval").mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    eval_cli(work, data, "offline", work / "eval" / "baseline_pretrained.json")
-    names = [f"{r}_s{s}" for s in args.seeds for r in args.recipes
-             if (work / "encoders" / f"{r}_s{s}" / "model_card.json").exists()]
+    if args.offline_baseline:  # sections 1-2's baseline: trainer.eval's own offline tower and preprocessing
+        eval_cli(work, data, "offline", work / "eval" / "baseline_pretrained.json")
+    names = [run_name(args, r, s) for s in args.seeds for r in args.recipes
+             if (work / "encoders" / run_name(args, r, s) / "model_card.json").exists()]
+    untrained = export_untrained(args, work)
+    if untrained is not None:
+        for s in args.seeds:
+            for r in args.recipes:
+                if run_name(args, r, s) not in names:
+                    continue
+                for a in args.wise_alpha:
+                    export_wise(untrained, work / "encoders" / run_name(args, r, s),
+                                work / "encoders" / wise_name(args, r, s, a), a)
+                    names.append(wise_name(args, r, s, a))
+        names.insert(0, "untrained")
+    elif args.wise_alpha:
+        raise SystemExit("--wise-alpha needs --proj-init identity (weights interpolated with the untrained tower)")
     if args.eval_mode == "cli":
         for name in names:
             eval_cli(work, data, str(work / "encoders" / name), work / "eval" / f"{name}.json")
@@ -392,17 +508,34 @@ def stage_eval(args, work: Path) -> None:
 
 # -------------------------------------------------------------------------------------- report
 
+OFFLINE = "pretrained, offline path (sections 1-2)"
+UNTRAINED = "untrained (same path)"
+
+
+def paired_vs_untrained(per_run: dict) -> dict:
+    """{recipe: {seed: GPR1200 mAP(run) - GPR1200 mAP(untrained)}} (the untrained tower has no seed)."""
+    if "untrained" not in per_run:
+        return {}
+    base = per_run["untrained"]["GPR1200 mAP"]
+    out: dict = {}
+    for name, vals in per_run.items():
+        if "_s" in name and name != "untrained":
+            recipe, seed = name.rsplit("_s", 1)
+            out.setdefault(recipe, {})[int(seed)] = round(vals["GPR1200 mAP"] - base, 2)
+    return out
+
+
 def stage_report(args, work: Path) -> dict:
     rows: dict[str, dict[str, list[float]]] = {}
     per_run = {}
     for path in sorted((work / "eval").glob("*.json")):
         name = path.stem
-        recipe = "pretrained (untrained)" if name == "baseline_pretrained" else name.rsplit("_s", 1)[0]
+        recipe = {"baseline_pretrained": OFFLINE, "untrained": UNTRAINED}.get(name, name.rsplit("_s", 1)[0])
         res = json.loads(path.read_text())["results"]
         per_run[name] = {label: res[task][key] for task, key, label in METRICS}
         for task, key, label in METRICS:
             rows.setdefault(recipe, {}).setdefault(label, []).append(res[task][key])
-    order = ["pretrained (untrained)"] + [r for r in RECIPES if r in rows]
+    order = [UNTRAINED, OFFLINE] + sorted(r for r in rows if r not in (UNTRAINED, OFFLINE))
     summary = {r: {m: {"mean": round(float(np.mean(v)), 2), "std": round(float(np.std(v, ddof=1)), 2) if len(v) > 1
                        else 0.0, "n": len(v), "values": v} for m, v in rows[r].items()} for r in order if r in rows}
     info = json.loads((work / "prepare.json").read_text())
@@ -410,7 +543,9 @@ def stage_report(args, work: Path) -> dict:
     results = {"setup": {k: info[k] for k in ("n_categories", "n_train", "heldout", "eval_categories", "n_eval_train",
                                               "n_eval_test", "max_per_class", "max_test_per_class", "categories")},
                "train": {"steps": args.steps, "batch_size": args.batch_size, "seeds": args.seeds, "lr": args.lr,
-                         "head_lr": args.head_lr, "proj_hidden": args.proj_hidden, "trunk": args.trunk},
+                         "head_lr": args.head_lr, "proj_hidden": args.proj_hidden, "trunk": args.trunk,
+                         "proj_init": args.proj_init, "embed_dim": args.embed_dim,
+                         "trunk_lr_scale": args.trunk_lr_scale, "ema": args.ema, "wise_alpha": args.wise_alpha},
                "linking_accuracy_top1": linking.get("linking_accuracy_top1"),
                "summary": summary, "per_run": per_run}
     (work / "results.json").write_text(json.dumps(results, indent=2))
@@ -420,10 +555,16 @@ def stage_report(args, work: Path) -> dict:
         n = metrics[labels[0]]["n"]
         cells = [f"{metrics[l]['mean']:.2f} ± {metrics[l]['std']:.2f}" if n > 1 else f"{metrics[l]['mean']:.2f}"
                  for l in labels]
-        lines.append(f"| {r} | {n if r != 'pretrained (untrained)' else '-'} | " + " | ".join(cells) + " |")
+        lines.append(f"| {r} | {n if r not in (UNTRAINED, OFFLINE) else '-'} | " + " | ".join(cells) + " |")
     lines += ["", "Per run:", "", "| run | " + " | ".join(labels) + " |", "|---|" + "---|" * len(labels)]
     for name, vals in per_run.items():
         lines.append(f"| {name} | " + " | ".join(f"{vals[l]:.2f}" for l in labels) + " |")
+    paired = paired_vs_untrained(per_run)
+    results["paired_gpr1200_vs_untrained"] = paired
+    if paired:
+        lines += ["", "GPR1200 mAP minus the untrained tower's (same path), per seed:", ""]
+        lines += [f"- {r}: " + ", ".join(f"s{s} {d:+.2f}" for s, d in sorted(v.items())) for r, v in paired.items()]
+    (work / "results.json").write_text(json.dumps(results, indent=2))
     (work / "results.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     return results
@@ -451,6 +592,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--subset-seed", type=int, default=0, help="seed of the category/image sample (not of training)")
     p.add_argument("--heldout-categories", type=int, default=20,
                    help="evaluate on this many other categories, never trained on (0: on the training categories)")
+    p.add_argument("--proj-init", choices=("random", "identity"), default="random",
+                   help="identity: a linear projection that starts as the identity (needs --proj-hidden 0 and "
+                        "--embed-dim 1280), so the untrained tower, exported and evaluated like the trained ones, "
+                        "is the pretrained trunk's features")
+    p.add_argument("--embed-dim", type=int, default=384, help="embedding width (with --proj-init identity: 1280)")
+    p.add_argument("--trunk-lr-scale", type=float, default=1.0, help="image trunk lr = --lr x this (fine-tuning)")
+    p.add_argument("--ema", type=float, default=0.0, help="EMA decay of the weights (exported when > 0)")
+    p.add_argument("--wise-alpha", type=float, nargs="*", default=[],
+                   help="WiSE-FT: also evaluate (1-a) x untrained + a x trained image towers, for each a "
+                        "(needs --proj-init identity)")
+    p.add_argument("--tag", default="", help="suffix of run names (<recipe>-<tag>_s<seed>), to keep several "
+                   "hyper-parameter settings in one work folder")
+    p.add_argument("--no-offline-baseline", dest="offline_baseline", action="store_false",
+                   help="skip sections 1-2's baseline (trainer.eval --encoder offline: its own preprocessing)")
     p.add_argument("--trunk", choices=("frozen", "finetune"), default="frozen",
                    help="frozen: ImageNet trunk fixed, MLP projection trained; finetune: the whole tower trains")
     p.add_argument("--eval-mode", choices=("fast", "cli"), default="fast",
@@ -461,6 +616,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    if args.proj_init == "identity" and (args.proj_hidden or args.embed_dim != 1280):
+        raise SystemExit("--proj-init identity needs --proj-hidden 0 and --embed-dim 1280 (Lite0's pooled width)")
     if args.trunk == "finetune" and args.eval_mode == "fast":
         args.eval_mode = "cli"  # fast mode reuses frozen-trunk features; a fine-tuned trunk has its own
     work = Path(args.work).resolve()

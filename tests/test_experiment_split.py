@@ -55,3 +55,39 @@ def test_zero_heldout_evaluates_on_the_training_categories(experiment):
     assert not set(chosen["train"]) & set(chosen["eval_test"])
     with pytest.raises(SystemExit, match="only 97 categories"):
         experiment.select(_args(experiment, "--categories", "3", "--heldout-categories", "98"))
+
+
+def _module():
+    sys.path.insert(0, str(REPO / "experiments"))
+    spec = importlib.util.spec_from_file_location("caltech_mofi_wise", REPO / "experiments" / "caltech_mofi.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_wise_interpolation_ends_are_exact_and_middle_is_linear():
+    torch = pytest.importorskip("torch")
+    wise = _module().interpolate_state_dicts
+    g = torch.Generator().manual_seed(0)
+    base = {"proj.weight": torch.eye(4), "bn.running_mean": torch.randn(4, generator=g),
+            "bn.num_batches_tracked": torch.tensor(0)}
+    trained = {"proj.weight": torch.randn(4, 4, generator=g), "bn.running_mean": torch.randn(4, generator=g),
+               "bn.num_batches_tracked": torch.tensor(100)}
+    for key, t in wise(base, trained, 0.0).items():
+        expected = trained[key] if key == "bn.num_batches_tracked" else base[key]
+        assert torch.equal(t, expected), key
+    for key, t in wise(base, trained, 1.0).items():
+        assert torch.equal(t, trained[key]), key
+    mid = wise(base, trained, 0.25)
+    assert torch.allclose(mid["proj.weight"], 0.75 * base["proj.weight"] + 0.25 * trained["proj.weight"])
+    assert torch.equal(mid["bn.num_batches_tracked"], torch.tensor(100))
+    same = wise({"w": trained["proj.weight"]}, {"w": trained["proj.weight"]}, 0.3)["w"]
+    assert torch.equal(same, trained["proj.weight"])  # a frozen trunk stays bit-identical
+    with pytest.raises(ValueError, match="keys"):
+        wise({"a": torch.zeros(1)}, {"b": torch.zeros(1)}, 0.5)
+
+
+def test_kb_kind_common_nouns_are_concepts_names_are_things():
+    kb_kind = _module().kb_kind
+    assert kb_kind("motorcycle") == "concept" and kb_kind("water lily") == "concept"
+    assert kb_kind("Snoopy") == "thing" and kb_kind("Joshua tree") == "thing"
