@@ -40,10 +40,10 @@ def bench_training(caltech: str, steps: int, config: str) -> dict:
     m = result.metrics
     return {"config": config, "steps": steps, "global_batch": cfg.data.batch_size * cfg.num_workers,
             "image_size": cfg.data.image_size, "workers": cfg.num_workers, "cpus_per_worker": cfg.cpus_per_worker,
-            "samples_per_s_avg_in_loop": round(m["samples_per_s_avg"], 1),
-            "samples_per_s_last_step": round(m["samples_per_s"], 1),
-            "data_wait_frac_last_step": round(m["data_wait_frac"], 3),
-            "data_wait_frac_avg": round(m["data_wait_frac_avg"], 3),
+            "samples_per_s_steady": round(m["samples_per_s_steady"], 1),
+            "samples_per_s_last_interval": round(m["samples_per_s"], 1),
+            "data_wait_frac_last_interval": round(m["data_wait_frac"], 3),
+            "data_wait_frac_steady": round(m["data_wait_frac_steady"], 3),
             "fit_wall_s_incl_startup": round(wall, 1)}
 
 
