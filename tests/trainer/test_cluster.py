@@ -87,6 +87,20 @@ class RayCluster:
         shutil.rmtree(self.temp_dir, ignore_errors=True)
 
 
+def cluster_env() -> dict:
+    """The environment of the cluster's `ray` processes: this venv's binaries first, token auth
+    off, no inherited address. The in-process Ray is stopped first: two Ray clusters on 2 cores
+    starve each other."""
+    try:
+        import ray
+        ray.shutdown()
+    except ImportError:
+        pass
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "PATH": VENV_BIN + os.pathsep + os.environ["PATH"]}
+    env.pop("RAY_ADDRESS", None)
+    return env
+
+
 def submit(cluster: RayCluster, run_name: str) -> str:
     done = cluster.ray(
         "job", "submit", "--no-wait", "--address", cluster.job_address, "--working-dir", str(REPO_ROOT),
@@ -123,14 +137,8 @@ def final_weights(fs, run_name: str) -> dict:
 
 @pytest.mark.timeout(900)
 def test_two_node_job_on_s3_survives_a_lost_node(caltech_packed, s3):
-    try:  # two Ray clusters on 2 cores starve each other: stop the in-process one first
-        import ray
-        ray.shutdown()
-    except ImportError:
-        pass
+    env = cluster_env()
     s3.put(str(caltech_packed), "inputs/packed", recursive=True)
-    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "PATH": VENV_BIN + os.pathsep + os.environ["PATH"]}
-    env.pop("RAY_ADDRESS", None)
     # short: Ray's unix socket paths have a length limit
     cluster = RayCluster(env, tempfile.mkdtemp(prefix="raynodes", dir="/tmp"))
     try:

@@ -1,16 +1,10 @@
 """Real local Ray (2 workers x 0.5 CPU, gloo) on packed Caltech-101 shards: each recipe trains
 and its loss falls; a run killed after a checkpoint and resumed (loader position included)
 ends in the same state as an unbroken one; a worker layout the cluster cannot place stops with
-a message instead of hanging; the smoke config runs end to end through `ray job submit`
-against a local `ray start --head`."""
+a message instead of hanging; `--tables` packs into the local cache once. (`ray job submit` on
+a two-node cluster: test_cluster.py.)"""
 from __future__ import annotations
 
-import os
-import socket
-import subprocess
-import shutil
-import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -21,7 +15,8 @@ import torch
 from tests.trainer.faults import DieOnce
 from trainer.configs import apply_overrides, get_config
 from trainer.export import load_encoder
-from trainer.train import REPO_ROOT, main, run
+from trainer.packed import open_packed
+from trainer.train import main, pack_tables, run
 
 pytestmark = pytest.mark.e2e
 
@@ -93,12 +88,6 @@ def test_killed_worker_resumes_to_same_state(caltech_packed, local_ray, tmp_path
     assert len(again.return_value["history"]) == 10
 
 
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.timeout(300)
 def test_cpu_layout_error_instead_of_hang(caltech_packed, local_ray, tmp_path, capsys):
     """The issue's case on a 2-CPU Ray: 1 worker x 2 CPUs used to hang at step 0 (Ray Data's
@@ -117,49 +106,16 @@ def test_cpu_layout_error_instead_of_hang(caltech_packed, local_ray, tmp_path, c
     assert "done:" in capsys.readouterr().out
 
 
-@pytest.mark.timeout(420)
-def test_ray_job_submit_smoke(i2e_tables, tmp_path):
-    """`--tables` packs with `i2e pack` into the local cache inside the job, then trains."""
-    try:  # two Ray clusters on 2 cores starve each other: stop the in-process one first
-        import ray
-        ray.shutdown()
-    except ImportError:
-        pass
-    venv_bin = str(Path(sys.executable).parent)
-    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "PATH": venv_bin + os.pathsep + os.environ["PATH"]}
-    env["I2E_CACHE"] = str(tmp_path / "cache")  # the job packs --tables into this cache
-    env.pop("RAY_ADDRESS", None)
-    port, dash = _free_port(), _free_port()
-    ray_tmp = tempfile.mkdtemp(prefix="rayjob", dir="/tmp")  # short: Ray's unix socket paths have a length limit
-    head = subprocess.Popen([f"{venv_bin}/ray", "start", "--head", "--block", "--num-cpus", "2", "--port", str(port),
-                             "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dash),
-                             "--disable-usage-stats", "--temp-dir", ray_tmp],
-                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        address = f"http://127.0.0.1:{dash}"
-        cmd = [f"{venv_bin}/ray", "job", "submit", "--address", address, "--working-dir", str(REPO_ROOT),
-               "--runtime-env-json", '{"excludes": [".venv", ".git", "tests", "benchmarks"]}', "--",
-               "python", "trainer/train.py", "--config", "smoke_mofi", "--tables", str(i2e_tables),
-               "--storage-path", str(tmp_path / "runs"), "--run-name", "job", "--steps", "4",
-               "--export-dir", str(tmp_path / "enc")]
-        deadline = time.time() + 90
-        while True:  # wait for the job server
-            probe = subprocess.run([f"{venv_bin}/ray", "job", "list", "--address", address], env=env,
-                                   capture_output=True, text=True)
-            if probe.returncode == 0 or time.time() > deadline:
-                break
-            time.sleep(2)
-        done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
-        assert done.returncode == 0, "\n".join(l for l in (done.stdout + done.stderr).splitlines()
-                                                if "RayTrainWorker" not in l)[-6000:]
-        assert "succeeded" in done.stdout + done.stderr
-        enc = load_encoder(tmp_path / "enc")
-        assert enc.card["steps"] == 4
-        assert enc.card["data_manifest"]["num_samples"] == 40  # 5 x 8 photos; pack drops the corrupt row
-    finally:
-        head.terminate()
-        try:
-            head.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            head.kill()
-        shutil.rmtree(ray_tmp, ignore_errors=True)
+def test_tables_are_packed_once_into_the_local_cache(i2e_tables, tmp_path, monkeypatch):
+    """`--tables` on one machine: train.py packs the tables with `i2e pack` into the local cache,
+    keyed by the tables' manifest and the pack config, and reuses that pack while both hold.
+    (`ray job submit` itself runs in test_cluster.py, on two nodes, from a pack on S3.)"""
+    monkeypatch.setenv("I2E_CACHE", str(tmp_path / "cache"))
+    packed = pack_tables(str(i2e_tables), num_workers=2)
+    assert Path(packed).parent == tmp_path / "cache" / "packed"
+    ds = open_packed(packed)
+    assert ds.manifest()["num_samples"] == 40 and ds.manifest()["shards"] >= 2  # 5 x 8 photos; the corrupt row dropped
+    index = Path(packed) / "index.json"
+    written = index.stat().st_mtime_ns
+    assert pack_tables(str(i2e_tables), num_workers=2) == packed and index.stat().st_mtime_ns == written
+    assert pack_tables(str(i2e_tables), num_workers=1) != packed   # other shard sizes: another pack
