@@ -129,8 +129,14 @@ def select(args) -> dict[str, list[str]]:
     train_lines, test_lines = read_split(data / "train.txt"), read_split(data / "test.txt")
     return {"categories": cats, "eval_categories": eval_cats,
             "train": pick(train_lines, cats, args.max_per_class),
-            "eval_train": pick(train_lines, eval_cats, args.max_per_class),
+            "eval_train": pick(train_lines, eval_cats, database_cap(args)),
             "eval_test": pick(test_lines, eval_cats, args.max_test_per_class)}
+
+
+def database_cap(args: argparse.Namespace) -> int:
+    """Database images per evaluation category: --max-eval-train-per-class, else --max-per-class
+    (so more training images need not change what the evaluation ranks against)."""
+    return args.max_per_class if args.max_eval_train_per_class is None else args.max_eval_train_per_class
 
 
 def caption_for(rel: str) -> str:
@@ -183,7 +189,7 @@ def stage_prepare(args, work: Path) -> dict:
             "eval_categories": chosen["eval_categories"], "heldout": heldout,
             "n_eval_train": len(chosen["eval_train"]), "n_eval_test": len(chosen["eval_test"]),
             "excluded_folders": EXCLUDED, "max_per_class": args.max_per_class,
-            "max_test_per_class": args.max_test_per_class, "subset_seed": args.subset_seed,
+            "max_eval_train_per_class": database_cap(args), "max_test_per_class": args.max_test_per_class, "subset_seed": args.subset_seed,
             "example_captions": [caption_for(rel) + f"  <- {rel}" for rel in train[:: max(1, len(train) // 6)]]}
     done.write_text(json.dumps(info, indent=2))
     log(f"prepare: {len(cats)} training categories ({len(train)} images); evaluation on "
@@ -588,6 +594,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="number of categories (a fixed seeded sample of the 100 entity categories; 0 = all)")
     p.add_argument("--category-names", help="comma-separated folder names instead of --categories")
     p.add_argument("--max-per-class", type=int, default=25, help="train images per category (0 = all)")
+    p.add_argument("--max-eval-train-per-class", type=int, default=None,
+                   help="kNN/linear-probe database images per evaluation category (default: --max-per-class)")
     p.add_argument("--max-test-per-class", type=int, default=15, help="test images per category (0 = all)")
     p.add_argument("--subset-seed", type=int, default=0, help="seed of the category/image sample (not of training)")
     p.add_argument("--heldout-categories", type=int, default=20,

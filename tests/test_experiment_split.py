@@ -48,6 +48,19 @@ def test_heldout_categories_are_disjoint_from_training(experiment):
     assert again == chosen  # seeded: a rerun resumes on the same split
 
 
+def test_more_training_images_leave_the_evaluation_set_alone(experiment):
+    common = ("--categories", "6", "--heldout-categories", "5", "--max-test-per-class", "3",
+              "--max-eval-train-per-class", "4")
+    capped = experiment.select(_args(experiment, *common, "--max-per-class", "4"))
+    everything = experiment.select(_args(experiment, *common, "--max-per-class", "0"))
+    assert len(everything["train"]) > len(capped["train"]) == 6 * 4
+    assert (everything["eval_train"], everything["eval_test"]) == (capped["eval_train"], capped["eval_test"])
+    assert len(capped["eval_train"]) == 5 * 4
+    default = experiment.select(_args(experiment, "--categories", "6", "--heldout-categories", "5",
+                                      "--max-test-per-class", "3", "--max-per-class", "4"))
+    assert default["eval_train"] == capped["eval_train"]   # the database follows --max-per-class by default
+
+
 def test_zero_heldout_evaluates_on_the_training_categories(experiment):
     chosen = experiment.select(_args(experiment, "--categories", "3", "--heldout-categories", "0",
                                      "--max-per-class", "2", "--max-test-per-class", "2"))
