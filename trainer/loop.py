@@ -161,10 +161,10 @@ def worker_threads(cfg: TrainConfig) -> int:
     return max(1, int(cfg.cpus_per_worker))
 
 
-def step_metrics(result: StepResult, state: TrainState, timing: dict) -> dict:
+def step_metrics(result: StepResult, state: TrainState) -> dict:
     """The logged values of a step: reading them waits for the device, so the loop calls this
     on logging and checkpoint steps only."""
-    metrics = {"step": result.step, **result.floats(), "lr": result.lr, **timing, "bad_images": state.bad_images,
+    metrics = {"step": result.step, **result.floats(), "lr": result.lr, "bad_images": state.bad_images,
                "epoch": state.position["epoch"], "step_in_epoch": state.position["step"]}
     if state.flops_per_step:
         metrics["gflops_per_step"] = state.flops_per_step / 1e9
@@ -226,7 +226,7 @@ def train_loop_per_worker(loop_config: dict) -> dict:
         # steps too, so that the steady-state timing starts from a finished step
         read_now = checkpoint_now or state.step % cfg.log_every == 0 or state.step <= meter.skip
         if read_now:
-            metrics = step_metrics(result, state, {})
+            metrics = step_metrics(result, state)
         meter.step(wait, time.perf_counter() - t_prev)
         if read_now:
             metrics.update(meter.report(state.flops_per_step, state.recompute_flops_per_step))
