@@ -63,6 +63,7 @@ import pyarrow.compute as pc  # noqa: E402
 import pyarrow.parquet as pq  # noqa: E402
 
 from i2e_engine import finalize  # noqa: E402
+from i2e_engine.publish import table_uri  # noqa: E402
 from i2e_engine.build import RunPlan, plan_run, publish  # noqa: E402
 from i2e_engine.config import BuildConfig  # noqa: E402
 from i2e_engine.images import ImageLimits  # noqa: E402
@@ -104,6 +105,7 @@ def run_one(runner: str, inputs: Path, out: Path, number: int, spark: Any) -> tu
         execute_end, committed = time.time(), last_commit(plan)
         annotate_s, finalize_s = committed - execute_start, execute_end - committed
     publish_s, manifest = timed(lambda: publish(plan, name))
+    plan.lease.release()
     return {"runner": runner, "name": name, "wall_s": time.perf_counter() - started, "plan_s": plan_s,
             "annotate_s": annotate_s, "finalize_s": finalize_s, "publish_s": publish_s,
             "shard_seconds_sum": sum(m.seconds for m in plan.work.markers().values()),
@@ -125,7 +127,7 @@ def finalize_bytes(plan: RunPlan) -> dict:
             "narrow_rows_arrow_bytes": pa.Table.from_pylist(narrow).nbytes if narrow else 0,
             "narrow_rows_pickle_bytes": len(pickle.dumps(narrow)),
             "project_shard_all_s": project_s,
-            "image_bytes_in_images_table": sum(image_bytes(p) for p in (Path(plan.out) / "images").glob("*.parquet"))}
+            "image_bytes_in_images_table": sum(image_bytes(p) for p in Path(table_uri(plan.out, "images")).glob("*.parquet"))}
 
 
 def spark_start() -> tuple[Any, dict[str, float]]:

@@ -28,6 +28,7 @@ import pyarrow.parquet as pq
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import REPO, facts_lines, run_facts, timed  # noqa: E402
 
+from i2e_engine import table_uri  # noqa: E402
 from i2e_engine.kb.build import ensure_default_kb  # noqa: E402
 from i2e_engine.kb.evaluate import GoldMention, GoldText, TextLinker, load_gold, score  # noqa: E402
 from i2e_engine.records import make_sample_id  # noqa: E402
@@ -83,9 +84,10 @@ def main(argv: list[str] | None = None) -> int:
         if done.returncode:
             sys.exit(f"i2e build failed:\n{done.stderr[-3000:]}")
         report["build_seconds"] = round(seconds, 1)
-        images = pq.read_table(tmp / "out" / "images", columns=["image_id", "url", "alt_texts_of_copies"]).to_pylist()
-        links = pq.read_table(tmp / "out" / "image_entities").to_pylist()
-        rejects = pq.read_table(tmp / "out" / "rejects", columns=["sample_id", "stage", "reason"]).to_pylist()
+        out = str(tmp / "out")
+        images = pq.read_table(table_uri(out, "images"), columns=["image_id", "url", "alt_texts_of_copies"]).to_pylist()
+        links = pq.read_table(table_uri(out, "image_entities")).to_pylist()
+        rejects = pq.read_table(table_uri(out, "rejects"), columns=["sample_id", "stage", "reason"]).to_pylist()
     by_image: dict[str, list[dict]] = {}
     for link in links:
         by_image.setdefault(link["image_id"], []).append(link)

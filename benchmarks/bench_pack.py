@@ -38,6 +38,7 @@ import pyarrow.compute as pc  # noqa: E402
 import pyarrow.parquet as pq  # noqa: E402
 
 from i2e_engine.pack import PackConfig, resize_image  # noqa: E402
+from i2e_engine.publish import table_uri  # noqa: E402
 from pipelines.pack import run_pack  # noqa: E402
 
 
@@ -64,17 +65,18 @@ def _replica(table: pa.Table, copy: int) -> pa.Table:
 def replicate_tables(tables: Path, copies: int, out: Path) -> dict[str, int]:
     """``tables`` with ``copies`` distinct replicas of every image and pair; returns the row counts."""
     rows = {"images": 0, "image_entities": 0}
+    manifest = json.loads((tables / "manifest.json").read_text())
     for table in rows:
         (out / table).mkdir(parents=True)
-        for part in sorted((tables / table).glob("*.parquet")):
+        for part in sorted(Path(table_uri(str(tables), table, manifest)).glob("*.parquet")):
             source = pq.read_table(part)
             for copy in range(copies):
                 replica = _replica(source, copy)
                 pq.write_table(replica, out / table / f"copy{copy:03d}-{part.name}", row_group_size=64)
                 rows[table] += replica.num_rows
-    shutil.copytree(tables / "entities", out / "entities")
-    manifest = json.loads((tables / "manifest.json").read_text())
+    shutil.copytree(table_uri(str(tables), "entities", manifest), out / "entities")
     manifest["rows"].update(rows)
+    manifest["tables"] = {table: table for table in ("images", "image_entities", "entities")}
     (out / "manifest.json").write_text(json.dumps(manifest, indent=2))
     return rows
 
@@ -82,7 +84,7 @@ def replicate_tables(tables: Path, copies: int, out: Path) -> dict[str, int]:
 def bare_resize_loop(tables: Path, image_size: int = 256, quality: int = 90) -> float:
     """Seconds for the floor: every image of ``tables`` read and resized, in one loop."""
     start = time.perf_counter()
-    for part in sorted((tables / "images").glob("*.parquet")):
+    for part in sorted(Path(table_uri(str(tables), "images")).glob("*.parquet")):
         for batch in pq.ParquetFile(part).iter_batches(columns=["image"], batch_size=64):
             for data in batch.column(0).to_pylist():
                 resize_image(data, image_size, quality)

@@ -15,7 +15,7 @@ batch 32, fp32, on the same (photo, caption) pairs, in alternating rounds:
   (the caption alone, as open_clip's text).
 
 Both tokenize to 77 tokens. open_clip's text tower always runs over all 77; ours cuts each
-batch after its longest caption (``text.trim_padding``, exact: see trainer/towers.py), which
+batch after its longest caption (``text.trim_padding``, exact: see i2e_engine/encoder/towers.py), which
 the ``full77`` variant (``text.trim_padding=false``) turns off to show the same-compute ratio.
 
 Steady state: the first ``--skip`` steps of every run are left out (start-up, allocator warm-up,
@@ -76,8 +76,9 @@ def packed_csv(tables: Path, packed: Path, out: Path, rows: int) -> int:
     caption, cycled to ``rows`` rows; returns the number of distinct pairs."""
     import csv
     import pandas as pd
+    from i2e_engine import table_uri
     from trainer.packed import iter_shard, open_packed
-    images = pd.read_parquet(tables / "images", columns=["image_id", "url"])
+    images = pd.read_parquet(table_uri(str(tables), "images"), columns=["image_id", "url"])
     paths = {i: url.removeprefix("file://") for i, url in zip(images["image_id"], images["url"])}
     ds = open_packed(str(packed))
     pairs = [(paths[s["key"]], s["alt_text"]) for uri in ds.shard_uris for s in iter_shard(uri, ds.shard_format)]

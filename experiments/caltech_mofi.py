@@ -214,9 +214,12 @@ def stage_build(args, work: Path) -> dict:
         (work / "build_time.json").write_text(json.dumps({"wall_s": round(time.perf_counter() - t0, 1)}))
     else:
         log(f"build: tables exist ({tables})")
-    images = pd.read_parquet(tables / "images", columns=["image_id", "url"])
-    pairs = pd.read_parquet(tables / "image_entities", columns=["image_id", "entity_id", "rank", "mention"])
-    rejects = pd.read_parquet(tables / "rejects")
+    from i2e_engine import table_uri
+
+    images = pd.read_parquet(table_uri(str(tables), "images"), columns=["image_id", "url"])
+    pairs = pd.read_parquet(table_uri(str(tables), "image_entities"),
+                            columns=["image_id", "entity_id", "rank", "mention"])
+    rejects = pd.read_parquet(table_uri(str(tables), "rejects"))
     sample = pd.read_parquet(work / "pairs.parquet", columns=["url", "caption"])
     sample["expected"] = [entity_id(u.split("/", 1)[0]) for u in sample["url"]]
     linked = images.merge(pairs, on="image_id", how="left")

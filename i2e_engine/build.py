@@ -2,20 +2,20 @@
 
 A runner does exactly this::
 
-    plan = plan_run(config, ...)            # resolve inputs, KB, fingerprint, evaluation hashes
-    <hash plan.shards>                      # hash_shard per shard, on workers (no model)
-    <dedup plan>                            # i2e_engine.dedup.plan: decisions per shard
-    <annotate plan.shards>                  # annotate_shard per shard with its decisions
-    <finalize plan.committed()>             # project, decide, write (see finalize.py)
-    manifest = publish(plan, runner_name, runner_metrics)   # check the accounting, swap the tables in, manifest
+    with plan_run(config, ...) as plan:     # take the output's lease; resolve inputs, KB, fingerprint
+        <hash plan.shards>                  # hash_shard per shard, on workers (no model)
+        <dedup plan>                        # i2e_engine.dedup.plan: decisions per shard
+        <annotate plan.shards>              # annotate_shard per shard with its decisions
+        <finalize plan.committed()>         # project, decide, write into plan.target (see finalize.py)
+        manifest = publish(plan, runner_name, runner_metrics)   # check the accounting, commit the version
 
-Everything else (which shards are done, the fingerprint, the staging folder, the manifest)
-is decided here, once, so Beam and Spark cannot disagree about it.
+Everything else (which shards are done, the fingerprint, the run's version folder, the
+manifest) is decided here, once, so Beam and Spark cannot disagree about it. Publishing is
+``i2e_engine.publish``: immutable versions, ``manifest.json`` as the commit point, one writer.
 """
 from __future__ import annotations
 
 import collections
-import json
 import platform
 import time
 import uuid
@@ -24,6 +24,7 @@ from importlib import metadata
 from typing import Callable, Optional
 
 import schemas
+from i2e_engine import publish as versions
 from i2e_engine import storage, tables
 from i2e_engine.config import BuildConfig
 from i2e_engine.dedup.decontaminate import EvalIndex, hash_eval_images
@@ -91,17 +92,22 @@ class RunPlan:
     todo: list[ShardRef]                  # not annotated at their current version (for progress)
     hash_index: HashIndex
     eval_index: Optional[EvalIndex]       # evaluation images to decontaminate against
+    lease: versions.Lease                 # held from planning to publishing
+
+    def __enter__(self) -> "RunPlan":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.lease.release()
 
     @property
-    def staging(self) -> str:
-        return storage.join(self.out, f".staging-{self.run_id}")
+    def version(self) -> str:
+        """This run's immutable version folder: its tables, then (until the commit) writer stats."""
+        return versions.version_folder(self.out, self.run_id)
 
     @property
     def target(self) -> Target:
-        """Local disk: the tables are staged and swapped in by renames. Object storage has no
-        cheap rename, so parts are written in place with the run id in their names."""
-        tables_root = self.staging if storage.is_local(self.out) else self.out
-        return Target(tables=tables_root, stats=storage.join(self.staging, "_stats"), run_id=self.run_id)
+        return Target(tables=self.version, stats=storage.join(self.version, "_stats"), run_id=self.run_id)
 
     def annotator(self) -> Annotator:
         """A fresh, not yet set up, annotator for this run (workers call ``setup()``)."""
@@ -128,21 +134,34 @@ class RunPlan:
 
 def plan_run(config: BuildConfig, overwrite: bool = False, retry_failed: bool = False,
              progress: Progress = print) -> RunPlan:
-    """Resolve inputs, KB and fingerprint; clear leftovers; list the shards still to annotate.
+    """Take the output's lease, resolve inputs, KB and fingerprint, clear crashed runs'
+    leftovers, list the shards still to annotate. Use it as a context manager (``with
+    plan_run(...) as plan``) so the lease is released however the run ends.
 
     ``retry_failed`` reopens the committed shards that hold rows a stage failed on
     (``workdir.RETRYABLE_REASONS``); other committed shards are kept as they are.
     """
-    from i2e_engine.demo import write_demo_parquet
-    from i2e_engine.kb.build import ensure_default_kb, kb_file_version
-
     started = time.time()
     run_id = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(started)) + "-" + uuid.uuid4().hex[:6]
     out = storage.normalize(config.output)
+    lease = versions.Lease(out, run_id).acquire()
+    try:
+        return _plan_under_lease(config, run_id, started, out, lease, overwrite, retry_failed, progress)
+    except BaseException:
+        lease.release()
+        raise
+
+
+def _plan_under_lease(config: BuildConfig, run_id: str, started: float, out: str, lease: versions.Lease,
+                      overwrite: bool, retry_failed: bool, progress: Progress) -> RunPlan:
+    from i2e_engine.demo import write_demo_parquet
+    from i2e_engine.kb.build import ensure_default_kb, kb_file_version
+
     if overwrite:
-        storage.remove(out)
-    for leftover in storage.listdir(out, prefix=".staging-"):  # from a run killed while finalizing
-        storage.remove(leftover)
+        for entry in storage.listdir(out):
+            if storage.name(entry) != versions.LEASE:
+                storage.remove(entry)
+    versions.prune_versions(out, versions.current_versions(out))   # folders of runs that died before their commit
     inputs = list(config.inputs) or [str(write_demo_parquet(storage.local_cache() / "demo" / "skimage-demo.parquet"))]
     kb_path = publish_kb(storage.normalize(config.kb) if config.kb else str(ensure_default_kb()), out)
     kb_version = kb_file_version(kb_path)
@@ -160,7 +179,7 @@ def plan_run(config: BuildConfig, overwrite: bool = False, retry_failed: bool = 
                   if config.dedup.decontaminate else None)
     plan = RunPlan(config=config, run_id=run_id, started=started, out=out, work=work, kb_path=kb_path,
                    kb_version=kb_version, fingerprint=fingerprint, scorer=scorer, shards=shards, todo=[],
-                   hash_index=hash_index, eval_index=eval_index)
+                   hash_index=hash_index, eval_index=eval_index, lease=lease)
     done = {shard_id for shard_id, _ in plan.committed(markers)}
     plan.todo = [shard for shard in shards if shard.shard_id not in done]
     changed = sum(shard.shard_id in markers for shard in plan.todo)
@@ -214,6 +233,8 @@ def _summary(plan: RunPlan, shard_stats: list[dict], entity_rows: int) -> dict:
         "sample_drops_by_reason": _by_reason(sample_reasons),
         "score_cutoff": cutoffs.pop() if len(cutoffs) == 1 else None,
         "stages": sum_stages(m.stages for m in this_run) | sum_stages(stats["stages"] for stats in shard_stats),
+        # storage calls of this run's hash and annotate passes that failed transiently and succeeded on retry
+        "storage_retries": sum(m.storage_retries for m in this_run),
     }
 
 
@@ -240,36 +261,43 @@ def publish_kb(kb_path: str, out: str) -> str:
     return kb_path
 
 
-def publish(plan: RunPlan, runner: str, runner_metrics: Optional[dict[str, int]] = None) -> dict:
-    """Check the accounting of the written tables, put them in place, write the manifest.
-    ``runner_metrics`` are the runner's own counters of this run (per-stage rows, as Beam
-    counters or Spark accumulators saw them), kept in the manifest beside ``stages``.
+def _check_written_rows(target: Target, expected: dict[str, int]) -> None:
+    """The rows in the version's parquet parts (their footers, read concurrently) must be the
+    rows the writers reported: a part a writer did not report (or a lost one) stops the publish."""
+    import pyarrow.dataset as ds
 
-    Local disk: each table's staged folder replaces the old one by a rename. Object storage:
-    the new parts are already in place; the parts of earlier runs are deleted, then the
-    manifest is written, so a reader during publishing may briefly see both versions."""
+    for table, rows in expected.items():
+        filesystem, path = storage.arrow_filesystem(storage.join(target.tables, table))
+        written = ds.dataset(path, filesystem=filesystem, format="parquet").count_rows()
+        if written != rows:
+            raise AccountingError(f"{table}: the version's parquet parts hold {written} rows but its writers "
+                                  f"reported {rows}; tables not published")
+
+
+def publish(plan: RunPlan, runner: str, runner_metrics: Optional[dict[str, int]] = None) -> dict:
+    """Check the accounting of the written tables, then commit the run's version (see
+    ``i2e_engine.publish``): the manifest, naming this run's table folders, is written last and
+    atomically, so readers see the previous version or this one, whole. ``runner_metrics`` are
+    the runner's own counters (Beam counters, Spark accumulators), kept in the manifest beside
+    ``stages`` for comparison only: they count attempts, so a retried task counts twice there.
+    Every count of the accounting comes from the writers' per-shard stats instead, which a
+    retried writer overwrites."""
+    versions.fault_point("publish.start")   # every table part written, nothing committed
     target, out = plan.target, plan.out
     summary = _summary(plan, *read_stats(target))
     for table in tables.OUTPUT_TABLES:
         folder = storage.join(target.tables, table)
-        mine = [p for p in (storage.find(folder, (".parquet",)) if storage.isdir(folder) else [])
-                if p.endswith(f"-{plan.run_id}.parquet")]
-        if not mine:  # an empty table still gets its schema on disk
-            tables.write_rows([], table, target.part(table, "part-empty"))
-        if storage.is_local(out):
-            storage.remove(storage.join(out, table))
-            storage.move(folder, storage.join(out, table))
-        else:
-            for part in storage.find(folder, (".parquet",)):
-                if not part.endswith(f"-{plan.run_id}.parquet"):
-                    storage.remove(part)
-    storage.remove(plan.staging)
+        if not (storage.isdir(folder) and storage.find(folder, (".parquet",))):
+            tables.write_rows([], table, target.part(table, "part-empty"))   # an empty table keeps its schema
+    _check_written_rows(target, summary["rows"])
+    storage.remove(target.stats)
     manifest = {
         "run_id": plan.run_id,
         "runner": runner,
         "started_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(plan.started)),
         "seconds": round(time.time() - plan.started, 1),
         "schema_version": schemas.CURRENT_VERSION,
+        "tables": {table: f"{versions.VERSIONS}/{plan.run_id}/{table}" for table in tables.OUTPUT_TABLES},
         "versions": _versions(plan.config, plan.kb_version, plan.scorer),
         "config": plan.config.to_dict(),
         "input_shards": len(plan.shards),
@@ -277,7 +305,7 @@ def publish(plan: RunPlan, runner: str, runner_metrics: Optional[dict[str, int]]
         **summary,
         "runner_metrics": dict(sorted((runner_metrics or {}).items())),
     }
-    storage.write_text(storage.join(out, "manifest.json"), json.dumps(manifest, indent=2) + "\n")
+    manifest = versions.commit(out, manifest, plan.lease)
     return {**manifest, "output": out}
 
 
@@ -292,6 +320,8 @@ def format_summary(manifest: dict, out: Optional[str] = None, top: int = 10) -> 
               else f"counted from the source; {counted} tar shard(s) by reading them")
     lines.append(f"  input samples {manifest['input_samples']} ({source}) = kept {manifest['kept_images']} "
                  f"+ filtered {manifest['filtered_samples']} + rejected {manifest['rejected_samples']}")
+    if manifest.get("storage_retries"):
+        lines.append(f"  storage calls retried after transient errors: {manifest['storage_retries']}")
     if manifest["drops_by_reason"]:
         lines.append("  drops by reason:")
         lines += [f"    {d['stage']}/{d['reason']} ({d['kind']}): {d['rows']}" for d in manifest["drops_by_reason"][:top]]

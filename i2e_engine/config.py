@@ -78,6 +78,12 @@ class DedupConfig:
     near_radius: int = 4
     index_blocks: int = 8           # the multi-index splits hashes into this many blocks
     merge_alt_texts: int = 8        # a survivor reads up to this many of its copies' alt-texts
+    # Rounds of the distributed connected components of near copies (dedup/components.py),
+    # at most: Spark and the bare loop stop once a round changes nothing; Beam's static graph
+    # runs them all and fails the pipeline, naming this setting, if the last still changed an
+    # edge. Rounds grow like log2 of a component's diameter: a chain of 10^4 near copies (the
+    # worst shape) needs 15, of 10^5 18 (measured); real clusters of copies are star-like.
+    component_rounds: int = 20
     semantic: bool = False          # SemDeDup on the scorer's image embeddings, after scoring
     semantic_threshold: float = 0.95        # cosine similarity at which two images are one
     semantic_clusters: Optional[int] = None  # k-means clusters; None -> about sqrt(images)

@@ -1,25 +1,28 @@
 """The finalize plan: global decisions on a narrow projection, then per-shard table writing.
 
 Image bytes are the weight of a web table (about 50 KB a row: 50 TB at 10^9 rows), so they
-never move between workers. Finalize runs in three steps, and runners only place them:
+never move between workers. Finalize runs in three steps, written once in :func:`finalize`
+on a runner's :class:`~i2e_engine.flow.Flow` (Beam, Spark and the bare loop each lend one):
 
 Exact and near copies were dropped before the models (``i2e_engine.dedup.plan``); the
 decisions each shard ran under are in its work folder and become the ``duplicates`` table.
 
 1. **Project** (per committed shard, parallel): :func:`project_shard` reads an annotations
-   file without its ``image`` column and yields :class:`NarrowRow` dicts (row key, sha256,
-   entity ids, image-entity scores, and the image embedding when semantic dedup is on):
-   about 360 bytes a row without the embedding (BENCHMARKS.md).
+   file without its ``image`` column (the ``narrow`` projection of ``schemas/``) and yields
+   :data:`NarrowRow` dicts (row key, entity ids, image-entity scores, and the image
+   embedding as float32 bytes when semantic dedup is on): about 360 bytes a row without the
+   embedding (BENCHMARKS.md), 4 bytes a dimension more with it.
 2. **Decide** (global; the only steps that move data between workers, and only narrow rows,
-   keys and counts):
-   - *semantic dedup* (optional, ``i2e_engine.dedup.semantic``): k-means on a sample of
-     the embeddings, then one group per k-means cluster;
+   keys and counts, through the runner's group-bys, joins and combines):
+   - *semantic dedup* (optional, ``i2e_engine.dedup.semantic``): k-means on a bounded sample
+     of the embeddings (the one thing collected: at most MAX_KMEANS_SAMPLE rows as one
+     float32 matrix), then one group per k-means cluster;
    - *the quantile cutoff* of ``keep_top_fraction``: exact, from two passes of counts per
-     score bin (:class:`ExactQuantile`), so every runner finds the same value;
+     score bin (:class:`ExactQuantile`, at most 65,536 counts each), so every runner finds
+     the same value;
    - *per-entity image counts* over the rows kept after the per-image filters
-     (:func:`kept_entity_ids`), for ``min_images_per_entity`` and the entities table.
-   A runner computes these with its own aggregations (Beam combines, Spark DataFrame
-   group-bys) of the functions here.
+     (:func:`kept_entity_ids`), for ``min_images_per_entity`` and the entities table: a
+     count per entity, joined to the shards whose rows mention it (never broadcast).
 3. **Write** (per committed shard, parallel): :func:`write_shard_tables` streams the
    shard's annotations (bytes included) once, joins the decisions back and writes its part
    of ``images``, ``image_entities``, ``rejects`` and ``duplicates``, plus a stats file.
@@ -28,26 +31,33 @@ decisions each shard ran under are in its work folder and become the ``duplicate
 from __future__ import annotations
 
 import collections
+import dataclasses
 import json
 import math
 import struct
 import time
 import zlib
 from dataclasses import asdict, dataclass, field
-from typing import Callable, Iterable, Iterator, Mapping, Optional
+from typing import TYPE_CHECKING, Callable, Iterable, Iterator, Mapping, Optional
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 
 import schemas
 from i2e_engine import filters, storage, tables
 from i2e_engine.config import DedupConfig, FilterConfig
 from i2e_engine.dedup import semantic
 from i2e_engine.dedup.plan import ShardDedup
-from i2e_engine.dedup.semantic import SemanticDecision
+from i2e_engine.dedup.semantic import RowKey, SemanticDecision
+from i2e_engine.flow import Combiner, CountBins, CountItems, Flow, first
 from i2e_engine.metrics import StageClock, StageMetrics
 from i2e_engine.records import make_reject
 from i2e_engine.shard import reason_key
 from i2e_engine.workdir import WorkDir
+
+if TYPE_CHECKING:
+    from i2e_engine.build import RunPlan
 
 READ_BATCH_ROWS = 256
 
@@ -56,24 +66,36 @@ READ_BATCH_ROWS = 256
 NarrowRow = dict
 """Keys: source_shard, row_in_shard, sample_id, pixels, links (a list of {entity_id,
 image_entity_score}), score_keys (each score's :meth:`ExactQuantile.key`) and
-image_embedding (empty unless asked for). A dict so that Beam coders and Spark rows carry it
-as is."""
-
-NARROW_COLUMNS = ("source_shard", "row_in_shard", "sample_id", "width", "height", "links")
+image_embedding (the embedding as float32 bytes, 4 a dimension; empty unless asked for). A
+dict of plain values so that Beam coders and Spark pickling carry it as is and compactly."""
 
 
 def project_shard(work: WorkDir, stem: str, with_embeddings: bool = False) -> Iterator[NarrowRow]:
     """The narrow rows of one committed shard, streamed (no image bytes are read)."""
     parquet = work.annotations_file(stem)
-    columns = list(NARROW_COLUMNS) + (["image_embedding"] if with_embeddings else [])
+    columns = schemas.projection("narrow_semantic" if with_embeddings else "narrow")
     for batch in parquet.iter_batches(batch_size=4096, columns=columns):
-        for row in batch.to_pylist():
+        embeddings = _embedding_bytes(batch.column("image_embedding")) if with_embeddings else None
+        rows = batch.select([c for c in columns if c != "image_embedding"]).to_pylist()
+        for i, row in enumerate(rows):
             links = [{"entity_id": link["entity_id"], "image_entity_score": link["image_entity_score"]}
                      for link in row["links"]]
             yield {"source_shard": row["source_shard"], "row_in_shard": row["row_in_shard"],
                    "sample_id": row["sample_id"], "pixels": row["width"] * row["height"], "links": links,
                    "score_keys": [ExactQuantile.key(link["image_entity_score"]) for link in links],
-                   "image_embedding": row.get("image_embedding") or []}
+                   "image_embedding": embeddings[i] if embeddings is not None else b""}
+
+
+def _embedding_bytes(column: pa.ListArray) -> list[bytes]:
+    """Each row's float32 list as bytes, without making Python floats (null: empty)."""
+    lengths = pc.fill_null(pc.list_value_length(column), 0).to_numpy()
+    values = column.flatten().to_numpy(zero_copy_only=False).astype(np.float32, copy=False)
+    ends = np.cumsum(lengths)
+    return [values[end - length:end].tobytes() for end, length in zip(ends.tolist(), lengths.tolist())]
+
+
+def embedding_of(row: NarrowRow) -> np.ndarray:
+    return np.frombuffer(row["image_embedding"], dtype=np.float32)
 
 
 # ----------------------------------------------------------------------------- 2. decide: semantic dedup
@@ -97,25 +119,92 @@ def in_kmeans_sample(row: NarrowRow, fraction: float) -> bool:
     return semantic.sample_for_kmeans(f"{row['source_shard']}:{row['row_in_shard']}", fraction)
 
 
-def semantic_centroids(sample: list[NarrowRow], config: DedupConfig, n_rows: int) -> np.ndarray:
-    """GLOBAL, one process: k-means over the sample's embeddings (at most MAX_KMEANS_SAMPLE rows)."""
-    sample = sorted(sample, key=lambda r: (r["source_shard"], r["row_in_shard"]))
-    embeddings = np.array([r["image_embedding"] for r in sample], dtype=np.float32)
-    keys = [(r["source_shard"], r["row_in_shard"]) for r in sample]
-    return semantic.train_centroids(embeddings, semantic_clusters(config, n_rows), config.seed, keys=keys)
+@dataclass
+class _SampleParts:
+    keys: list[RowKey] = field(default_factory=list)
+    data: bytearray = field(default_factory=bytearray)   # the rows' float32 embeddings, end to end
+
+
+class KMeansCentroids(Combiner[_SampleParts, NarrowRow]):
+    """K-means centroids of the sampled rows. The accumulator is the sample itself as row
+    keys and float32 bytes (never Python floats: 10^6 rows x 384 dimensions are 1.5 GB so,
+    over 10 GB as lists of floats), bounded by MAX_KMEANS_SAMPLE rows through
+    :func:`semantic_sample_fraction`; :meth:`extract` trains k-means on it, in one worker."""
+
+    def __init__(self, config: DedupConfig):
+        self.config = config
+
+    def create(self) -> _SampleParts:
+        return _SampleParts()
+
+    def add(self, accumulator: _SampleParts, row: NarrowRow) -> _SampleParts:
+        accumulator.keys.append((row["source_shard"], row["row_in_shard"]))
+        accumulator.data += row["image_embedding"]
+        return accumulator
+
+    def merge(self, accumulators: Iterable[_SampleParts]) -> _SampleParts:
+        merged, *others = accumulators
+        for accumulator in others:   # into the first, as Beam allows: one copy of the sample
+            merged.keys += accumulator.keys
+            merged.data += accumulator.data
+        return merged
+
+    def extract(self, accumulator: _SampleParts, n_rows: int) -> Optional[np.ndarray]:
+        embeddings = np.frombuffer(accumulator.data, dtype=np.float32).reshape(len(accumulator.keys), -1) \
+            if accumulator.keys else np.zeros((0, 0), np.float32)
+        return semantic_centroids(accumulator.keys, embeddings, self.config, n_rows)
+
+
+def semantic_centroids(keys: list[RowKey], embeddings: np.ndarray, config: DedupConfig, n_rows: int
+                       ) -> Optional[np.ndarray]:
+    """GLOBAL, one process: k-means over the sample (at most MAX_KMEANS_SAMPLE rows); the
+    centroids (k x d float32, k about sqrt(rows)) come back L2-normalized, as
+    :func:`semantic_cluster_of` compares with them. None for an empty sample (no rows)."""
+    if not keys:
+        return None
+    centroids = semantic.train_centroids(embeddings, semantic_clusters(config, n_rows), config.seed, keys=keys)
+    return semantic.normalized(centroids)
 
 
 def semantic_cluster_of(row: NarrowRow, centroids: np.ndarray) -> int:
-    return int(semantic.assign_clusters(np.array([row["image_embedding"]], dtype=np.float32), centroids)[0])
+    return int(semantic.assign_normalized(semantic.normalized(embedding_of(row)[None, :]), centroids)[0])
 
 
 def semantic_group(cluster: int, rows: Iterable[NarrowRow], config: DedupConfig) -> list[SemanticDecision]:
     """SemDeDup inside one k-means cluster (its rows are held: about N/k of them)."""
     rows = list(rows)
+    embeddings = np.frombuffer(b"".join(r["image_embedding"] for r in rows), dtype=np.float32)
     return semantic.dedup_cluster(
         cluster, [(r["source_shard"], r["row_in_shard"]) for r in rows],
         [(-r["pixels"], r["source_shard"], r["row_in_shard"]) for r in rows],
-        np.array([r["image_embedding"] for r in rows], dtype=np.float32), config.semantic_threshold)
+        embeddings.reshape(len(rows), -1), config.semantic_threshold)
+
+
+def semantic_decisions(flow: Flow, narrow, config: DedupConfig):
+    """SemDeDup over the runner's narrow rows: (shard id, SemanticDecision).
+
+    GLOBAL, bounded: the row count, and the k-means sample (at most MAX_KMEANS_SAMPLE rows,
+    one float32 matrix) combined into one worker that trains k-means; the centroids (k x d)
+    reach the assigning steps. The rows themselves move only through the group-by of their
+    k-means cluster."""
+    count = flow.combine("Count narrow rows", narrow, CountItems())
+    fraction = flow.derive("K-means sample fraction", lambda n: semantic_sample_fraction(config, n), count)
+    centroids = flow.combine("K-means on a sample (global, bounded)",
+                             flow.filter("In k-means sample", narrow, in_kmeans_sample, fraction),
+                             KMeansCentroids(config), count)
+    clusters = flow.group_by_key("Group semantic clusters", flow.map(
+        "Assign clusters", narrow, lambda row, c: (semantic_cluster_of(row, c), row), centroids))
+    return flow.flat_map("SemDeDup", clusters, lambda cluster: [
+        (d.source_shard, d) for d in semantic_group(cluster[0], cluster[1], config)])
+
+
+def _semantic_survivors(flow: Flow, narrow, semantic):
+    """The narrow rows that semantic dedup keeps: a join by row key with its drops."""
+    drops = flow.flat_map("Semantic drops", semantic,
+                          lambda item: [(item[1].key, True)] if item[1].dropped else [])
+    keyed = flow.map("Key rows", narrow, lambda row: ((row["source_shard"], row["row_in_shard"]), row))
+    return flow.flat_map("Survivors", flow.cogroup("Join semantic drops", row=keyed, dropped=drops),
+                         lambda item: [] if first(item[1]["dropped"], False) else item[1]["row"])
 
 
 # ----------------------------------------------------------------------------- 2. decide: quantile
@@ -191,6 +280,21 @@ def quantile_cutoff(keep_fraction: Optional[float], high_counts: Callable[[], Ma
     return cutoff_value(target, low_counts(target[0]) if target else {})
 
 
+def cutoff_side(flow: Flow, survivors, keep_fraction: Optional[float]):
+    """The score cutoff of ``keep_fraction`` as the flow's side value (None when not set or
+    nothing was scored). GLOBAL, bounded: two combines of counts per bin (at most 65,536
+    each) of the survivors' ``score_keys``."""
+    if keep_fraction is None:
+        return flow.constant("No cutoff", None)
+    keys = flow.flat_map("Score keys", survivors, lambda row: row["score_keys"])
+    high = flow.combine("Count high bins", keys, CountBins(ExactQuantile.high))
+    target = flow.derive("Locate cutoff bin", lambda counts: cutoff_bin(keep_fraction, counts), high)
+    in_bin = flow.filter("Keys in cutoff bin", keys,
+                         lambda key, t: t is not None and ExactQuantile.high(key) == t[0], target)
+    low = flow.combine("Count low bins", in_bin, CountBins(ExactQuantile.low))
+    return flow.derive("Cutoff value", cutoff_value, target, low)
+
+
 # ----------------------------------------------------------------------------- 2. decide: counts
 
 def kept_entity_ids(row: NarrowRow, config: FilterConfig, cutoff: Optional[float]) -> list[str]:
@@ -202,6 +306,34 @@ def kept_entity_ids(row: NarrowRow, config: FilterConfig, cutoff: Optional[float
 def keeps_entity(image_count: int, config: FilterConfig) -> bool:
     """Whether an entity with this many kept images is in the tables."""
     return image_count >= config.min_images_per_entity
+
+
+@dataclass(frozen=True)
+class EntityCount:
+    """One entity's kept images, sent to a shard writer whose rows link to it."""
+    entity_id: str
+    images: int
+
+
+def entity_counts_by_shard(flow: Flow, narrow, counts):
+    """(shard id, EntityCount) for every entity a shard's rows link to that has a count.
+
+    GLOBAL, through the runner: the distinct (entity, shard) mentions joined with the counts
+    by entity, so each shard writer gets the counts of its own entities (at most its links),
+    never every entity's count."""
+    mentions = flow.distinct("Entities per shard", flow.flat_map(
+        "Entity mentions", narrow, lambda row: [(link["entity_id"], row["source_shard"]) for link in row["links"]]))
+    return flow.flat_map("Counts per shard", flow.cogroup("Join counts to shards", shard=mentions, images=counts),
+                         _counts_for_shards)
+
+
+def _counts_for_shards(item: tuple[str, dict]) -> list[tuple[str, EntityCount]]:
+    entity_id, joined = item
+    images = first(joined["images"])
+    if images is None:
+        return []
+    count = EntityCount(entity_id, images)
+    return [(shard_id, count) for shard_id in joined["shard"]]
 
 
 # ----------------------------------------------------------------------------- 3. write
@@ -399,3 +531,52 @@ def read_stats(target: Target) -> tuple[list[dict], int]:
         return [json.loads(data) for _, data in sorted(storage.read_many(found).items())]
 
     return read("shards"), sum(stats["entities"] for stats in read("entities"))
+
+
+# ----------------------------------------------------------------------------- the sequence, once
+
+def finalize_tables(flow: Flow, plan: "RunPlan", shards, metrics: Optional[StageMetrics] = None) -> None:
+    """The finalize plan on a runner's flow: project, decide, write into ``plan.target``.
+    ``shards``: the flow's collection of (shard id, stem), one per committed shard;
+    ``metrics``: the runner's counters (picklable: they travel to the writers).
+
+    Only what the steps name is captured by them (never ``plan``, which holds the lease)."""
+    work, target, filter_config, dedup = plan.work, plan.target, plan.config.filter, plan.config.dedup
+    kb_path, kb_version, parts = plan.kb_path, plan.kb_version, plan.entity_parts()
+    template = plan.decisions(None, {})
+    # 1. project, per shard: narrow rows, never image bytes
+    narrow = flow.cache(flow.flat_map("Project narrow rows", shards,
+                                      lambda shard: project_shard(work, shard[1], dedup.semantic)))
+    # 2. GLOBAL, semantic dedup: rows grouped by k-means cluster (N/k each); one process
+    # sees the row count and the bounded sample (MAX_KMEANS_SAMPLE rows); joined back by row key
+    semantic = semantic_decisions(flow, narrow, dedup) if dedup.semantic else None
+    survivors = narrow if semantic is None else flow.cache(_semantic_survivors(flow, narrow, semantic))
+    # GLOBAL, the cutoff: two combines of at most 65,536 bin counts
+    cutoff = cutoff_side(flow, survivors, filter_config.keep_top_fraction)
+    # GLOBAL, per-entity counts: one (entity, count) per entity, through the runner's shuffle
+    counts = flow.cache(flow.count_per_element("Images per entity", flow.flat_map(
+        "Kept entity ids", survivors, lambda row, cutoff: kept_entity_ids(row, filter_config, cutoff), cutoff)))
+    # GLOBAL, to the writers: each shard's semantic decisions and its entities' counts, by shard
+    per_shard = entity_counts_by_shard(flow, narrow, counts)
+    if semantic is not None:
+        per_shard = flow.flatten("Decisions per shard", semantic, per_shard)
+    # 3. write, per shard: one writer a committed shard, with its values and the cutoff
+    flow.per_shard("Write shard tables", shards, per_shard,
+                   lambda shard, values, cutoff: _write_shard(work, shard[1], target, template, values, cutoff,
+                                                              metrics), cutoff)
+    # the entities table: kept entities grouped into about sqrt(shards) parts
+    kept = flow.filter("Entities kept", counts, lambda item: keeps_entity(item[1], filter_config))
+    by_part = flow.group_by_key("Group entity parts", flow.map(
+        "Entity part", kept, lambda item: (entity_part(item[0], parts), item)))
+    flow.run("Write entities", flow.map("Write entity part", by_part, lambda part: write_entity_part(
+        part[0], parts, part[1], kb_path, kb_version, target)))
+
+
+def _write_shard(work: WorkDir, stem: str, target: Target, template: Decisions, values: Iterable,
+                 cutoff: Optional[float], metrics: Optional[StageMetrics]) -> ShardOutputStats:
+    """One shard's writer under its values: its rows' SemanticDecisions and its entities' EntityCounts."""
+    values = list(values)
+    semantic = {v.row_in_shard: v for v in values if isinstance(v, SemanticDecision)}
+    counts = {v.entity_id: v.images for v in values if isinstance(v, EntityCount)}
+    return write_shard_tables(work, stem, target, semantic, dataclasses.replace(template, cutoff=cutoff,
+                                                                                entity_counts=counts), metrics)

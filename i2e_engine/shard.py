@@ -12,6 +12,7 @@ whatever the shard's size: the reader streams, and the writer appends each batch
 from __future__ import annotations
 
 import collections
+import dataclasses
 import itertools
 import logging
 import time
@@ -19,6 +20,7 @@ from typing import Iterable, Iterator, Optional, TypeVar
 
 from i2e_engine import storage
 from i2e_engine.dedup.plan import ShardDedup
+from i2e_engine.images import ImageLimits
 from i2e_engine.metrics import StageClock, StageMetrics
 from i2e_engine.readers import ReaderOptions, ShardRef, declared_rows, read_shard
 from i2e_engine.stages import Annotator, CheckStage, hash_row, run_stage
@@ -40,6 +42,11 @@ def reason_key(reject: dict) -> str:
     return f"{reject['stage']}/{reject['kind']}/{reject['reason']}"
 
 
+def _with_image_limit(options: ReaderOptions, limits: ImageLimits) -> ReaderOptions:
+    """The reader leaves unread the images the check would reject for their size anyway."""
+    return dataclasses.replace(options, max_image_bytes=limits.max_bytes)
+
+
 def hash_shard(shard: ShardRef, check: CheckStage, work: WorkDir, fingerprint: str, run_id: str,
                batch_rows: int = DEFAULT_BATCH_ROWS,
                reader_options: ReaderOptions = ReaderOptions(),
@@ -51,12 +58,13 @@ def hash_shard(shard: ShardRef, check: CheckStage, work: WorkDir, fingerprint: s
     marker = work.marker(shard_file_stem(shard.shard_id), HASH_PASS[0])
     if marker is not None and marker.is_current(shard.identity, fingerprint):
         return marker
-    started = time.time()
+    started, retries = time.time(), storage.retry_count()
     clock = StageClock(metrics)
     writer = ShardWriter(work, shard.shard_id, HASH_PASS)
     pairs_read = rejected = 0
+    pairs_in = read_shard(shard, _with_image_limit(reader_options, check.config.image))
     try:
-        for pairs in batched(read_shard(shard, reader_options), batch_rows):
+        for pairs in batched(pairs_in, batch_rows):
             pairs_read += len(pairs)
             result = run_stage(check, pairs)
             rejected += len(result.rejects)
@@ -68,7 +76,8 @@ def hash_shard(shard: ShardRef, check: CheckStage, work: WorkDir, fingerprint: s
     return writer.commit(ShardMarker(
         shard_id=shard.shard_id, stem=writer.stem, identity=shard.identity, fingerprint=fingerprint,
         run_id=run_id, source_rows=declared_rows(shard), pairs_read=pairs_read, annotations=writer.rows["hashes"],
-        rejects=rejected, seconds=round(time.time() - started, 3), stages=clock.to_dict()))
+        rejects=rejected, seconds=round(time.time() - started, 3), stages=clock.to_dict(),
+        storage_retries=storage.retry_count() - retries))
 
 
 def annotate_shard(shard: ShardRef, annotator: Annotator, work: WorkDir, fingerprint: str, run_id: str,
@@ -89,14 +98,15 @@ def annotate_shard(shard: ShardRef, annotator: Annotator, work: WorkDir, fingerp
     if marker is not None and marker.is_current(shard.identity, fingerprint, digest):
         return marker
     annotator.setup()   # once per process; not in the shard's seconds
-    started = time.time()
+    started, retries = time.time(), storage.retry_count()
     source_rows = declared_rows(shard)
     writer = ShardWriter(work, shard.shard_id)
     clock = StageClock(metrics)
     reasons: collections.Counter[str] = collections.Counter()
     pairs_read = 0
+    pairs_in = read_shard(shard, _with_image_limit(reader_options, annotator.config.image))
     try:
-        for pairs in clock.timed("read", batched(read_shard(shard, reader_options), batch_rows)):
+        for pairs in clock.timed("read", batched(pairs_in, batch_rows)):
             pairs_read += len(pairs)
             result = annotator.process(pairs, dedup, clock)
             rejects = [{**reject, "run_id": run_id} for reject in result.rejects]
@@ -112,7 +122,8 @@ def annotate_shard(shard: ShardRef, annotator: Annotator, work: WorkDir, fingerp
         shard_id=shard.shard_id, stem=writer.stem, identity=shard.identity, fingerprint=fingerprint,
         run_id=run_id, source_rows=source_rows, pairs_read=pairs_read, annotations=writer.rows["annotations"],
         rejects=writer.rows["rejects"], seconds=round(time.time() - started, 3),
-        reasons=dict(sorted(reasons.items())), dedup_digest=digest, stages=clock.to_dict()))
+        reasons=dict(sorted(reasons.items())), dedup_digest=digest, stages=clock.to_dict(),
+        storage_retries=storage.retry_count() - retries))
     PROGRESS.info("committed shard %s: %d pairs, %d annotated, %d dropped in %.1f s", shard.shard_id,
                   pairs_read, marker.annotations, marker.rejects, marker.seconds)
     return marker

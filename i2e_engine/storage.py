@@ -7,20 +7,97 @@ MinIO or a local test server.
 Local paths keep the commit protocol's temp-file-and-rename; on object storage a PUT is
 atomic per object, so files are written at their final name (the completion marker, written
 last, is still what makes a shard count).
+
+Object storage hiccups (connection resets, timeouts, 5xx and throttling): botocore retries
+each S3 request itself (``S3_CONFIG``), and the calls below that read, list or wholly
+replace remote objects are tried again with backoff on top (:func:`with_retries`), counted
+per thread (:func:`retry_count`), so one bad minute of a bucket does not fail a shard.
 """
 from __future__ import annotations
 
+import errno
+import hashlib
+import logging
 import os
 import posixpath
+import sqlite3
+import threading
+import time
 import uuid
 from pathlib import Path
-from typing import IO, Optional
+from typing import IO, Callable, Optional, TypeVar
 
 import fsspec
 import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 from fsspec.core import url_to_fs
+
+try:  # the s3 extra: botocore's network errors are not builtin ConnectionErrors
+    from botocore.exceptions import ConnectionError as _BotoConnectionError, HTTPClientError as _BotoHTTPError
+    NETWORK_ERRORS: tuple[type[BaseException], ...] = (ConnectionError, TimeoutError, _BotoConnectionError,
+                                                       _BotoHTTPError)
+except ImportError:
+    NETWORK_ERRORS = (ConnectionError, TimeoutError)
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+# botocore's own retries of each S3 request: exponential backoff on throttling, 5xx and
+# connection errors ("standard" mode; "adaptive" adds client-side rate limiting, experimental).
+S3_CONFIG = {"retries": {"max_attempts": 5, "mode": "standard"}}
+# Errors that say the storage hiccuped, not that the data is bad: worth another try. s3fs
+# turns a 503/SlowDown/ServiceUnavailable into EBUSY, InternalError into EREMOTEIO.
+TRANSIENT_ERRNOS = (errno.EIO, errno.EAGAIN, errno.EBUSY, errno.ETIMEDOUT, errno.ECONNRESET, errno.ECONNABORTED,
+                    getattr(errno, "EREMOTEIO", errno.EIO))
+RETRY_ATTEMPTS = 4
+RETRY_BASE_SECONDS = 0.5
+_retries = threading.local()
+
+
+def is_transient(error: BaseException) -> bool:
+    """Whether ``error`` may pass on another try; a missing or forbidden file never does."""
+    if isinstance(error, (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError)):
+        return False
+    if isinstance(error, NETWORK_ERRORS):
+        return True
+    return isinstance(error, OSError) and error.errno in TRANSIENT_ERRNOS
+
+
+def retry_count() -> int:
+    """Retries this thread has made after transient storage errors (:func:`back_off`). Per
+    thread, so that the difference across a shard's pass counts that shard's retries even
+    when a runner works on several shards at once in threads."""
+    return getattr(_retries, "count", 0)
+
+
+def back_off(error: BaseException, attempt: int, what: str) -> None:
+    """Re-raise ``error`` unless it is transient and attempts remain (with a note that says
+    how many were made); else count a retry and wait 0.5, 1, 2 s."""
+    if not is_transient(error):
+        raise error
+    if attempt >= RETRY_ATTEMPTS - 1:
+        error.add_note(f"{what}: gave up after {RETRY_ATTEMPTS} attempts")
+        raise error
+    delay = RETRY_BASE_SECONDS * 2 ** attempt
+    log.warning("%s failed (%s: %s); retrying in %.1f s", what, type(error).__name__, error, delay)
+    _retries.count = retry_count() + 1
+    time.sleep(delay)
+
+
+def with_retries(call: Callable[[], T], what: str) -> T:
+    """``call()``, tried again with exponential backoff while it fails with a transient error."""
+    for attempt in range(RETRY_ATTEMPTS):
+        try:
+            return call()
+        except Exception as error:  # noqa: BLE001 - sorted by back_off
+            back_off(error, attempt, what)
+    raise AssertionError("unreachable")
+
+
+def _remote(uri: str, call: Callable[[], T], what: str) -> T:
+    """``call()`` with retries when ``uri`` is on object storage; local calls fail at once."""
+    return call() if is_local(uri) else with_retries(call, f"{what} {uri}")
 
 
 def local_cache() -> Path:
@@ -56,8 +133,11 @@ def name(uri: str) -> str:
 
 
 def filesystem(uri: str | os.PathLike) -> tuple[fsspec.AbstractFileSystem, str]:
-    """(fsspec filesystem, path inside it) for a URI."""
-    return url_to_fs(str(uri))
+    """(fsspec filesystem, path inside it) for a URI; S3 clients retry requests (S3_CONFIG)."""
+    uri = str(uri)
+    if uri.startswith(("s3://", "s3a://")):
+        return url_to_fs(uri, config_kwargs=S3_CONFIG)
+    return url_to_fs(uri)
 
 
 def _with_protocol(fs: fsspec.AbstractFileSystem, like: str, path: str) -> str:
@@ -68,34 +148,90 @@ def _with_protocol(fs: fsspec.AbstractFileSystem, like: str, path: str) -> str:
 
 def exists(uri: str) -> bool:
     fs, path = filesystem(uri)
-    return fs.exists(path)
+    return _remote(uri, lambda: fs.exists(path), "checking")
 
 
 def isdir(uri: str) -> bool:
     fs, path = filesystem(uri)
-    return fs.isdir(path)
+    return _remote(uri, lambda: fs.isdir(path), "checking")
 
 
 def isfile(uri: str) -> bool:
     fs, path = filesystem(uri)
-    return fs.isfile(path)
+    return _remote(uri, lambda: fs.isfile(path), "checking")
 
 
 def size(uri: str) -> int:
     fs, path = filesystem(uri)
-    return int(fs.size(path))
+    return int(_remote(uri, lambda: fs.size(path), "sizing"))
 
 
 def identity(uri: str) -> str:
-    """A file's version: size plus ETag on object storage, or size and modification time."""
+    """A file's version, derived from its content, so that committed work is reused only for
+    the same bytes: ``sha256:<hex>`` of a local file (:func:`file_digest`); on object
+    storage the size plus the ETag (S3: an MD5 of the content, or of its parts' MD5s for a
+    multipart upload) or MD5/generation (GCS); on a store with neither, the size plus the
+    modification time."""
     if is_local(uri):
-        stat = os.stat(_local(uri))
-        return f"{stat.st_size}:{stat.st_mtime_ns}"
+        return f"sha256:{file_digest(_local(uri))}"
     fs, path = filesystem(uri)
-    info = fs.info(path)
+    info = _remote(uri, lambda: fs.info(path), "reading the version of")
     version = info.get("ETag") or info.get("etag") or info.get("md5Hash") or info.get("generation") \
         or info.get("LastModified") or info.get("mtime") or info.get("updated")
     return f"{info.get('size')}:{str(version).strip(chr(34))}"
+
+
+DIGEST_CACHE = "file-digests.sqlite"
+RACY_SECONDS = 2
+_digest_lock = threading.Lock()
+_digest_dbs: dict[tuple[int, Path], sqlite3.Connection] = {}   # by process: a forked worker opens its own
+
+
+def _digest_db() -> sqlite3.Connection:
+    """This process's connection to this machine's digest cache (``local_cache()``)."""
+    path = local_cache() / DIGEST_CACHE
+    key = (os.getpid(), path)
+    if key not in _digest_dbs:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        db = sqlite3.connect(path, timeout=60, isolation_level=None, check_same_thread=False)
+        # A write-ahead log without a sync per insert: a cache entry lost in a power cut is only hashed again.
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA synchronous=NORMAL")
+        db.execute("CREATE TABLE IF NOT EXISTS digests (path TEXT PRIMARY KEY, stat TEXT NOT NULL, "
+                   "sha256 TEXT NOT NULL)")
+        _digest_dbs[key] = db
+    return _digest_dbs[key]
+
+
+def _stat_key(stat: os.stat_result) -> str:
+    return f"{stat.st_dev}:{stat.st_ino}:{stat.st_size}:{stat.st_mtime_ns}:{stat.st_ctime_ns}"
+
+
+def file_digest(path: str) -> str:
+    """sha256 of a local file's content (read once, at about 1.3 GB/s of hashing per core),
+    reused from this machine's cache while the file's status (device, inode, size, mtime and
+    ctime) is the one it was hashed at, so that a rerun over unchanged inputs reads none.
+
+    The status is only a key to a digest, never an identity: the kernel sets a file's ctime
+    on every write, replacement and ``utime`` and no user can set it back, so new content
+    always comes with a new key, even under the size and mtime of the old (``cp -p``,
+    archives extracted with fixed timestamps). A file changed within RACY_SECONDS before it
+    was hashed is not cached, as a second change in the same clock tick could keep its
+    ctime; nor is one that changed while it was read."""
+    path = os.path.abspath(path)
+    stat = _stat_key(os.stat(path))
+    with _digest_lock:
+        cached = _digest_db().execute("SELECT stat, sha256 FROM digests WHERE path = ?", (path,)).fetchone()
+    if cached is not None and cached[0] == stat:
+        return cached[1]
+    started = time.time_ns()
+    with open(path, "rb") as handle:
+        digest = hashlib.file_digest(handle, "sha256").hexdigest()
+    after = os.stat(path)
+    if _stat_key(after) == stat and started - after.st_ctime_ns > RACY_SECONDS * 10**9:
+        with _digest_lock:
+            _digest_db().execute("INSERT OR REPLACE INTO digests VALUES (?, ?, ?)", (path, stat, digest))
+    return digest
 
 
 def find(uri: str, suffixes: Optional[tuple[str, ...]] = None, skip_prefixes: tuple[str, ...] = (".",)
@@ -106,7 +242,7 @@ def find(uri: str, suffixes: Optional[tuple[str, ...]] = None, skip_prefixes: tu
     fs, root = filesystem(uri)
     root = root.rstrip("/")
     found = []
-    for path in fs.find(root):
+    for path in _remote(uri, lambda: fs.find(root), "listing"):
         relative = path[len(root):].lstrip("/")
         if any(part.startswith(skip_prefixes) for part in relative.split("/")):
             continue
@@ -118,24 +254,27 @@ def find(uri: str, suffixes: Optional[tuple[str, ...]] = None, skip_prefixes: tu
 def listdir(uri: str, prefix: str = "") -> list[str]:
     """The entries directly under ``uri`` whose names start with ``prefix`` ([] if absent)."""
     fs, path = filesystem(uri)
-    if not fs.isdir(path):
+    if not isdir(uri):
         return []
-    return sorted(_with_protocol(fs, uri, p) for p in fs.ls(path, detail=False)
+    return sorted(_with_protocol(fs, uri, p) for p in _remote(uri, lambda: fs.ls(path, detail=False), "listing")
                   if posixpath.basename(p.rstrip("/")).startswith(prefix))
 
 
 def glob(pattern: str) -> list[str]:
     fs, path = filesystem(pattern)
-    return sorted(_with_protocol(fs, pattern, p) for p in fs.glob(path))
+    return sorted(_with_protocol(fs, pattern, p) for p in _remote(pattern, lambda: fs.glob(path), "listing"))
 
 
 def open_file(uri: str, mode: str = "rb") -> IO:
-    return fsspec.open(str(uri), mode).open()
+    """An open file; on object storage, opening is retried, and each ranged read of a file
+    opened for reading is retried by the client (botocore, s3fs)."""
+    fs, path = filesystem(uri)
+    return _remote(str(uri), lambda: fs.open(path, mode), "opening")
 
 
 def read_bytes(uri: str) -> bytes:
     fs, path = filesystem(uri)
-    return fs.cat_file(path)
+    return _remote(uri, lambda: fs.cat_file(path), "reading")
 
 
 def read_text(uri: str) -> str:
@@ -148,7 +287,7 @@ def read_many(uris: list[str]) -> dict[str, bytes]:
         return {}
     fs, _ = filesystem(uris[0])
     paths = [filesystem(uri)[1] for uri in uris]
-    contents = fs.cat(paths)
+    contents = _remote(uris[0], lambda: fs.cat(paths), f"reading {len(uris)} files like")
     return {uri: contents[path] for uri, path in zip(uris, paths)}
 
 
@@ -169,7 +308,7 @@ def write_bytes(uri: str, data: bytes) -> None:
         os.replace(tmp, path)
     else:
         fs, path = filesystem(uri)
-        fs.pipe_file(path, data)
+        with_retries(lambda: fs.pipe_file(path, data), f"writing {uri}")   # a PUT: repeating it is safe
 
 
 def write_text(uri: str, text: str) -> None:
@@ -179,8 +318,8 @@ def write_text(uri: str, text: str) -> None:
 def remove(uri: str) -> None:
     """Delete a file or a folder with everything under it; nothing if absent."""
     fs, path = filesystem(uri)
-    if fs.exists(path):
-        fs.rm(path, recursive=True)
+    if exists(uri):
+        _remote(uri, lambda: fs.rm(path, recursive=True), "removing")
 
 
 def move(source: str, target: str) -> None:
@@ -202,7 +341,7 @@ def arrow_filesystem(uri: str) -> tuple[pafs.FileSystem, str]:
 
 def parquet_file(uri: str, **kwargs) -> pq.ParquetFile:
     filesystem_, path = arrow_filesystem(uri)
-    return pq.ParquetFile(filesystem_.open_input_file(path), **kwargs)
+    return _remote(uri, lambda: pq.ParquetFile(filesystem_.open_input_file(path), **kwargs), "opening")
 
 
 class ParquetSink:

@@ -58,8 +58,11 @@ def read_file(uri: str, table: str, columns: Optional[list[str]] = None, require
 
 
 def read_output(out: str, table: str, columns: Optional[list[str]] = None) -> pa.Table:
-    """Read one output table (all its parts, from any URI) with schema validation."""
-    directory = storage.join(out, table)
+    """Read one table of the build's current version (all its parts, from any URI) with schema
+    validation."""
+    from i2e_engine.publish import table_uri
+
+    directory = table_uri(out, table)
     parts = storage.find(directory, (".parquet",)) if storage.isdir(directory) else []
     if not parts:
         empty = schemas.get_schema(table).empty_table()

@@ -96,7 +96,9 @@ def annotation_fingerprint(config: BuildConfig, kb_version: str, scorer_identity
 class ShardMarker:
     """A committed shard: what it is (id and content identity), how it was made, and what
     came out of it. ``source_rows`` is what the source declared before reading (a parquet
-    footer, a slice's length; None for a tar), ``pairs_read`` what the reader delivered."""
+    footer, a slice's length; None for a tar), ``pairs_read`` what the reader delivered,
+    ``storage_retries`` how many storage calls of the pass failed transiently and were
+    tried again (``storage.retry_count``): a shard that needed many tells of a flaky store."""
     shard_id: str
     stem: str
     identity: str
@@ -110,6 +112,7 @@ class ShardMarker:
     reasons: dict[str, int] = field(default_factory=dict)   # "stage/kind/reason" -> rows
     dedup_digest: str = ""   # the dedup decisions the shard was annotated under
     stages: dict[str, dict] = field(default_factory=dict)   # stage -> {rows, seconds} (metrics.StageClock)
+    storage_retries: int = 0
 
     def is_current(self, identity: str, fingerprint: str, dedup_digest: str = "") -> bool:
         return (self.identity, self.fingerprint, self.dedup_digest) == (identity, fingerprint, dedup_digest)

@@ -29,7 +29,7 @@ examples:
       --runner=DataflowRunner --project=P --region=R --temp_location=gs://bucket/tmp
   i2e build /mnt/pairs/ --output /mnt/shared/out --runner spark --spark-master local[4]
   i2e build data/*.parquet --decontaminate gpr1200/images/ --semantic-dedup   # drop eval copies, SemDeDup
-  spark-submit --master yarn pipelines/spark/job.py /mnt/pairs/ --output /mnt/shared/out
+  spark-submit --master yarn pipelines/spark/submit.py /mnt/pairs/ --output /mnt/shared/out
 
 Rerunning the same command resumes: committed input shards are not annotated again.
 Filters (--min-score, --top-k, --keep-top-fraction, --min-images-per-entity) can be
@@ -418,6 +418,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(config.to_json())
         return 0
     from i2e_engine.build import AccountingError, format_summary
+    from i2e_engine.publish import LeaseHeldError, LeaseLostError
     from i2e_engine.scorers.base import ScorerWeightsMissing
     from i2e_engine.workdir import ConfigChangedError
     from pipelines.run import RUNNERS, run_build
@@ -430,7 +431,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         manifest = run_build(config, runner, beam_args, spark_master=args.spark_master,
                              spark_conf=args.spark_conf, overwrite=args.overwrite, retry_failed=args.retry_failed)
-    except (ScorerWeightsMissing, ConfigChangedError, AccountingError, FileNotFoundError, ValueError) as error:
+    except (ScorerWeightsMissing, ConfigChangedError, AccountingError, LeaseHeldError, LeaseLostError,
+            FileNotFoundError, ValueError) as error:
         parser.exit(2, f"i2e build: error: {error}\n")
     print(format_summary(manifest))
     return 0

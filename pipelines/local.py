@@ -1,30 +1,103 @@
 """The bare runner: the engine core in one Python process, no framework.
 
 It is the reference the other runners are compared with (parity tests, the benchmark's
-bare baseline) and a quick way to build small inputs. It is single-machine by design: the
-dedup plan's hash rows and the finalize plan's narrow rows of every shard are held in this
-process's memory (a few hundred bytes an image), which is fine for millions of rows, not
-for 10^9; use Beam or Spark there.
+bare baseline) and a quick way to build small inputs. It is single-machine by design: its
+:class:`ListFlow` holds the dedup plan's hash rows and the finalize plan's narrow rows of
+every shard as lists in this process's memory (a few hundred bytes an image), which is fine
+for millions of rows, not for 10^9; use Beam or Spark there.
 """
 from __future__ import annotations
 
 import collections
 import sys
 import time
-from typing import Iterator, Optional
+from typing import Callable, Iterator, Optional
 
 from tqdm import tqdm
 
 from i2e_engine import finalize
 from i2e_engine.build import RunPlan
-from i2e_engine.dedup.plan import ShardDedup, decide_in_process
-from i2e_engine.finalize import ExactQuantile
+from i2e_engine.dedup import plan as dedup_plan
+from i2e_engine.dedup.index import HashIndex
+from i2e_engine.dedup.plan import ShardDedup
+from i2e_engine.flow import Combiner
 from i2e_engine.metrics import CountingMetrics, StageMetrics
 from i2e_engine.readers import ShardRef
 from i2e_engine.shard import annotate_shard, hash_shard
 from i2e_engine.workdir import ShardMarker
 
 RUNNER = "local"
+
+
+class ListFlow:
+    """The :class:`~i2e_engine.flow.Flow` of one process: collections are lists, every step
+    runs when it is called, side values are plain values."""
+
+    def map(self, name: str, items: list, fn: Callable, *sides) -> list:
+        return [fn(item, *sides) for item in items]
+
+    def flat_map(self, name: str, items: list, fn: Callable, *sides) -> list:
+        return [out for item in items for out in fn(item, *sides)]
+
+    def filter(self, name: str, items: list, fn: Callable, *sides) -> list:
+        return [item for item in items if fn(item, *sides)]
+
+    def flatten(self, name: str, *collections_: list) -> list:
+        return [item for items in collections_ for item in items]
+
+    def distinct(self, name: str, items: list) -> list:
+        return list(dict.fromkeys(items))
+
+    def group_by_key(self, name: str, pairs: list) -> list:
+        groups: dict = {}
+        for key, value in pairs:
+            groups.setdefault(key, []).append(value)
+        return list(groups.items())
+
+    def cogroup(self, name: str, **keyed: list) -> list:
+        joined: dict = {}
+        for tag, pairs in keyed.items():
+            for key, value in pairs:
+                joined.setdefault(key, {t: [] for t in keyed})[tag].append(value)
+        return list(joined.items())
+
+    def count_per_element(self, name: str, items: list) -> list:
+        return list(collections.Counter(items).items())
+
+    def combine(self, name: str, items: list, combiner: Combiner, *sides):
+        accumulator = combiner.create()
+        for item in items:
+            accumulator = combiner.add(accumulator, item)
+        return combiner.extract(accumulator, *sides)
+
+    def constant(self, name: str, value):
+        return value
+
+    def derive(self, name: str, fn: Callable, *sides):
+        return fn(*sides)
+
+    def cache(self, items: list) -> list:
+        return items
+
+    def known_empty(self, items: list) -> bool:
+        return not items
+
+    def fail_if_any(self, name: str, items: list, error: Exception) -> None:
+        if items:
+            raise error
+
+    def near_edges(self, vertices: list, index: HashIndex) -> list:
+        return dedup_plan.near_edges(index, sorted(vertices))   # numpy over every vertex at once
+
+    def per_shard(self, name: str, shards: list, values: list, fn: Callable, *sides) -> None:
+        by_shard = collections.defaultdict(list)
+        for shard_id, value in values:
+            by_shard[shard_id].append(value)
+        for shard in shards:
+            fn(shard, by_shard.get(shard[0], []), *sides)
+
+    def run(self, name: str, items: list) -> None:
+        pass   # every step already ran
 
 
 def _progress(shards: list[ShardRef], what: str, run_id: str, run) -> Iterator[ShardMarker]:
@@ -44,8 +117,11 @@ def hash_and_dedup(plan: RunPlan, metrics: Optional[StageMetrics] = None) -> dic
     check, work = plan.check_stage(), plan.work
     stems = [marker.stem for marker in _progress(plan.shards, "hash", plan.run_id, lambda shard: hash_shard(
         shard, check, work, plan.fingerprint, plan.run_id, plan.config.batch_rows, metrics=metrics))]
-    rows = (row for stem in stems for row in work.hash_rows(stem))
-    return decide_in_process(rows, plan.hash_index, plan.eval_index, plan.config.dedup.merge_alt_texts)
+    rows = [row for stem in stems for row in work.hash_rows(stem)]
+    by_shard = collections.defaultdict(list)
+    for shard_id, decision in dedup_plan.decide(ListFlow(), rows, plan.hash_index, plan.eval_index, plan.config.dedup):
+        by_shard[shard_id].append(decision)
+    return {shard_id: ShardDedup.of(decisions) for shard_id, decisions in by_shard.items()}
 
 
 def annotate(plan: RunPlan, dedup: dict[str, ShardDedup], metrics: Optional[StageMetrics] = None) -> None:
@@ -54,23 +130,6 @@ def annotate(plan: RunPlan, dedup: dict[str, ShardDedup], metrics: Optional[Stag
     list(_progress(plan.shards, "annotate", plan.run_id, lambda shard: annotate_shard(
         shard, annotator, plan.work, plan.fingerprint, plan.run_id, dedup.get(shard.shard_id, ShardDedup()),
         plan.config.batch_rows, metrics=metrics)))
-
-
-def _semantic_decisions(plan: RunPlan, rows: list[dict]) -> dict[str, dict[int, finalize.SemanticDecision]]:
-    config = plan.config.dedup
-    if not config.semantic or not rows:
-        return {}
-    fraction = finalize.semantic_sample_fraction(config, len(rows))
-    centroids = finalize.semantic_centroids([r for r in rows if finalize.in_kmeans_sample(r, fraction)],
-                                            config, len(rows))
-    clusters = collections.defaultdict(list)
-    for row in rows:
-        clusters[finalize.semantic_cluster_of(row, centroids)].append(row)
-    by_shard = collections.defaultdict(dict)
-    for cluster, members in clusters.items():
-        for decision in finalize.semantic_group(cluster, members, config):
-            by_shard[decision.source_shard][decision.row_in_shard] = decision
-    return by_shard
 
 
 def execute(plan: RunPlan) -> tuple[str, dict[str, int]]:
@@ -82,27 +141,5 @@ def execute(plan: RunPlan) -> tuple[str, dict[str, int]]:
 
 
 def finalize_tables(plan: RunPlan, metrics: Optional[StageMetrics] = None) -> None:
-    """Project, decide and write the tables to the run's target."""
-    work, cfg = plan.work, plan.config.filter
-    committed = plan.committed()
-    rows = [row for _, stem in committed
-            for row in finalize.project_shard(work, stem, with_embeddings=plan.config.dedup.semantic)]
-    semantic = _semantic_decisions(plan, rows)
-    survivors = [row for row in rows
-                 if not getattr(semantic.get(row["source_shard"], {}).get(row["row_in_shard"]), "dropped", False)]
-    keys = [key for row in survivors for key in row["score_keys"]]
-    cutoff = finalize.quantile_cutoff(
-        cfg.keep_top_fraction,
-        lambda: collections.Counter(ExactQuantile.high(k) for k in keys),
-        lambda high: collections.Counter(ExactQuantile.low(k) for k in keys if ExactQuantile.high(k) == high))
-    counts = collections.Counter(e for row in survivors for e in finalize.kept_entity_ids(row, cfg, cutoff))
-    decisions = plan.decisions(cutoff, counts)
-    for shard_id, stem in committed:
-        finalize.write_shard_tables(work, stem, plan.target, semantic.get(shard_id, {}), decisions, metrics)
-    parts = plan.entity_parts()
-    by_part = collections.defaultdict(list)
-    for entity_id, count in counts.items():
-        if finalize.keeps_entity(count, cfg):
-            by_part[finalize.entity_part(entity_id, parts)].append((entity_id, count))
-    for part, items in by_part.items():
-        finalize.write_entity_part(part, parts, items, plan.kb_path, plan.kb_version, plan.target)
+    """The finalize plan (``i2e_engine.finalize.finalize_tables``) in this process."""
+    finalize.finalize_tables(ListFlow(), plan, plan.committed(), metrics)

@@ -22,19 +22,19 @@ def run_build(config: BuildConfig, runner: str = "beam", beam_args: Sequence[str
     """
     if runner not in RUNNERS:
         raise ValueError(f"unknown runner {runner!r}; choose one of {RUNNERS} (or a Beam runner name)")
-    plan = plan_run(config, overwrite=overwrite, retry_failed=retry_failed, progress=progress)
-    if runner == "beam":
-        from pipelines.beam.pipeline import execute
+    with plan_run(config, overwrite=overwrite, retry_failed=retry_failed, progress=progress) as plan:
+        if runner == "beam":
+            from pipelines.beam.pipeline import execute
 
-        name, metrics = execute(plan, beam_args)
-    elif runner == "spark":
-        from pipelines.spark.job import execute, spark_session
+            name, metrics = execute(plan, beam_args)
+        elif runner == "spark":
+            from pipelines.spark.job import execute, spark_session
 
-        name, metrics = execute(plan, spark_session(spark_master or None, spark_conf))
-    else:
-        from pipelines import local
+            name, metrics = execute(plan, spark_session(spark_master or None, spark_conf))
+        else:
+            from pipelines import local
 
-        name, metrics = local.execute(plan)
-    progress(f"annotated and finalized on {name}; publishing")
-    manifest = publish(plan, name, metrics)
+            name, metrics = local.execute(plan)
+        progress(f"annotated and finalized on {name}; publishing")
+        manifest = publish(plan, name, metrics)
     return {**manifest, "report": write_build_report(manifest["output"], progress)}

@@ -77,6 +77,17 @@ def column_names(table: str, version: int = CURRENT_VERSION) -> list[str]:
     return [f["name"] for f in _definition(table, version)["fields"]]
 
 
+def projection(name: str, version: int = CURRENT_VERSION) -> list[str]:
+    """The columns of a named projection (``v<N>/projections.json``: a column subset of one
+    table, such as the finalize plan's narrow rows), checked against that table's schema."""
+    spec = json.loads((SCHEMA_DIR / f"v{version}" / "projections.json").read_text())["projections"][name]
+    missing = set(spec["columns"]) - set(column_names(spec["table"], version))
+    if missing:
+        raise SchemaError(f"projection {name!r} names columns {sorted(missing)} that {spec['table']} "
+                          f"v{version} does not have")
+    return list(spec["columns"])
+
+
 def describe(table: str, version: int = CURRENT_VERSION) -> str:
     """A human-readable listing of a table's columns, types and meanings."""
     definition = _definition(table, version)

@@ -29,6 +29,7 @@ from typing import Iterator
 import numpy as np
 from PIL import Image
 
+from i2e_engine.encoder.export_format import center_crop
 from i2e_engine.images import ImageLimits, decode_rgb
 from trainer.packed import PackedDataset, Position, RankStream
 
@@ -116,16 +117,12 @@ def _random_resized_crop(w: int, h: int, rng: np.random.Generator, scale) -> tup
 def transform(image: Image.Image, size: int, augment: bool, rng: np.random.Generator | None,
               crop_scale=(0.35, 1.0)) -> np.ndarray:
     """Train: random resized crop + flip. Eval: shorter side to ``size``, center crop. -> uint8 HWC."""
+    if not augment:
+        return center_crop(image, size)
     w, h = image.size
-    if augment:
-        box = _random_resized_crop(w, h, rng, crop_scale)
-        out = image.resize((size, size), Image.BILINEAR, box=box)
-        if rng.random() < 0.5:
-            out = out.transpose(Image.FLIP_LEFT_RIGHT)
-    else:
-        side = min(w, h)
-        box = ((w - side) / 2, (h - side) / 2, (w + side) / 2, (h + side) / 2)
-        out = image.resize((size, size), Image.BILINEAR, box=box)
+    out = image.resize((size, size), Image.BILINEAR, box=_random_resized_crop(w, h, rng, crop_scale))
+    if rng.random() < 0.5:
+        out = out.transpose(Image.FLIP_LEFT_RIGHT)
     return np.asarray(out, dtype=np.uint8)
 
 

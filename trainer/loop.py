@@ -32,40 +32,10 @@ from pathlib import Path
 
 import torch
 
+from trainer.checkpoint import CKPT_FORMAT, CKPT_VERSION, CheckpointError, read_meta, safe_load
 from trainer.configs import TrainConfig, fingerprint, from_dict, to_dict
 from trainer.perf import Throughput, peak_flops
 from trainer.state import StepResult, TrainState, build_state, train_step
-
-CKPT_FORMAT, CKPT_VERSION = "mofi-train-checkpoint", 2
-
-
-class CheckpointError(RuntimeError):
-    """A checkpoint that is corrupted or does not match this run."""
-
-
-def safe_load(path: Path, map_location: str | torch.device = "cpu"):
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint file {path} is missing (corrupted or partial checkpoint)")
-    try:
-        return torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as error:
-        raise CheckpointError(f"checkpoint file {path} is corrupted or not a weights-only state dict: "
-                              f"{type(error).__name__}: {error}") from error
-
-
-def read_meta(ckpt: Path) -> dict:
-    path = Path(ckpt) / "meta.json"
-    try:
-        meta = json.loads(path.read_text())
-    except FileNotFoundError as error:
-        raise CheckpointError(f"{ckpt} has no meta.json: not a trainer checkpoint, or corrupted") from error
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise CheckpointError(f"{path} is corrupted: {error}") from error
-    if meta.get("format") != CKPT_FORMAT or meta.get("format_version") != CKPT_VERSION:
-        raise CheckpointError(f"{path}: format {meta.get('format')!r} v{meta.get('format_version')}, "
-                              f"expected {CKPT_FORMAT!r} v{CKPT_VERSION}")
-    return meta
-
 
 DATA_IDENTITY = ("num_samples", "shards", "shard_format", "seed")  # a loader position is only valid for these
 

@@ -89,7 +89,8 @@ def build_caltech_tables(caltech: str | Path, out: str | Path, per_category: int
     content = hashlib.sha256(json.dumps([[r["image_id"] for r in images], [(r["image_id"], r["entity_id"]) for r in links],
                                          image_files], sort_keys=True).encode()).hexdigest()
     manifest = {"run_id": RUN_ID, "created_by": "trainer.smoke_data", "fingerprint": content[:16],
-                "rows": {"images": len(images), "entities": len(entities), "image_entities": len(links)}}
+                "rows": {"images": len(images), "entities": len(entities), "image_entities": len(links)},
+                "tables": {table: table for table in ("images", "entities", "image_entities")}}
     (out / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
     return out
 

@@ -1,6 +1,7 @@
 """The dedup plan: which rows are copies of which, decided on hashes before any model runs.
 
-Runners place these functions; the decisions are the same on every runner:
+The sequence is written once, :func:`decide`, on a runner's :class:`~i2e_engine.flow.Flow`;
+the decisions are the same on every runner:
 
 1. every checked row of every shard has a :data:`HashRow` (row key, sha256, the two
    perceptual hashes, pixels, normalized alt-text), from the hash pass;
@@ -10,14 +11,15 @@ Runners place these functions; the decisions are the same on every runner:
    hashes) collapse before the search and a placeholder seen 10^6 times is one vertex;
 4. near pairs of vertices: each vertex's hashes go into the buckets of
    :meth:`HashIndex.bucket_keys`; :func:`bucket_edges` verifies one bucket (runner group-by);
-5. clusters are the connected components of those edges (:func:`connected_components`: the
-   one global step, on one worker, over edges only: two short strings per near pair);
+5. clusters are the connected components of those edges, labelled by their smallest vertex
+   (``i2e_engine.dedup.components``: rounds over the edges through the runner, never
+   collected into one process);
 6. in each cluster the survivor is the first row by :data:`SURVIVOR_RULE` (largest
    resolution, then row key); every other row is a duplicate of it
    (``duplicate_sha256`` when its bytes are the survivor's, else ``near_duplicate``), and
    the survivor collects the distinct alt-texts of its copies (up to ``max_texts``), which
    NER reads with its own, as MOFI's I2E does;
-7. the decisions are grouped by shard (:class:`ShardDedup`) and handed to the annotate pass.
+7. the decisions, keyed by shard, are handed to the annotate pass (:class:`ShardDedup` per shard).
 
 The rows of one vertex (exact copies) and of one cluster meet on one worker: Beam iterates
 a large group lazily and :func:`cluster_decisions` holds none of its rows; Spark's
@@ -32,8 +34,11 @@ from typing import Iterable, Iterator, Optional, Sequence
 
 import numpy as np
 
+from i2e_engine.config import DedupConfig
+from i2e_engine.dedup import components
 from i2e_engine.dedup.hashes import PerceptualHashes, near_distance
 from i2e_engine.dedup.index import HashIndex, near_pairs, pairs_in_table
+from i2e_engine.flow import Flow, first
 
 HashRow = dict
 """A row of the ``hashes`` work table (schemas/: row key, sha256, phash, phash_center,
@@ -78,29 +83,6 @@ def bucket_edges(index: HashIndex, table: int, entries: Iterable[tuple[str, int,
     pairs = pairs_in_table(index, table, np.array([value for _, value, _ in entries], dtype=np.int64),
                            owners, np.array([center for _, _, center in entries]))
     return sorted({tuple(sorted((entries[a][0], entries[b][0]))) for a, b in zip(pairs.first, pairs.second)})
-
-
-def connected_components(edges: Iterable[tuple[str, str]]) -> dict[str, str]:
-    """Vertex -> its component's label (the smallest vertex in it), for vertices on an edge.
-
-    GLOBAL: runs in one process over every near-pair edge (about 50 bytes each; 10^7
-    edges, a crawl of 10^9 images with 1% near copies, is about 0.5 GB). Vertices without
-    an edge are their own cluster and never come here."""
-    from scipy.sparse import coo_matrix
-    from scipy.sparse.csgraph import connected_components as components
-
-    edges = list(edges)
-    if not edges:
-        return {}
-    vertices = np.unique(np.array([v for edge in edges for v in edge], dtype=object).astype(str))
-    index = {v: i for i, v in enumerate(vertices)}
-    rows = np.array([index[a] for a, _ in edges])
-    cols = np.array([index[b] for _, b in edges])
-    graph = coo_matrix((np.ones(len(edges)), (rows, cols)), shape=(len(vertices), len(vertices)))
-    _, labels = components(graph, directed=False)
-    first = np.full(labels.max() + 1, len(vertices))
-    np.minimum.at(first, labels, np.arange(len(vertices)))   # vertices are sorted: smallest = first
-    return {str(v): str(vertices[first[label]]) for v, label in zip(vertices, labels)}
 
 
 def cluster_id(label: str) -> str:
@@ -223,23 +205,46 @@ def near_edges(index: HashIndex, vertices: Sequence[str]) -> list[tuple[str, str
                    for a, b in zip(pairs.first, pairs.second)})
 
 
-def decide_in_process(rows: Iterable[HashRow], index: HashIndex, eval_index, max_texts: int
-                      ) -> dict[str, ShardDedup]:
-    """The whole plan in one process (the bare runner; every row's narrow hash row is held
-    in memory, about 200 bytes each): decontamination, clusters, survivors, grouped by shard."""
-    by_shard: dict[str, list[RowDedup]] = {}
-    clusters: dict[str, list[HashRow]] = {}
-    for row in rows:
-        tainted = contamination(row, eval_index)
-        if tainted is not None:
-            by_shard.setdefault(row["source_shard"], []).append(tainted)
-        else:
-            clusters.setdefault(vertex_of(row), []).append(row)
-    labels = connected_components(near_edges(index, sorted(clusters)))
-    merged: dict[str, list[HashRow]] = {}
-    for vertex, members in clusters.items():
-        merged.setdefault(labels.get(vertex, vertex), []).extend(members)
-    for label, members in merged.items():
-        for shard, decision in cluster_decisions(label, members, max_texts):
-            by_shard.setdefault(shard, []).append(decision)
-    return {shard: ShardDedup.of(decisions) for shard, decisions in by_shard.items()}
+def bucket_near_edges(flow: Flow, vertices, index: HashIndex):
+    """Near pairs of ``vertices`` with the flow's own group-by: each vertex's two hashes in
+    every table's bucket (:meth:`HashIndex.bucket_keys`, a narrow shuffle of about 140 rows a
+    vertex), each bucket verified by :func:`bucket_edges`, the pairs made distinct."""
+    entries = flow.flat_map("Bucket keys", vertices, lambda vertex: vertex_entries(index, vertex))
+    buckets = flow.group_by_key("Group buckets", entries)
+    return flow.distinct("Distinct edges", flow.flat_map(
+        "Near pairs", buckets, lambda bucket: bucket_edges(index, bucket[0][0], bucket[1])))
+
+
+def decide(flow: Flow, rows, index: HashIndex, eval_index, config: DedupConfig):
+    """The dedup plan on the runner's collection of :data:`HashRow`: (shard id, RowDedup)
+    for every row that is contaminated, a duplicate or a survivor of copies.
+
+    Every step moves narrow rows through the runner: the rows are keyed by vertex, the
+    vertices' near pairs found by the runner (:meth:`Flow.near_edges`), the components
+    labelled in rounds (:func:`i2e_engine.dedup.components.label_components`), the labels
+    joined back to the rows by vertex, and the rows grouped by cluster."""
+    checked = flow.cache(flow.map("Decontaminate", rows, lambda row: (row, contamination(row, eval_index))))
+    tainted = flow.flat_map("Contaminated", checked,
+                            lambda item: [] if item[1] is None else [(item[0]["source_shard"], item[1])])
+    clean = flow.flat_map("Key clean rows by vertex", checked,
+                          lambda item: [(vertex_of(item[0]), item[0])] if item[1] is None else [])
+    # GLOBAL, vertices: one per distinct (phash, phash_center), through the runner's shuffle
+    vertices = flow.distinct("Distinct vertices", flow.map("Vertices", clean, lambda item: item[0]))
+    # GLOBAL, edges and components: about 140 bucket entries a vertex, then rounds over the
+    # edges (two vertex ids a near pair); one process sees a count of changes a round at most
+    labels = components.label_components(flow, flow.near_edges(vertices, index), config.component_rounds)
+    # GLOBAL, clusters: labels joined to the rows by vertex, rows grouped by label (a group
+    # holds one cluster's rows: iterated, never held by cluster_decisions)
+    clusters = flow.group_by_key("Group clusters", flow.flat_map(
+        "Key rows by cluster", flow.cogroup("Join labels", rows=clean, label=labels), _by_cluster))
+    decisions = flow.flat_map("Choose survivors", clusters,
+                              lambda cluster: cluster_decisions(cluster[0], cluster[1], config.merge_alt_texts))
+    return flow.flatten("All decisions", tainted, decisions)
+
+
+def _by_cluster(item: tuple[str, dict]) -> Iterator[tuple[str, HashRow]]:
+    """(cluster label, row) for the rows of one vertex: its component's label, or the vertex
+    itself when it is a label or on no edge."""
+    vertex, joined = item
+    label = first(joined["label"], vertex)
+    return ((label, row) for row in joined["rows"])

@@ -75,7 +75,8 @@ def sample_for_kmeans(key: str, fraction: float) -> bool:
     return int.from_bytes(digest[:8], "big") / 2.0 ** 64 < fraction
 
 
-def _normalized(embeddings: np.ndarray) -> np.ndarray:
+def normalized(embeddings: np.ndarray) -> np.ndarray:
+    """L2-normalized float32 rows (a zero row stays zero)."""
     x = np.asarray(embeddings, dtype=np.float32)
     if x.ndim != 2:
         raise ValueError(f"embeddings must be 2-D (n, d), got shape {x.shape}")
@@ -100,7 +101,7 @@ def train_centroids(embeddings: np.ndarray, clusters: int, seed: int,
     """
     import faiss
 
-    x = _normalized(embeddings)
+    x = normalized(embeddings)
     n, d = x.shape
     if len(keys) != n:
         raise ValueError(f"{len(keys)} keys for {n} embeddings")
@@ -123,7 +124,7 @@ def train_centroids(embeddings: np.ndarray, clusters: int, seed: int,
         centroids = np.array(kmeans.centroids, dtype=np.float32, copy=True).reshape(k, d)
     finally:
         faiss.omp_set_num_threads(threads)
-    return _normalized(centroids)
+    return normalized(centroids)
 
 
 def assign_clusters(embeddings: np.ndarray, centroids: np.ndarray,
@@ -133,8 +134,12 @@ def assign_clusters(embeddings: np.ndarray, centroids: np.ndarray,
     Rows and centroids are L2-normalized first. Exact ties go to the lower centroid index.
     Memory is bounded by ``block_rows`` x k similarities.
     """
-    x = _normalized(embeddings)
-    c = _normalized(centroids)
+    return assign_normalized(normalized(embeddings), normalized(centroids), block_rows)
+
+
+def assign_normalized(x: np.ndarray, c: np.ndarray, block_rows: int = 8192) -> np.ndarray:
+    """:func:`assign_clusters` of rows and centroids already :func:`normalized` (a runner
+    assigning row by row normalizes the centroids once, not once a row)."""
     if c.shape[0] == 0:
         raise ValueError("no centroids")
     if x.shape[1] != c.shape[1]:
@@ -199,7 +204,7 @@ def dedup_cluster(cluster: int, keys: Sequence[RowKey], order: Sequence[tuple], 
         raise ValueError(f"{len(order)} order keys for {n} row keys")
     if n == 0:
         return []
-    x = _normalized(embeddings)
+    x = normalized(embeddings)
     if x.shape[0] != n:
         raise ValueError(f"{x.shape[0]} embeddings for {n} row keys")
     row_keys = [(str(k[0]), int(k[1])) for k in keys]

@@ -139,9 +139,9 @@ def read_shard(shard: ShardRef, options: ReaderOptions = ReaderOptions()) -> Ite
     if shard.kind == "parquet":
         return parquet.read_parquet_shard(shard, options)
     if shard.kind == "webdataset":
-        return webdataset.read_webdataset_shard(shard)
+        return webdataset.read_webdataset_shard(shard, options)
     if shard.kind == "folder":
-        return folder.read_folder_shard(shard)
+        return folder.read_folder_shard(shard, options)
     if shard.kind == "coco":
-        return coco.read_coco_shard(shard, options.coco_captions)
+        return coco.read_coco_shard(shard, options)
     raise ValueError(f"unknown shard kind {shard.kind!r}; known: {KINDS}")

@@ -5,16 +5,14 @@ inputs, so it is a small frozen value (kind, path, row range) that any worker ca
 """
 from __future__ import annotations
 
-import errno
-import logging
-import time
+import hashlib
 from dataclasses import dataclass
-from typing import Callable, Iterator, Optional, TypeVar
+from pathlib import Path
+from typing import Iterable, Iterator, Optional
 
+from i2e_engine import storage
+from i2e_engine.images import ImageLimits
 from i2e_engine.records import Pair, make_sample_id
-
-log = logging.getLogger(__name__)
-T = TypeVar("T")
 
 KINDS = ("parquet", "webdataset", "folder", "coco")
 COCO_CAPTION_MODES = ("join", "first")
@@ -28,10 +26,10 @@ class ShardRef:
     webdataset) are whole files, with ``start=0, stop=None``. ``shard_id`` names the input
     by its full path, so two inputs never share one ("/data/a/00000.parquet",
     "coco:/data/captions_val2017.json[0:1000]"); with the row index it is the key of every
-    row in every table. ``identity`` is the content's version at listing (size and
-    modification time of the file, or of the slice's files): committed work is reused only
-    for the same identity. ``images_dir`` is the image folder of a COCO shard, resolved at
-    listing so that a shard read on another worker needs nothing else.
+    row in every table. ``identity`` is the content's version at listing (a content hash or
+    ETag of the file, or one over the slice's files: :func:`files_identity`): committed
+    work is reused only for the same identity. ``images_dir`` is the image folder of a COCO
+    shard, resolved at listing so that a shard read on another worker needs nothing else.
     """
     kind: str
     path: str
@@ -49,12 +47,15 @@ class ReaderOptions:
     Column names are for parquet: ``None`` takes the first present of the usual names.
     ``coco_captions``: "join" (all captions of an image, joined with one space) or "first".
     ``coco_images_dir`` replaces the default ``<root>/<split>`` image folder of COCO inputs.
+    ``max_image_bytes``: an image file or tar member larger than this is not read but
+    becomes a row with ``image_too_many_bytes`` (a build sets the image check's limit).
     """
     image_column: Optional[str] = None
     text_column: Optional[str] = None
     url_column: str = "url"
     coco_captions: str = "join"
     coco_images_dir: Optional[str] = None
+    max_image_bytes: int = ImageLimits().max_bytes
 
     def __post_init__(self) -> None:
         if self.coco_captions not in COCO_CAPTION_MODES:
@@ -86,35 +87,28 @@ def failure_pairs(shard: ShardRef, first_row: int, total: Optional[int], error: 
                    read_error=message)
 
 
-# Errors that say the storage hiccuped, not that the data is bad: worth another try.
-TRANSIENT_ERRNOS = (errno.EIO, errno.EAGAIN, errno.ETIMEDOUT, errno.ECONNRESET, errno.ECONNABORTED)
-RETRY_ATTEMPTS = 4
-RETRY_BASE_SECONDS = 0.5
+def too_many_bytes(what: str, size: int, limit: int, reason: str = "image_too_many_bytes") -> Optional[str]:
+    """The read error of a payload over the byte limit, told by its size before it is read
+    (a tar header, a file's status), so that an oversized one is never read whole. An image
+    is rejected with the reason the image check gives an oversized image in a row."""
+    if size <= limit:
+        return None
+    return f"{reason}: {what} is {size} bytes > limit {limit} (not read)"
 
 
-def is_transient(error: BaseException) -> bool:
-    if isinstance(error, (ConnectionError, TimeoutError)):
-        return True
-    return isinstance(error, OSError) and error.errno in TRANSIENT_ERRNOS
-
-
-def back_off(error: BaseException, attempt: int, what: str) -> None:
-    """Re-raise ``error`` unless it is transient and attempts remain; else wait 0.5, 1, 2 s."""
-    if not is_transient(error) or attempt >= RETRY_ATTEMPTS - 1:
-        raise error
-    delay = RETRY_BASE_SECONDS * 2 ** attempt
-    log.warning("reading %s failed (%s: %s); retrying in %.1f s", what, type(error).__name__, error, delay)
-    time.sleep(delay)
-
-
-def with_retries(read: Callable[[], T], what: str) -> T:
-    """``read()``, tried again with exponential backoff while it fails with a transient error."""
-    for attempt in range(RETRY_ATTEMPTS):
+def files_identity(files: Iterable[tuple[str, Path]]) -> str:
+    """One identity for a set of local files: sha256 over each one's name and content
+    identity, streamed, so that memory holds one file's entry whatever the count. A change
+    of any file's bytes, or of which files there are, changes it. A file that is absent or
+    unreadable counts by its error's name: listing goes on, and the reader rejects its row."""
+    digest = hashlib.sha256()
+    for name, path in files:
         try:
-            return read()
-        except Exception as error:  # noqa: BLE001 - sorted by back_off
-            back_off(error, attempt, what)
-    raise AssertionError("unreachable")
+            version = storage.identity(str(path))
+        except OSError as error:
+            version = type(error).__name__
+        digest.update(f"{name}\0{version}\n".encode())
+    return digest.hexdigest()
 
 
 def row_slices(count: int, rows_per_shard: int) -> list[tuple[int, int]]:

@@ -7,18 +7,20 @@ not list are never read. The text of a row is its captions in annotation-id orde
 stripped and joined with one space ("join"), or only the first ("first"). The image folder
 defaults to ``<split>`` beside ``annotations/`` (``coco/val2017`` for
 ``coco/annotations/captions_val2017.json``); ``url`` is ``coco_url``, else ``flickr_url``.
+A shard's identity covers the captions file and the photos of its slice, so replacing one
+photo redoes only its slice; a photo over the byte limit is not read (``image_too_many_bytes``).
 """
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 from typing import Iterator, Optional
 
 from i2e_engine import storage
-from i2e_engine.readers.base import COCO_CAPTION_MODES, ShardRef, failure_pairs, make_pair, row_slices
+from i2e_engine.readers.base import (ReaderOptions, ShardRef, failure_pairs, files_identity, make_pair, row_slices,
+                                     too_many_bytes)
 from i2e_engine.records import Pair
 
 CAPTIONS_GLOB = "captions_*.json"
@@ -94,8 +96,8 @@ def _build_index(data: object, path: str) -> _CocoIndex:
 
 
 @lru_cache(maxsize=4)
-def _cached_index(path: str, mtime_ns: int, size: int) -> _CocoIndex:
-    """Parse once per process and file version: every shard of a file needs the same index."""
+def _cached_index(path: str, identity: str) -> _CocoIndex:
+    """Parse once per process and file content: every shard of a file needs the same index."""
     with open(path, "rb") as handle:
         data = json.load(handle)
     try:
@@ -105,8 +107,7 @@ def _cached_index(path: str, mtime_ns: int, size: int) -> _CocoIndex:
 
 
 def _load_index(path: str) -> _CocoIndex:
-    stat = os.stat(path)
-    return _cached_index(path, stat.st_mtime_ns, stat.st_size)
+    return _cached_index(path, storage.identity(path))
 
 
 def summarize_coco(captions_file: str | Path) -> CocoSummary:
@@ -125,15 +126,16 @@ def coco_shards(captions_file: Path, rows_per_shard: int, images_dir: Optional[P
         raise ValueError(f"image folder {folder} of {captions_file} not found; "
                          "pass ReaderOptions(coco_images_dir=...)")
     return [ShardRef("coco", str(captions_file), start, stop, f"coco:{captions_file}[{start}:{stop}]",
-                     images_dir=str(folder.absolute()), identity=storage.identity(str(captions_file)))
+                     images_dir=str(folder.absolute()), identity=files_identity(
+                         [(captions_file.name, captions_file)]
+                         + [(item.file_name, folder / item.file_name) for item in index.rows[start:stop]]))
             for start, stop in row_slices(len(index.rows), rows_per_shard)]
 
 
-def read_coco_shard(shard: ShardRef, captions: str = "join") -> Iterator[Pair]:
-    """Pairs of one slice of a captions file. A listed image whose file is absent yields its
-    text with ``missing_image:<file_name>``."""
-    if captions not in COCO_CAPTION_MODES:
-        raise ValueError(f"captions must be one of {COCO_CAPTION_MODES}, got {captions!r}")
+def read_coco_shard(shard: ShardRef, options: ReaderOptions = ReaderOptions()) -> Iterator[Pair]:
+    """Pairs of one slice of a captions file, its captions joined or the first
+    (``options.coco_captions``). A listed image whose file is absent yields its text with
+    ``missing_image:<file_name>``."""
     try:
         rows = _load_index(shard.path).rows[shard.start:shard.stop]
     except Exception as error:  # the file vanished, changed into garbage, or lost its structure
@@ -142,9 +144,11 @@ def read_coco_shard(shard: ShardRef, captions: str = "join") -> Iterator[Pair]:
     folder = Path(shard.images_dir) if shard.images_dir else default_images_dir(Path(shard.path))
     for row, item in enumerate(rows):
         stripped = [caption.strip() for caption in item.captions]
-        text = " ".join(stripped) if captions == "join" else stripped[0]
+        text = " ".join(stripped) if options.coco_captions == "join" else stripped[0]
+        path = folder / item.file_name
         try:
-            image, error = (folder / item.file_name).read_bytes(), None
+            error = too_many_bytes(item.file_name, path.stat().st_size, options.max_image_bytes)
+            image = None if error else path.read_bytes()
         except FileNotFoundError:
             image, error = None, f"missing_image:{item.file_name}"
         except OSError as failure:

@@ -3,17 +3,17 @@
 Images are found recursively and sorted by their path relative to the folder, and shards
 are slices of that sorted list, so a listing and a later read agree as long as the folder
 does not change during a run. Sidecars are read as bytes (the text stage decodes them
-strictly); a missing sidecar gives ``missing_text``. ``url`` is the image's file:// URI,
-which is what traces a row back to its file.
+strictly); a missing sidecar gives ``missing_text``; an image file over the byte limit is
+not read (``image_too_many_bytes``). ``url`` is the image's file:// URI, which is what
+traces a row back to its file.
 """
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Iterator
 
-import hashlib
-
-from i2e_engine.readers.base import ShardRef, failure_pairs, make_pair, row_slices
+from i2e_engine.readers.base import (ReaderOptions, ShardRef, failure_pairs, files_identity, make_pair, row_slices,
+                                     too_many_bytes)
 from i2e_engine.records import Pair
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff")
@@ -29,14 +29,9 @@ def list_images(folder: Path) -> list[Path]:
 
 
 def _slice_identity(folder: Path, images: list[Path]) -> str:
-    """The version of a slice: names, sizes and modification times of its images and sidecars."""
-    digest = hashlib.sha256()
-    for path in images:
-        for file in (path, path.with_suffix(SIDECAR_SUFFIX)):
-            stat = file.stat() if file.exists() else None
-            digest.update(f"{file.relative_to(folder).as_posix()}:{stat and stat.st_size}:"
-                          f"{stat and stat.st_mtime_ns}\n".encode())
-    return digest.hexdigest()[:16]
+    """The version of a slice: names and contents of its images and sidecars."""
+    return files_identity((file.relative_to(folder).as_posix(), file)
+                          for path in images for file in (path, path.with_suffix(SIDECAR_SUFFIX)))
 
 
 def folder_shards(folder: Path, rows_per_shard: int) -> list[ShardRef]:
@@ -49,7 +44,7 @@ def folder_shards(folder: Path, rows_per_shard: int) -> list[ShardRef]:
             for start, stop in row_slices(len(images), rows_per_shard)]
 
 
-def read_folder_shard(shard: ShardRef) -> Iterator[Pair]:
+def read_folder_shard(shard: ShardRef, options: ReaderOptions = ReaderOptions()) -> Iterator[Pair]:
     """Pairs of one slice of the folder; ``row_in_shard`` counts from the slice's start."""
     folder = Path(shard.path)
     try:
@@ -62,9 +57,13 @@ def read_folder_shard(shard: ShardRef) -> Iterator[Pair]:
     for row, path in enumerate(images):
         url = path.absolute().as_uri()
         try:
-            image = path.read_bytes()
+            oversized = too_many_bytes(path.name, path.stat().st_size, options.max_image_bytes)
+            image = None if oversized else path.read_bytes()
         except OSError as error:
             yield make_pair(shard, row, None, None, url, f"unreadable_file: {type(error).__name__}: {error}")
+            continue
+        if oversized:
+            yield make_pair(shard, row, None, None, url, oversized)
             continue
         sidecar = path.with_suffix(SIDECAR_SUFFIX)
         try:

@@ -17,8 +17,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from i2e_engine import storage
-from i2e_engine.readers.base import (RETRY_ATTEMPTS, ReaderOptions, ShardRef, back_off, failure_pairs, make_pair,
-                                     with_retries)
+from i2e_engine.readers.base import ReaderOptions, ShardRef, failure_pairs, make_pair
 from i2e_engine.records import Pair
 
 SUFFIXES = (".parquet",)
@@ -82,7 +81,7 @@ def _group_rows(parquet_file: pq.ParquetFile, group: int, names: tuple[Optional[
     streamed in small batches. A transient read error restarts the group after a backoff and
     skips the rows already delivered, so a storage hiccup neither loses nor repeats a row."""
     delivered = 0
-    for attempt in range(RETRY_ATTEMPTS):
+    for attempt in range(storage.RETRY_ATTEMPTS):
         try:
             seen = 0
             for batch in parquet_file.iter_batches(batch_size=BATCH_ROWS, row_groups=[group],
@@ -95,7 +94,7 @@ def _group_rows(parquet_file: pq.ParquetFile, group: int, names: tuple[Optional[
                         yield values
             return
         except Exception as error:  # noqa: BLE001 - transient ones are retried, others end the shard
-            back_off(error, attempt, f"{what} row group {group}")
+            storage.back_off(error, attempt, f"reading {what} row group {group}")
 
 
 def read_parquet_shard(shard: ShardRef, options: ReaderOptions = ReaderOptions()) -> Iterator[Pair]:
@@ -107,8 +106,8 @@ def read_parquet_shard(shard: ShardRef, options: ReaderOptions = ReaderOptions()
     try:
         # Buffered page reads instead of pre-buffering whole column chunks: a row group of
         # image bytes is read a page at a time, which halves the peak for large row groups.
-        parquet_file = with_retries(lambda: storage.parquet_file(shard.path, buffer_size=READ_BUFFER_BYTES,
-                                                                 pre_buffer=False), shard.path)
+        # (Opening a remote file is retried by storage.)
+        parquet_file = storage.parquet_file(shard.path, buffer_size=READ_BUFFER_BYTES, pre_buffer=False)
         total = parquet_file.metadata.num_rows
         schema = parquet_file.schema_arrow
         image_column, image_error = _pick_column(schema, options.image_column, IMAGE_COLUMNS, _is_image_type)

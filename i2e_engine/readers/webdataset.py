@@ -5,7 +5,10 @@ so the text stage can reject invalid UTF-8), ``key.json`` optional metadata with
 and a fallback ``caption``. As in the webdataset library, the key is the member path up
 to the first "." of its base name, and samples are read in one streaming pass: a key that
 comes back after another key is a new sample. A truncated or corrupt tar delivers every
-sample completed before the damage, then one ``unreadable_shard`` Pair.
+sample completed before the damage, then one ``unreadable_shard`` Pair. Members are read
+only for the parts above; one over the image byte limit (told by its tar header) is skipped
+unread and its sample becomes an ``image_too_many_bytes`` row (``member_too_many_bytes``
+for a text or metadata member that large).
 """
 from __future__ import annotations
 
@@ -15,11 +18,12 @@ import tarfile
 from typing import Iterator, Optional
 
 from i2e_engine import storage
-from i2e_engine.readers.base import ShardRef, failure_pairs, make_pair
+from i2e_engine.readers.base import ReaderOptions, ShardRef, failure_pairs, make_pair, too_many_bytes
 from i2e_engine.records import Pair
 
 SUFFIXES = (".tar", ".tar.gz", ".tgz")
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp")
+PART_EXTENSIONS = (*IMAGE_EXTENSIONS, "txt", "json")   # members of other kinds are never read
 
 
 def find_tar_files(folder: str) -> list[str]:
@@ -35,7 +39,9 @@ def _split_member_name(name: str) -> tuple[str, str]:
     return posixpath.join(directory, base[:dot]), base[dot + 1:].lower()
 
 
-def _sample_pair(shard: ShardRef, row: int, parts: dict[str, bytes]) -> Pair:
+def _sample_pair(shard: ShardRef, row: int, parts: dict[str, bytes], oversized: Optional[str]) -> Pair:
+    if oversized:
+        return make_pair(shard, row, None, None, None, oversized)
     image = next((parts[ext] for ext in IMAGE_EXTENSIONS if ext in parts), None)
     text: Optional[str | bytes] = parts.get("txt")
     url = None
@@ -55,11 +61,12 @@ def _sample_pair(shard: ShardRef, row: int, parts: dict[str, bytes]) -> Pair:
     return make_pair(shard, row, image, text, url, "; ".join(errors) or None)
 
 
-def read_webdataset_shard(shard: ShardRef) -> Iterator[Pair]:
+def read_webdataset_shard(shard: ShardRef, options: ReaderOptions = ReaderOptions()) -> Iterator[Pair]:
     """Pairs of one tar, one per sample key, in archive order."""
     row = 0
     key: Optional[str] = None
     parts: dict[str, bytes] = {}
+    oversized: Optional[str] = None   # the first member of the sample over the byte limit
     try:
         with storage.open_file(shard.path) as handle, tarfile.open(fileobj=handle, mode="r|*") as archive:
             for member in archive:
@@ -68,12 +75,20 @@ def read_webdataset_shard(shard: ShardRef) -> Iterator[Pair]:
                 member_key, extension = _split_member_name(member.name)
                 if member_key != key:
                     if key is not None:
-                        yield _sample_pair(shard, row, parts)
+                        yield _sample_pair(shard, row, parts, oversized)
                         row += 1
-                    key, parts = member_key, {}
-                parts[extension] = archive.extractfile(member).read()
+                    key, parts, oversized = member_key, {}, None
+                if extension not in PART_EXTENSIONS:
+                    continue
+                too_big = too_many_bytes(member.name, member.size, options.max_image_bytes,
+                                         "image_too_many_bytes" if extension in IMAGE_EXTENSIONS
+                                         else "member_too_many_bytes")
+                if too_big:
+                    oversized = oversized or too_big
+                else:
+                    parts[extension] = archive.extractfile(member).read()
         if key is not None:
-            yield _sample_pair(shard, row, parts)
+            yield _sample_pair(shard, row, parts, oversized)
     except Exception as error:  # tarfile, gzip and zlib raise several types on damaged streams
         # a tar says how many samples it holds only by being read to its end
         yield from failure_pairs(shard, row, None, error, f"sample {key!r} incomplete" if key else "")

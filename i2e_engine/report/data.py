@@ -12,7 +12,6 @@ from __future__ import annotations
 import collections
 import heapq
 import itertools
-import json
 import zlib
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Iterator, Optional
@@ -21,7 +20,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+import schemas
 from i2e_engine import storage
+from i2e_engine.publish import read_manifest, table_uri
 from i2e_engine.readers import ShardRef, detect_format, read_shard
 from i2e_engine.workdir import WORK_DIR, shard_file_stem
 
@@ -105,7 +106,7 @@ def top_entities(batches: Iterable[pa.RecordBatch], k: int) -> list[tuple[str, s
     order = [("image_count", "descending"), ("name", "ascending"), ("entity_id", "ascending")]
     best: list[tuple[int, str, str]] = []   # at most k after each batch
     for batch in batches:
-        table = pa.Table.from_batches([batch]).select(["entity_id", "name", "image_count"])
+        table = pa.Table.from_batches([batch]).select(schemas.projection("report_top_entities"))
         picked = table.take(pc.select_k_unstable(table, k, sort_keys=order)) if k else table.slice(0, 0)
         best = heapq.nsmallest(k, [*best, *((-c, n, e) for e, n, c in zip(*(picked.column(i).to_pylist()
                                                                                  for i in range(3))))])
@@ -115,7 +116,7 @@ def top_entities(batches: Iterable[pa.RecordBatch], k: int) -> list[tuple[str, s
 # ----------------------------------------------------------------------------- reading parts
 
 def table_parts(out: str, table: str) -> list[str]:
-    folder = storage.join(out, table)
+    folder = table_uri(out, table)
     return storage.find(folder, (".parquet",)) if storage.isdir(folder) else []
 
 
@@ -218,10 +219,9 @@ class _Lookup:
     """Finds a row's image and alt-text by its key: in the images table (kept rows) or in the
     committed annotations under ``_work`` (rows the finalize filters dropped)."""
 
-    COLUMNS = ["image", "alt_text"]
-
     def __init__(self, out: str, run_id: str):
         self.out, self.run_id = out, run_id
+        self.columns = schemas.projection("report_image_lookup")
 
     def files(self, shard: str) -> list[str]:
         stem = shard_file_stem(shard)
@@ -235,7 +235,7 @@ class _Lookup:
                 missing = {r for r in rows if (shard, r) not in found}
                 if missing and storage.exists(uri):
                     found.update(((shard, row), matches[0])
-                                 for row, matches in read_rows_by_key(uri, missing, self.COLUMNS).items())
+                                 for row, matches in read_rows_by_key(uri, missing, self.columns).items())
         return found
 
 
@@ -265,27 +265,22 @@ def _kept_samples(out: str, k: int) -> list[Sample]:
     sample = BottomK(k)
     for uri in table_parts(out, "images"):
         offset = 0
-        for batch in iter_batches(uri, ["source_shard", "row_in_shard"]):
+        for batch in iter_batches(uri, schemas.projection("report_row_keys")):
             hashes = row_hashes(batch.column("source_shard"), batch.column("row_in_shard"))
             sample.offer(hashes, lambda i, uri=uri, offset=offset: (uri, offset + i))
             offset += batch.num_rows
-    rows = read_picked(sample.items(), ["source_shard", "row_in_shard", "alt_text", "image"])
+    rows = read_picked(sample.items(), schemas.projection("report_kept_samples"))
     samples = []
     for uri, position in sample.items():
         row = rows[(uri, position)]
-        pairs = storage.join(out, "image_entities", storage.name(uri))
-        entities = (read_rows_by_key(pairs, [row["row_in_shard"]],
-                                     ["source_shard", "entity_id", "image_entity_score", "link_score", "rank"])
+        pairs = storage.join(table_uri(out, "image_entities"), storage.name(uri))
+        entities = (read_rows_by_key(pairs, [row["row_in_shard"]], schemas.projection("report_sample_entities"))
                     if storage.exists(pairs) else {})
         samples.append(Sample(row["source_shard"], row["row_in_shard"], alt_text=row["alt_text"], image=row["image"],
                               entities=sorted((e for e in entities.get(row["row_in_shard"], [])
                                                if e["source_shard"] == row["source_shard"]),
                                               key=lambda e: e["rank"])))
     return samples
-
-
-REJECT_COLUMNS = ["source_shard", "row_in_shard", "sample_id", "stage", "kind", "reason", "entity_id", "detail",
-                  "survivor_shard", "survivor_row"]
 
 
 def _rejects(out: str, run_id: str, per_reason: int) -> tuple[dict[str, list[Sample]], dict[str, int], dict[str, int]]:
@@ -295,7 +290,7 @@ def _rejects(out: str, run_id: str, per_reason: int) -> tuple[dict[str, list[Sam
     annotation_drops: collections.Counter[str] = collections.Counter()
     for uri in table_parts(out, "rejects"):
         offset = 0
-        for batch in iter_batches(uri, ["source_shard", "row_in_shard", "stage", "kind", "reason", "entity_id"]):
+        for batch in iter_batches(uri, schemas.projection("report_reject_counts")):
             keys = _reason_keys(batch)
             whole = batch.column("entity_id").is_null()
             for counter, mask in ((sample_drops, whole), (annotation_drops, pc.invert(whole))):
@@ -309,7 +304,8 @@ def _rejects(out: str, run_id: str, per_reason: int) -> tuple[dict[str, list[Sam
                 samples[reason].offer(hashes[index], lambda i, uri=uri, offset=offset, index=index:
                                       (uri, offset + int(index[i])))
             offset += batch.num_rows
-    rows = read_picked((item for picked in samples.values() for item in picked.items()), REJECT_COLUMNS)
+    rows = read_picked((item for picked in samples.values() for item in picked.items()),
+                       schemas.projection("report_reject_samples"))
     lookup = _Lookup(out, run_id)
     picked_rows = [(reason, rows[(uri, position)]) for reason, picked in samples.items()
                    for uri, position in picked.items()]
@@ -337,7 +333,7 @@ def _score_histograms(out: str, run_id: str) -> tuple[Histogram, Histogram, Hist
     kept_link, kept_image = Histogram(0.0, 1.0, 50), Histogram(-1.0, 1.0, 200)
     all_link, all_image = Histogram(0.0, 1.0, 50), Histogram(-1.0, 1.0, 200)
     for uri in table_parts(out, "image_entities"):
-        for batch in iter_batches(uri, ["link_score", "image_entity_score"]):
+        for batch in iter_batches(uri, schemas.projection("report_scores")):
             kept_link.add(batch.column("link_score").to_numpy(zero_copy_only=False))
             kept_image.add(batch.column("image_entity_score").to_numpy(zero_copy_only=False))
     # every link scored in this run's shards, before the filters: the committed annotations
@@ -360,7 +356,7 @@ def _entities(out: str, k: int) -> tuple[int, list[tuple[str, str, int]], dict[i
     def batches():
         nonlocal total
         for uri in table_parts(out, "entities"):
-            for batch in iter_batches(uri, ["entity_id", "name", "image_count"]):
+            for batch in iter_batches(uri, schemas.projection("report_top_entities")):
                 total += batch.num_rows
                 values, counts = np.unique(batch.column("image_count").to_numpy(), return_counts=True)
                 frequency.update(dict(zip(values.tolist(), counts.tolist())))
@@ -375,7 +371,7 @@ def _entity_names(out: str, ids: set[str]) -> dict[str, str]:
         return {}
     wanted, names = pa.array(sorted(ids)), {}
     for uri in table_parts(out, "entities"):
-        for batch in iter_batches(uri, ["entity_id", "name"]):
+        for batch in iter_batches(uri, schemas.projection("report_entity_names")):
             found = pa.Table.from_batches([batch]).filter(pc.is_in(batch.column("entity_id"), value_set=wanted))
             names.update(zip(found.column("entity_id").to_pylist(), found.column("name").to_pylist()))
     return names
@@ -387,7 +383,7 @@ def _duplicates(out: str, run_id: str, k: int) -> dict:
     sample = BottomK(k)
     for uri in table_parts(out, "duplicates"):
         offset = 0
-        for batch in iter_batches(uri, ["source_shard", "row_in_shard", "method", "role", "distance"]):
+        for batch in iter_batches(uri, schemas.projection("report_duplicate_counts")):
             keys = pc.binary_join_element_wise(batch.column("method"), batch.column("role"), "/")
             roles.update({c["values"]: c["counts"] for c in pc.value_counts(keys).to_pylist()})
             for method, histogram in distances.items():
@@ -398,8 +394,7 @@ def _duplicates(out: str, run_id: str, k: int) -> dict:
             hashes = row_hashes(batch.column("source_shard"), batch.column("row_in_shard"))[index]
             sample.offer(hashes, lambda i, uri=uri, offset=offset, index=index: (uri, offset + int(index[i])))
             offset += batch.num_rows
-    rows = list(read_picked(sample.items(), ["cluster_id", "method", "source_shard", "row_in_shard",
-                                             "survivor_shard", "survivor_row", "distance"]).values())
+    rows = list(read_picked(sample.items(), schemas.projection("report_duplicate_samples")).values())
     images = _Lookup(out, run_id).find((r["survivor_shard"], r["survivor_row"]) for r in rows if r["survivor_shard"])
     samples = []
     for row in sorted(rows, key=lambda r: (r["cluster_id"], r["source_shard"], r["row_in_shard"])):
@@ -407,13 +402,6 @@ def _duplicates(out: str, run_id: str, k: int) -> dict:
         samples.append({**row, "image": found["image"] if found else None,
                         "alt_text": found["alt_text"] if found else ""})
     return {"roles": dict(sorted(roles.items())), "distances": distances, "samples": samples}
-
-
-def read_manifest(out: str) -> dict:
-    path = storage.join(out, "manifest.json")
-    if not storage.exists(path):
-        raise FileNotFoundError(f"{path} not found; is {out} the --output of a finished `i2e build`?")
-    return json.loads(storage.read_text(path))
 
 
 def gather(out: str, kept_samples: int = 48, per_reason: int = 4, top_k: int = 25,

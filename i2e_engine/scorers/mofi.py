@@ -5,10 +5,11 @@ encoder on them, ``trainer.export`` writes it as an exported-encoder directory, 
 next build scores its image-entity pairs with that encoder's image and text towers.
 
 The export is a directory (``model_card.json`` + ``image_tower.pt`` + ``text_tower.pt``;
-see trainer/export.py), given as a local path or as a URI on any storage the engine reads
-(``s3://``, ``gs://`` ...), which is copied once into ``$I2E_CACHE/mofi/`` (default
-``~/.cache/i2e``). The weights are loaded by ``trainer.export.load_encoder`` with
-``torch.load(..., weights_only=True)``; ``trainer.export`` does not import Ray.
+the format is :mod:`i2e_engine.encoder.export_format`, which the trainer writes through),
+given as a local path or as a URI on any storage the engine reads (``s3://``, ``gs://`` ...),
+which is copied once into ``$I2E_CACHE/mofi/`` (default ``~/.cache/i2e``); the card's file
+names are checked before anything is fetched. The weights are loaded by
+:func:`i2e_engine.encoder.exported.load_encoder` with ``torch.load(..., weights_only=True)``.
 
 Image-entity scoring needs the text tower: an export without one (a supervised-only
 model) is refused when the scorer is resolved, before any work.
@@ -37,18 +38,12 @@ from PIL import Image
 
 from i2e_engine import storage
 from i2e_engine.config import ScorerConfig
+from i2e_engine.encoder.export_format import CARD, EMBEDDING_CARD_FIELDS, parse_card, weight_files
 from i2e_engine.scorers.base import (DEFAULT_TEXT_CACHE_SIZE, Scorer, ScorerWeightsMissing,
                                      hub_offline, register_scorer, resolve_device)
 
 log = logging.getLogger(__name__)
 
-# The exported-encoder format (trainer/export.py); repeated here so that resolving an
-# export's identity on the driver needs neither torch nor the trainer's modules.
-CARD = "model_card.json"
-FORMAT, FORMAT_VERSION = "mofi-encoder", 1
-# Card fields that change what an embedding is for the same weights (towers, width,
-# preprocessing); "created", metrics and the training config's bookkeeping do not.
-_EMBEDDING_CARD_FIELDS = ("format", "format_version", "embed_dim", "image", "text", "files")
 # The engine's entity-text modes and the trainer's text templates that produce the same kind of text.
 _ENTITY_FIELDS_OF_MODE = {"name": {"name"}, "name_description": {"name", "description"}}
 
@@ -83,28 +78,17 @@ def _sha256(path: Path, prefix_chars: int = 16) -> str:
     return digest.hexdigest()[:prefix_chars]
 
 
-def _weight_files(card: dict, where: str) -> list[str]:
-    files = card.get("files") or {}
-    if not card.get("text") or not files.get("text"):
+def _scoring_card(text: str, where: str) -> tuple[dict, list[str]]:
+    """The checked card (:func:`export_format.parse_card`) and its weight files, refusing an
+    export that cannot score image-entity pairs (no text tower)."""
+    card = parse_card(text, where)
+    if not card.get("text") or not card["files"].get("text"):
         raise NoTextTower(
             f"exported encoder {where} (name {card.get('name')!r}) has no text tower: it was trained "
             f"image-only (e.g. a supervised recipe), and image-entity scoring needs the text tower to "
             f"embed the entity texts. Export a model trained with a text tower (recipe mofi or "
             f"contrastive) to use it as the build's scorer.")
-    if not files.get("image"):
-        raise ValueError(f"exported encoder {where}: {CARD} names no image tower file")
-    return [files["image"], files["text"]]
-
-
-def _read_card(text: str, where: str) -> dict:
-    try:
-        card = json.loads(text)
-    except json.JSONDecodeError as error:
-        raise ValueError(f"exported encoder {where}: {CARD} is not valid JSON ({error})") from error
-    if card.get("format") != FORMAT or card.get("format_version") != FORMAT_VERSION:
-        raise ValueError(f"exported encoder {where}: format {card.get('format')!r} "
-                         f"v{card.get('format_version')}, expected {FORMAT!r} v{FORMAT_VERSION}")
-    return card
+    return card, weight_files(card)
 
 
 def _fetch_remote(uri: str, cache_root: Path) -> Path:
@@ -118,8 +102,7 @@ def _fetch_remote(uri: str, cache_root: Path) -> Path:
     if not storage.isfile(card_uri):
         raise ScorerWeightsMissing(f"exported MOFI encoder {uri!r}: {card_uri} does not exist. {_HOW_TO_EXPORT}")
     card_bytes = storage.read_bytes(card_uri)
-    card = _read_card(card_bytes.decode("utf-8"), repr(uri))
-    names = _weight_files(card, repr(uri))
+    _, names = _scoring_card(card_bytes.decode("utf-8"), repr(uri))
     missing = [n for n in names if not storage.isfile(storage.join(uri, n))]
     if missing:
         raise ScorerWeightsMissing(f"exported MOFI encoder {uri!r}: weight files {missing} are missing")
@@ -166,12 +149,11 @@ def resolve_mofi_export(uri: Optional[str], cache_root: Optional[Path] = None) -
             raise ScorerWeightsMissing(f"{uri!r} is not an exported MOFI encoder (no {CARD}). {_HOW_TO_EXPORT}")
     else:
         local = _fetch_remote(uri, cache_root or storage.local_cache() / "mofi")
-    card = _read_card((local / CARD).read_text(), repr(uri))
-    names = _weight_files(card, repr(uri))
+    card, names = _scoring_card((local / CARD).read_text(), repr(uri))
     missing = [n for n in names if not (local / n).is_file()]
     if missing:
         raise ScorerWeightsMissing(f"exported MOFI encoder {uri!r}: weight files {missing} are missing")
-    embedding_fields = {k: card.get(k) for k in _EMBEDDING_CARD_FIELDS}
+    embedding_fields = {k: card.get(k) for k in EMBEDDING_CARD_FIELDS}
     card_hash = hashlib.sha256(json.dumps(embedding_fields, sort_keys=True).encode()).hexdigest()[:16]
     hashes = "+".join(f"{n}:sha256-{_sha256(local / n)}" for n in names)
     identity = f"mofi:{card.get('name')}@step{card.get('steps', 0)}:{hashes}+{CARD}:sha256-{card_hash}"
@@ -184,7 +166,7 @@ class MofiScorer(Scorer):
     def __init__(self, path: Optional[str], device: str = "auto", batch_size: int = 32,
                  entity_text_mode: Optional[str] = None, cache_root: Optional[Path] = None,
                  text_cache_size: int = DEFAULT_TEXT_CACHE_SIZE):
-        from trainer.export import load_encoder   # lazily: torch, timm; never Ray
+        from i2e_engine.encoder.exported import load_encoder   # lazily: torch, timm
 
         super().__init__(batch_size=batch_size, text_cache_size=text_cache_size)
         self.device = resolve_device(device)

@@ -1,24 +1,29 @@
 """The I2E build on Beam: one pipeline per run, a thin adapter over the engine core.
 
 - *Hash* each shard in a worker (:func:`i2e_engine.shard.hash_shard`, no model), then the
-  dedup plan (``i2e_engine.dedup.plan``) on its narrow hash rows: decontamination as a map,
-  distinct vertices -> ``GroupByKey`` by bucket key -> verified near pairs -> connected
-  components (one global step over the edges) -> ``GroupByKey`` by cluster -> survivors.
+  dedup plan (:func:`i2e_engine.dedup.plan.decide`) on its narrow hash rows, placed by
+  :class:`BeamFlow`: decontamination as a map, distinct vertices -> ``GroupByKey`` by
+  bucket key -> verified near pairs -> connected components in ``component_rounds``
+  unrolled rounds of group-bys (the graph is static: the last round is checked to have
+  changed nothing, or the pipeline fails) -> labels joined to rows (``CoGroupByKey``) ->
+  ``GroupByKey`` by cluster -> survivors.
 - *Annotate*: each shard, joined with its decisions (``CoGroupByKey`` by shard), is one
   element; a worker annotates it with :func:`i2e_engine.shard.annotate_shard` and commits it
   there (a shard committed under the same decisions is skipped), so a killed run keeps
   every shard committed before the kill.
-- *Finalize* (``i2e_engine.finalize``): narrow rows of every committed shard -> optional
-  SemDeDup (k-means on a bounded sample, ``GroupByKey`` by cluster) -> ``Count.PerElement``
-  of score-key bins (the exact quantile's two passes) and of kept entity ids -> per-shard
-  table writing joined with its semantic decisions and the cutoff and counts as side
-  inputs. Only keys, hashes, scores (and embeddings for SemDeDup) cross the shuffle; image
-  bytes are read once per pass and written once by the shard writer.
+- *Finalize* (:func:`i2e_engine.finalize.finalize_tables`, placed by :class:`BeamFlow`):
+  narrow rows of every committed shard -> optional SemDeDup (k-means on a bounded sample
+  combined into one float32 matrix, ``GroupByKey`` by cluster) -> combines of score-key
+  bins (the exact quantile's two passes) and ``Count.PerElement`` of kept entity ids ->
+  per-shard table writing, each shard joined with its semantic decisions and its entities'
+  counts (``CoGroupByKey``), the cutoff as a singleton side input. Only keys, hashes,
+  scores (and float32 embeddings for SemDeDup) cross the shuffle; image bytes are read once
+  per pass and written once by the shard writer.
 """
 from __future__ import annotations
 
 import collections
-from typing import Sequence
+from typing import Callable, Sequence
 
 import apache_beam as beam
 from apache_beam.metrics.metric import MetricsFilter
@@ -27,10 +32,11 @@ from apache_beam.utils.shared import Shared
 
 from i2e_engine import finalize
 from i2e_engine.build import RunPlan
-from i2e_engine.finalize import ExactQuantile
 from i2e_engine.dedup import plan as dedup_plan
+from i2e_engine.dedup.index import HashIndex
+from i2e_engine.flow import Combiner
 from i2e_engine.metrics import STAGES
-from pipelines.beam.transforms import NAMESPACE, AnnotateShardDoFn, HashShardDoFn, WriteShardDoFn
+from pipelines.beam.transforms import NAMESPACE, AnnotateShardDoFn, BeamStageMetrics, HashShardDoFn
 
 # The local default. Beam's DirectRunner would first try the Prism runner, whose binary
 # it downloads at run time (impossible offline), then fall back to this same runner.
@@ -44,68 +50,109 @@ def pipeline_options(beam_args: Sequence[str]) -> PipelineOptions:
     return PipelineOptions(args, save_main_session=False)
 
 
-def _cutoff(survivors, keep_fraction):
-    """The exact quantile cutoff as a singleton PCollection (two passes of bin counts)."""
-    if keep_fraction is None:
-        return survivors.pipeline | "No cutoff" >> beam.Create([None])
-    keys = survivors | "Score keys" >> beam.FlatMap(lambda row: row["score_keys"])
-    high = beam.pvalue.AsDict(keys | "High bins" >> beam.Map(ExactQuantile.high)
-                              | "Count high bins" >> beam.combiners.Count.PerElement())
-    located = (survivors.pipeline | "Quantile pass 1" >> beam.Create([None])
-               | "Locate cutoff bin" >> beam.Map(lambda _, counts: finalize.cutoff_bin(keep_fraction, counts), high))
-    located_side = beam.pvalue.AsSingleton(located)
-    low = beam.pvalue.AsDict(
-        keys | "Keys in cutoff bin" >> beam.Filter(
-            lambda key, t: t is not None and ExactQuantile.high(key) == t[0], located_side)
-        | "Low bins" >> beam.Map(ExactQuantile.low)
-        | "Count low bins" >> beam.combiners.Count.PerElement())
-    return located | "Cutoff value" >> beam.Map(finalize.cutoff_value, low)
+class _AccumulateFn(beam.CombineFn):
+    """A core :class:`~i2e_engine.flow.Combiner`'s accumulation as Beam's CombineFn; its
+    ``extract`` (which may read side inputs) runs in the Map after it."""
+
+    def __init__(self, combiner: Combiner):
+        self._combiner = combiner
+
+    def create_accumulator(self):
+        return self._combiner.create()
+
+    def add_input(self, accumulator, item):
+        return self._combiner.add(accumulator, item)
+
+    def merge_accumulators(self, accumulators):
+        return self._combiner.merge(accumulators)
+
+    def extract_output(self, accumulator):
+        return accumulator
 
 
-def _dedup_decisions(pipeline, plan: RunPlan):
-    """The hash pass and the dedup plan (``i2e_engine.dedup.plan``): (shard_id, RowDedup)."""
-    work, index, eval_index = plan.work, plan.hash_index, plan.eval_index
-    max_texts = plan.config.dedup.merge_alt_texts
-    rows = (pipeline | "Shards to hash" >> beam.Create(plan.shards)
-            | "Spread hashing" >> beam.Reshuffle()
-            | "Hash and commit" >> beam.ParDo(HashShardDoFn(plan.config, work, plan.fingerprint, plan.run_id))
-            | "Read hash rows" >> beam.FlatMap(work.hash_rows))
-    checked = rows | "Decontaminate" >> beam.Map(lambda row: (row, dedup_plan.contamination(row, eval_index)))
-    tainted = (checked | "Contaminated" >> beam.Filter(lambda item: item[1] is not None)
-               | "Key tainted by shard" >> beam.MapTuple(lambda row, decision: (row["source_shard"], decision)))
-    clean = (checked | "Clean" >> beam.Filter(lambda item: item[1] is None)
-             | "Key by vertex" >> beam.MapTuple(lambda row, _: (dedup_plan.vertex_of(row), row)))
-    edges = (clean | "Vertices" >> beam.Keys() | "Distinct vertices" >> beam.Distinct()
-             | "Bucket keys" >> beam.FlatMap(lambda vertex: dedup_plan.vertex_entries(index, vertex))
-             | "Group buckets" >> beam.GroupByKey()
-             | "Near pairs" >> beam.FlatMapTuple(lambda bucket, entries: dedup_plan.bucket_edges(index, bucket[0], entries))
-             | "Distinct edges" >> beam.Distinct())
-    labels = (edges | "All edges (global, narrow)" >> beam.combiners.ToList()
-              | "Components" >> beam.FlatMap(lambda all_edges: dedup_plan.connected_components(all_edges).items()))
-    decisions = ({"rows": clean, "label": labels} | "Join labels" >> beam.CoGroupByKey()
-                 | "Key by cluster" >> beam.FlatMapTuple(
-                     lambda vertex, joined: ((next(iter(joined["label"]), vertex), row) for row in joined["rows"]))
-                 | "Group clusters" >> beam.GroupByKey()
-                 | "Choose survivors" >> beam.FlatMapTuple(
-                     lambda label, members: dedup_plan.cluster_decisions(label, members, max_texts)))
-    return (tainted, decisions) | "All decisions" >> beam.Flatten()
+def _fail(_, error: Exception):
+    raise error
 
 
-def _semantic(narrow, plan: RunPlan):
-    """SemDeDup's decisions as (shard_id, SemanticDecision); empty when it is off."""
-    config = plan.config.dedup
-    if not config.semantic:
-        return narrow.pipeline | "No semantic dedup" >> beam.Create([])
-    count = beam.pvalue.AsSingleton(narrow | "Count rows" >> beam.combiners.Count.Globally())
-    centroids = beam.pvalue.AsSingleton(
-        narrow | "K-means sample" >> beam.Filter(
-            lambda row, n: finalize.in_kmeans_sample(row, finalize.semantic_sample_fraction(config, n)), count)
-        | "Sample (global, bounded)" >> beam.combiners.ToList()
-        | "K-means" >> beam.Map(finalize.semantic_centroids, config, count))
-    return (narrow | "Assign clusters" >> beam.Map(lambda row, c: (finalize.semantic_cluster_of(row, c), row), centroids)
-            | "Group semantic clusters" >> beam.GroupByKey()
-            | "SemDeDup" >> beam.FlatMapTuple(lambda cluster, rows: finalize.semantic_group(cluster, rows, config))
-            | "Key semantic by shard" >> beam.Map(lambda d: (d.source_shard, d)))
+class BeamFlow:
+    """The :class:`~i2e_engine.flow.Flow` of one Beam pipeline: collections are
+    PCollections, side values singleton side inputs; nothing runs until the pipeline does,
+    so :meth:`known_empty` never knows and loops run their full bound."""
+
+    def __init__(self, pipeline: beam.Pipeline):
+        self.pipeline = pipeline
+        self._labels: collections.Counter[str] = collections.Counter()
+
+    def _label(self, name: str) -> str:
+        """``name``, numbered when a sequence uses it again (Beam wants unique labels)."""
+        self._labels[name] += 1
+        return name if self._labels[name] == 1 else f"{name} ({self._labels[name]})"
+
+    def map(self, name: str, items, fn: Callable, *sides):
+        return items | self._label(name) >> beam.Map(fn, *sides)
+
+    def flat_map(self, name: str, items, fn: Callable, *sides):
+        return items | self._label(name) >> beam.FlatMap(fn, *sides)
+
+    def filter(self, name: str, items, fn: Callable, *sides):
+        return items | self._label(name) >> beam.Filter(fn, *sides)
+
+    def flatten(self, name: str, *collections_):
+        return collections_ | self._label(name) >> beam.Flatten()
+
+    def distinct(self, name: str, items):
+        return items | self._label(name) >> beam.Distinct()
+
+    def group_by_key(self, name: str, pairs):
+        return pairs | self._label(name) >> beam.GroupByKey()
+
+    def cogroup(self, name: str, **keyed):
+        return keyed | self._label(name) >> beam.CoGroupByKey()
+
+    def count_per_element(self, name: str, items):
+        return items | self._label(name) >> beam.combiners.Count.PerElement()
+
+    def combine(self, name: str, items, combiner: Combiner, *sides):
+        label = self._label(name)
+        return beam.pvalue.AsSingleton(
+            items | label >> beam.CombineGlobally(_AccumulateFn(combiner))
+            | f"{label}: extract" >> beam.Map(lambda accumulator, *values: combiner.extract(accumulator, *values),
+                                              *sides))
+
+    def constant(self, name: str, value):
+        return beam.pvalue.AsSingleton(self.pipeline | self._label(name) >> beam.Create([value]))
+
+    def derive(self, name: str, fn: Callable, *sides):
+        label = self._label(name)
+        return beam.pvalue.AsSingleton(self.pipeline | f"{label}: start" >> beam.Create([None])
+                                       | label >> beam.Map(lambda _, *values: fn(*values), *sides))
+
+    def cache(self, items):
+        return items
+
+    def known_empty(self, items) -> bool:
+        return False
+
+    def fail_if_any(self, name: str, items, error: Exception) -> None:
+        _ = items | self._label(name) >> beam.Map(_fail, error)
+
+    def near_edges(self, vertices, index: HashIndex):
+        return dedup_plan.bucket_near_edges(self, vertices, index)
+
+    def per_shard(self, name: str, shards, values, fn: Callable, *sides) -> None:
+        label = self._label(name)
+
+        def run(item, *side_values):
+            shard_id, joined = item
+            for stem in joined["stem"]:
+                fn((shard_id, stem), joined["values"], *side_values)
+            return []
+
+        _ = ({"stem": shards, "values": values} | f"{label}: join" >> beam.CoGroupByKey()
+             | label >> beam.FlatMap(run, *sides))
+
+    def run(self, name: str, items) -> None:
+        pass   # a Beam step runs with the pipeline
 
 
 def stage_counters(result) -> dict[str, int]:
@@ -122,41 +169,21 @@ def execute(plan: RunPlan, beam_args: Sequence[str] = ()) -> tuple[str, dict[str
     """Hash, dedup, annotate and write the tables into ``plan.target``; returns the runner's
     name and its per-stage row counters."""
     options = pipeline_options(beam_args)
-    cfg = plan.config.filter
-    work, target, parts = plan.work, plan.target, plan.entity_parts()
-    with_embeddings = plan.config.dedup.semantic
+    work = plan.work
     pipeline = beam.Pipeline(options=options)
-    decisions = _dedup_decisions(pipeline, plan)
+    flow = BeamFlow(pipeline)
+    rows = (pipeline | "Shards to hash" >> beam.Create(plan.shards)
+            | "Spread hashing" >> beam.Reshuffle()
+            | "Hash and commit" >> beam.ParDo(HashShardDoFn(plan.config, work, plan.fingerprint, plan.run_id))
+            | "Read hash rows" >> beam.FlatMap(work.hash_rows))
+    decisions = dedup_plan.decide(flow, rows, plan.hash_index, plan.eval_index, plan.config.dedup)
     shard_refs = (pipeline | "Shards" >> beam.Create(plan.shards)
                   | "Key shards" >> beam.Map(lambda shard: (shard.shard_id, shard)))
     shards = ({"shard": shard_refs, "dedup": decisions} | "Decisions per shard" >> beam.CoGroupByKey()
               | "Spread shards" >> beam.Reshuffle()
               | "Annotate and commit" >> beam.ParDo(AnnotateShardDoFn(
                   plan.config, plan.kb_path, work, plan.fingerprint, plan.run_id, Shared())))
-    narrow = shards | "Project narrow rows" >> beam.FlatMap(
-        lambda shard: finalize.project_shard(work, shard[1], with_embeddings))
-    semantic = _semantic(narrow, plan)
-    dropped = (semantic | "Semantic drops" >> beam.Filter(lambda item: item[1].dropped)
-               | "Key drops by row" >> beam.Map(lambda item: ((item[0], item[1].row_in_shard), True)))
-    survivors = ({"row": narrow | "Key rows" >> beam.Map(lambda r: ((r["source_shard"], r["row_in_shard"]), r)),
-                  "dropped": dropped}
-                 | "Join semantic drops" >> beam.CoGroupByKey()
-                 | "Survivors" >> beam.FlatMapTuple(lambda _, j: [] if j["dropped"] else j["row"]))
-    cutoff = _cutoff(survivors, cfg.keep_top_fraction)
-    counts = (survivors
-              | "Kept entity ids" >> beam.FlatMap(finalize.kept_entity_ids, cfg, beam.pvalue.AsSingleton(cutoff))
-              | "Images per entity" >> beam.combiners.Count.PerElement())
-    _ = ({"stem": shards, "semantic": semantic}
-         | "Join decisions to shards" >> beam.CoGroupByKey()
-         | "Write shard tables" >> beam.ParDo(
-             WriteShardDoFn(work, target, plan.decisions(None, {})),
-             beam.pvalue.AsSingleton(cutoff), beam.pvalue.AsDict(counts)))
-    _ = (counts
-         | "Entities kept" >> beam.Filter(lambda item: finalize.keeps_entity(item[1], cfg))
-         | "Entity part" >> beam.Map(lambda item: (finalize.entity_part(item[0], parts), item))
-         | "Group entity parts" >> beam.GroupByKey()
-         | "Write entities" >> beam.MapTuple(lambda part, items: finalize.write_entity_part(
-             part, parts, items, plan.kb_path, plan.kb_version, target)))
+    finalize.finalize_tables(flow, plan, shards, BeamStageMetrics())
     result = pipeline.run()
     result.wait_until_finish()
     runner = options.view_as(beam.options.pipeline_options.StandardOptions).runner or LOCAL_RUNNER

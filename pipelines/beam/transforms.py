@@ -6,16 +6,12 @@ process annotates.
 """
 from __future__ import annotations
 
-import dataclasses
-
 import apache_beam as beam
 from apache_beam.metrics.metric import Metrics
 from apache_beam.utils.shared import Shared
 
-from i2e_engine import finalize
 from i2e_engine.config import BuildConfig
 from i2e_engine.dedup.plan import ShardDedup
-from i2e_engine.finalize import Decisions, Target
 from i2e_engine.metrics import metric_name
 from i2e_engine.shard import annotate_shard, hash_shard
 from i2e_engine.stages import Annotator, CheckStage
@@ -84,21 +80,3 @@ class AnnotateShardDoFn(beam.DoFn):
                 self._rejects.inc(marker.rejects)
                 self._shards.inc()
             yield marker.shard_id, marker.stem
-
-
-class WriteShardDoFn(beam.DoFn):
-    """(shard_id, {stem: [stem], semantic: [SemanticDecision]}) -> the shard's table parts."""
-
-    def __init__(self, work: WorkDir, target: Target, decisions: Decisions):
-        self._work, self._target, self._decisions = work, target, decisions
-        self._images = Metrics.counter(NAMESPACE, "images_written")
-
-    def process(self, element, cutoff, entity_counts):
-        _, joined = element
-        decisions = dataclasses.replace(self._decisions, cutoff=cutoff, entity_counts=entity_counts)
-        for stem in joined["stem"]:
-            semantic = {d.row_in_shard: d for d in joined["semantic"]}
-            stats = finalize.write_shard_tables(self._work, stem, self._target, semantic, decisions,
-                                                BeamStageMetrics())
-            self._images.inc(stats.rows["images"])
-            yield stem

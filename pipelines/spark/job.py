@@ -1,22 +1,25 @@
-"""The I2E build on Spark, a thin adapter over the engine core; also the spark-submit entry point.
-
-    spark-submit [spark options] pipelines/spark/job.py <the arguments of `i2e build`>
+"""The I2E build on Spark, a thin adapter over the engine core. The spark-submit entry point
+is ``pipelines/spark/submit.py``.
 
 - *Hash*: one task per shard (:func:`i2e_engine.shard.hash_shard`, no model); then the
-  dedup plan (``i2e_engine.dedup.plan``) on the narrow hash rows as RDD steps: distinct
-  vertices -> ``groupByKey`` by bucket key -> verified near pairs -> connected components on
-  the driver (the one global step, over edges only) -> ``groupByKey`` by cluster.
+  dedup plan (:func:`i2e_engine.dedup.plan.decide`) on the narrow hash rows, placed by
+  :class:`SparkFlow` as RDD steps: distinct vertices -> buckets grouped in the JVM
+  (``_near_edges``) -> verified near pairs -> connected components in rounds of
+  ``groupByKey`` until a round changes nothing (the driver sees only whether one did) ->
+  labels joined to the rows -> ``groupByKey`` by cluster.
 - *Annotate*: one task per executor core, each taking a share of the shards with their
   decisions (``_per_shard``); each shard is annotated and committed by
   :func:`i2e_engine.shard.annotate_shard` (skipped when committed under the same
   decisions). Models are loaded once per task at most, and kept per executor Python process
   in ``_ANNOTATORS`` (Spark reuses its Python workers between tasks).
-- *Finalize* (``i2e_engine.finalize``): the narrow rows of every committed shard, an RDD
-  cached in the executors; optional SemDeDup groups them by k-means cluster; the exact
-  quantile's two passes are counts per bin and the per-entity counts a ``reduceByKey``;
-  each shard is then written with its semantic decisions (``_per_shard`` again). Only
-  narrow rows, keys and counts are shuffled; image bytes are read once per pass and
-  written once by the shard writer.
+- *Finalize* (:func:`i2e_engine.finalize.finalize_tables`, placed by :class:`SparkFlow`):
+  the narrow rows of every committed shard, an RDD cached in the executors; optional
+  SemDeDup groups them by k-means cluster (the driver gets the row count, the bounded
+  k-means sample as one float32 matrix, and computes the centroids); the exact quantile's
+  two passes are aggregates of counts per bin and the per-entity counts a ``reduceByKey``,
+  joined to the shards that mention each entity; each shard is then written with its
+  semantic decisions and entity counts (``_per_shard`` again). Only narrow rows, keys and
+  counts are shuffled; image bytes are read once per pass and written once by the writer.
 """
 from __future__ import annotations
 
@@ -25,16 +28,16 @@ import itertools
 import operator
 import os
 import sys
-from typing import Iterable, Optional, Sequence
+from typing import Callable, Iterable, Optional, Sequence
 
 from i2e_engine import finalize
 from i2e_engine.build import RunPlan
 from i2e_engine.config import BuildConfig
-from i2e_engine.finalize import Decisions, ExactQuantile, Target
 from i2e_engine.readers import ShardRef
 from i2e_engine.dedup import plan as dedup_plan
 from i2e_engine.dedup.hashes import to_signed
 from i2e_engine.dedup.plan import RowDedup, ShardDedup
+from i2e_engine.flow import Combiner
 from i2e_engine.metrics import STAGES, metric_name
 from i2e_engine.shard import annotate_shard, hash_shard
 from i2e_engine.stages import Annotator, CheckStage
@@ -146,118 +149,136 @@ def _near_edges(spark, vertices, index):
             .distinct())
 
 
-def _dedup_decisions(spark, plan: RunPlan, metrics: SparkStageMetrics):
-    """The hash pass and the dedup plan: an RDD of (shard_id, RowDedup)."""
-    sc = spark.sparkContext
-    work, index, eval_index = plan.work, plan.hash_index, plan.eval_index
-    config, fingerprint, run_id = plan.config, plan.fingerprint, plan.run_id
-    max_texts = config.dedup.merge_alt_texts
-    sc.setJobDescription(f"i2e hash {len(plan.shards)} shards")
-    stems = (sc.parallelize(plan.shards, max(1, len(plan.shards)))
-             .map(lambda shard: hash_shard(shard, CheckStage(config), work, fingerprint, run_id,
-                                           config.batch_rows, metrics=metrics).stem)
-             .collect())
-    sc.setJobDescription("i2e dedup plan")
-    checked = (sc.parallelize(stems, max(1, len(stems))).flatMap(work.hash_rows)
-               .map(lambda row: (row, dedup_plan.contamination(row, eval_index))).cache())
-    tainted = checked.filter(lambda item: item[1] is not None).map(lambda item: (item[0]["source_shard"], item[1]))
-    clean = checked.filter(lambda item: item[1] is None).map(lambda item: (dedup_plan.vertex_of(item[0]), item[0]))
-    edges = _near_edges(spark, clean.keys().distinct(), index)
-    # Global, over edges only (two vertex ids per near pair): components on the driver.
-    labels = dedup_plan.connected_components(edges.collect())
-    labels_broadcast = sc.broadcast(labels)
-    decisions = (clean.map(lambda item: (labels_broadcast.value.get(item[0], item[0]), item[1]))
-                 .groupByKey()
-                 .flatMap(lambda cluster: dedup_plan.cluster_decisions(cluster[0], cluster[1], max_texts)))
-    return tainted.union(decisions), checked, labels_broadcast
+class SparkFlow:
+    """The :class:`~i2e_engine.flow.Flow` of a Spark session: collections are RDDs; a side
+    value is computed on the driver, from a bounded aggregate only (counts, bins, the k-means
+    sample), and reaches the tasks that read it in their closures. :meth:`known_empty` runs
+    a job, so loops stop at the first round that changes nothing."""
+
+    def __init__(self, spark):
+        self.spark, self.sc = spark, spark.sparkContext
+        self._cached: list = []
+
+    def map(self, name: str, items, fn: Callable, *sides):
+        return items.map(lambda item: fn(item, *sides))
+
+    def flat_map(self, name: str, items, fn: Callable, *sides):
+        return items.flatMap(lambda item: fn(item, *sides))
+
+    def filter(self, name: str, items, fn: Callable, *sides):
+        return items.filter(lambda item: fn(item, *sides))
+
+    def flatten(self, name: str, *collections):
+        return self.sc.union(list(collections))
+
+    def distinct(self, name: str, items):
+        return items.distinct()
+
+    def group_by_key(self, name: str, pairs):
+        return pairs.groupByKey()
+
+    def cogroup(self, name: str, **keyed):
+        """A union of the tagged pairs grouped by key, into as many partitions as the widest
+        input (a union's count is the sum: rounds of joins would double it every round)."""
+        tags = list(keyed)
+        tagged = self.sc.union([rdd.map(lambda pair, tag=tag: (pair[0], (tag, pair[1]))) for tag, rdd in keyed.items()])
+        partitions = max(rdd.getNumPartitions() for rdd in keyed.values())
+        return tagged.groupByKey(partitions).mapValues(lambda values: _by_tag(values, tags))
+
+    def count_per_element(self, name: str, items):
+        return items.map(lambda item: (item, 1)).reduceByKey(operator.add)
+
+    def combine(self, name: str, items, combiner: Combiner, *sides):
+        """One accumulator a partition, shuffled into one task that merges and extracts: the
+        driver receives the extracted value only (counts, bins, k-means centroids), never a
+        sample or partial accumulators."""
+        def accumulate(part):
+            accumulator = combiner.create()
+            for item in part:
+                accumulator = combiner.add(accumulator, item)
+            yield accumulator
+
+        def extract(accumulators):
+            accumulators = list(accumulators)
+            yield combiner.extract(combiner.merge(accumulators) if accumulators else combiner.create(), *sides)
+
+        self.sc.setJobDescription(f"i2e {name}")
+        (value,) = items.mapPartitions(accumulate).repartition(1).mapPartitions(extract).collect()
+        return value
+
+    def constant(self, name: str, value):
+        return value
+
+    def derive(self, name: str, fn: Callable, *sides):
+        return fn(*sides)
+
+    def cache(self, items):
+        from pyspark import StorageLevel
+
+        self._cached.append(items.persist(StorageLevel.MEMORY_AND_DISK))
+        return items
+
+    def known_empty(self, items) -> bool:
+        return items.count() == 0   # one job; isEmpty's take(1) runs several on an empty RDD
+
+    def fail_if_any(self, name: str, items, error: Exception) -> None:
+        if not items.isEmpty():
+            raise error
+
+    def near_edges(self, vertices, index):
+        return _near_edges(self.spark, vertices, index)
+
+    def per_shard(self, name: str, shards, values, fn: Callable, *sides) -> None:
+        """Through :func:`_per_shard`; the (shard id, stem) pairs are collected (one small
+        pair per committed shard) to number the shards."""
+        self.sc.setJobDescription(f"i2e {name}")
+        items = shards.collect()
+        position = {shard_id: i for i, (shard_id, _) in enumerate(items)}
+        _per_shard(self.sc, items, values.map(lambda pair: (position[pair[0]], pair[1])),
+                   lambda shard, shard_values: fn(shard, shard_values, *sides))
+
+    def run(self, name: str, items) -> None:
+        self.sc.setJobDescription(f"i2e {name}")
+        items.count()
+
+    def release(self) -> None:
+        """Unpersist what the sequences cached."""
+        for rdd in self._cached:
+            rdd.unpersist()
+        self._cached.clear()
 
 
-def _write_task(stem: str, semantic: Iterable, work: WorkDir, target: Target, decisions: Decisions,
-                counts_broadcast, metrics: SparkStageMetrics) -> str:
-    decisions = dataclasses.replace(decisions, entity_counts=counts_broadcast.value)
-    finalize.write_shard_tables(work, stem, target, {d.row_in_shard: d for d in semantic}, decisions, metrics)
-    return stem
-
-
-def _semantic(narrow_rdd, plan: RunPlan):
-    """SemDeDup's decisions as an RDD of (shard_id, SemanticDecision); None when it is off."""
-    config = plan.config.dedup
-    if not config.semantic:
-        return None
-    n_rows = narrow_rdd.count()
-    fraction = finalize.semantic_sample_fraction(config, n_rows)
-    # Global, bounded (MAX_KMEANS_SAMPLE rows): k-means on the driver.
-    centroids = finalize.semantic_centroids(
-        narrow_rdd.filter(lambda row: finalize.in_kmeans_sample(row, fraction)).collect(), config, n_rows)
-    return (narrow_rdd.map(lambda row: (finalize.semantic_cluster_of(row, centroids), row))
-            .groupByKey()
-            .flatMap(lambda cluster: finalize.semantic_group(cluster[0], cluster[1], config))
-            .map(lambda d: (d.source_shard, d)))
+def _by_tag(values, tags: list[str]) -> dict[str, list]:
+    grouped: dict[str, list] = {tag: [] for tag in tags}
+    for tag, value in values:
+        grouped[tag].append(value)
+    return grouped
 
 
 def execute(plan: RunPlan, spark) -> tuple[str, dict[str, int]]:
     """Hash, dedup, annotate and write the tables into ``plan.target``; returns the runner's
     name and its per-stage row counts (accumulators)."""
     sc = spark.sparkContext
-    config, work, target, cfg = plan.config, plan.work, plan.target, plan.config.filter
+    config, work, fingerprint, run_id = plan.config, plan.work, plan.fingerprint, plan.run_id
+    kb_path = plan.kb_path   # never capture plan in a task: it holds the lease (a thread lock)
     metrics = SparkStageMetrics(sc)
-    decisions, checked, labels_broadcast = _dedup_decisions(spark, plan, metrics)
+    flow = SparkFlow(spark)
+    sc.setJobDescription(f"i2e hash {len(plan.shards)} shards")
+    stems = (sc.parallelize(plan.shards, max(1, len(plan.shards)))
+             .map(lambda shard: hash_shard(shard, CheckStage(config), work, fingerprint, run_id,
+                                           config.batch_rows, metrics=metrics).stem)
+             .collect())
+    sc.setJobDescription("i2e dedup plan")
+    rows = sc.parallelize(stems, max(1, len(stems))).flatMap(work.hash_rows)
+    decisions = dedup_plan.decide(flow, rows, plan.hash_index, plan.eval_index, config.dedup)
     sc.setJobDescription(f"i2e annotate {len(plan.shards)} shards")
-    position = sc.broadcast({s.shard_id: i for i, s in enumerate(plan.shards)})
+    position = sc.broadcast({s.shard_id: i for i, s in enumerate(plan.shards)})   # one int a shard
     committed = _per_shard(sc, plan.shards, decisions.map(lambda item: (position.value[item[0]], item[1])),
-                           lambda shard, rows: _annotate_task(shard, rows, config, plan.kb_path, work,
-                                                              plan.fingerprint, plan.run_id, metrics))
-    checked.unpersist()
-    labels_broadcast.destroy()
-    sc.setJobDescription("i2e finalize")
-    slices = max(1, len(committed))
-    narrow_rdd = (sc.parallelize([stem for _, stem in committed], slices)
-                  .flatMap(lambda stem: finalize.project_shard(work, stem, config.dedup.semantic)).cache())
-    semantic = _semantic(narrow_rdd, plan)
-    survivors = narrow_rdd
-    if semantic is not None:
-        semantic = semantic.cache()
-        drops = semantic.filter(lambda item: item[1].dropped).map(lambda item: ((item[0], item[1].row_in_shard), None))
-        survivors = (narrow_rdd.keyBy(lambda row: (row["source_shard"], row["row_in_shard"]))
-                     .subtractByKey(drops).values().cache())
-    keys = survivors.flatMap(lambda row: row["score_keys"])
-    # Global, bounded: counts per bin of the exact quantile's two passes (at most 65,536 each).
-    cutoff = finalize.quantile_cutoff(
-        cfg.keep_top_fraction,
-        lambda: dict(keys.map(ExactQuantile.high).countByValue()),
-        lambda high: dict(keys.filter(lambda key: ExactQuantile.high(key) == high).map(ExactQuantile.low)
-                          .countByValue()))
-    # Global, O(entities) not O(rows): one count per entity, broadcast to the shard writers.
-    counts = dict(survivors.flatMap(lambda row: [(e, 1) for e in finalize.kept_entity_ids(row, cfg, cutoff)])
-                  .reduceByKey(operator.add).collect())
-    counts_broadcast = sc.broadcast(counts)
-
-    decisions = plan.decisions(cutoff, {})
-    stem_of = dict(committed)
-    semantic_by_position = (semantic.map(lambda item: (position.value[item[0]], item[1])) if semantic is not None
-                            else sc.parallelize([], 1))
-    _per_shard(sc, [stem_of[shard.shard_id] for shard in plan.shards], semantic_by_position,
-               lambda stem, rows: _write_task(stem, rows, work, target, decisions, counts_broadcast,
-                                              metrics))
-    parts = plan.entity_parts()
-    kept_entities = [(finalize.entity_part(e, parts), (e, c)) for e, c in counts.items() if finalize.keeps_entity(c, cfg)]
-    if kept_entities:
-        (sc.parallelize(kept_entities, min(parts, len(kept_entities))).groupByKey()
-         .map(lambda part: finalize.write_entity_part(part[0], parts, part[1], plan.kb_path, plan.kb_version, target))
-         .collect())
-    survivors.unpersist()
-    narrow_rdd.unpersist()
-    counts_broadcast.destroy()
+                           lambda shard, rows: _annotate_task(shard, rows, config, kb_path, work,
+                                                              fingerprint, run_id, metrics))
+    flow.release()
     position.destroy()
+    sc.setJobDescription("i2e finalize")
+    finalize.finalize_tables(flow, plan, sc.parallelize(committed, max(1, len(committed))), metrics)
+    flow.release()
     return f"spark:{sc.master}", metrics.values()
-
-
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    """spark-submit entry point: the arguments of `i2e build`, run on the submitting session."""
-    from pipelines.cli import main as cli_main
-
-    return cli_main(["build", "--runner", "spark", "--spark-master", "", *(sys.argv[1:] if argv is None else argv)])
-
-
-if __name__ == "__main__":
-    sys.exit(main())

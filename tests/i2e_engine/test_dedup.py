@@ -60,12 +60,6 @@ def test_runner_buckets_find_the_same_edges_as_the_in_process_search():
         assert near_distance(plan.vertex_hashes(a), plan.vertex_hashes(b)) <= RADIUS
 
 
-def test_clusters_are_connected_components_labelled_by_their_smallest_vertex():
-    labels = plan.connected_components([("b", "c"), ("c", "d"), ("x", "y"), ("a", "d")])
-    assert labels == {"a": "a", "b": "a", "c": "a", "d": "a", "x": "x", "y": "x"}
-    assert plan.connected_components([]) == {}
-
-
 def _row(shard, row, pixels, text, sha="s", phash=0):
     return {"source_shard": shard, "row_in_shard": row, "sha256": sha, "phash": phash, "phash_center": phash,
             "pixels": pixels, "alt_text": text}

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from i2e_engine import finalize
-from i2e_engine.config import FilterConfig
+from i2e_engine.config import DedupConfig, FilterConfig
 from i2e_engine.filters import cutoff_for_top_fraction
 from i2e_engine.finalize import ExactQuantile
 
@@ -55,3 +55,32 @@ def test_entity_parts_grow_slowly_and_cover_every_id():
     assert finalize.entity_part_count(100) == 10 and finalize.entity_part_count(10**6) == 1000
     parts = {finalize.entity_part(f"Q{i}", 7) for i in range(1000)}
     assert parts == set(range(7))
+
+
+def test_embeddings_travel_as_float32_bytes_and_the_sample_as_one_matrix():
+    import pyarrow as pa
+
+    column = pa.array([[1.0, 2.0], None, [0.5, -1.5]], pa.list_(pa.float32()))
+    as_bytes = finalize._embedding_bytes(column)
+    assert as_bytes[1] == b"" and np.frombuffer(as_bytes[2], np.float32).tolist() == [0.5, -1.5]
+    rows = [{"source_shard": "s", "row_in_shard": i, "image_embedding": b} for i, b in enumerate(as_bytes) if b]
+    combiner = finalize.KMeansCentroids(DedupConfig(semantic_clusters=1))
+    halves = [combiner.add(combiner.create(), row) for row in rows]   # as two workers would
+    merged = combiner.merge(halves)
+    assert merged.keys == [("s", 0), ("s", 2)]
+    assert np.frombuffer(merged.data, np.float32).reshape(2, 2).tolist() == [[1.0, 2.0], [0.5, -1.5]]
+    centroids = combiner.extract(merged, 2)
+    assert centroids.shape == (1, 2) and centroids.dtype == np.float32
+    assert combiner.extract(combiner.create(), 0) is None   # no rows: no k-means
+
+
+def test_each_shard_gets_the_counts_of_the_entities_its_rows_link_to():
+    from pipelines.local import ListFlow
+
+    def row(shard, *entities):
+        return {"source_shard": shard, "links": [{"entity_id": e} for e in entities]}
+
+    narrow = [row("a", "x", "y"), row("a", "x"), row("b", "z"), row("b", "w")]
+    got = finalize.entity_counts_by_shard(ListFlow(), narrow, [("x", 3), ("y", 1), ("z", 2)])
+    assert sorted((shard, c.entity_id, c.images) for shard, c in got) == [
+        ("a", "x", 3), ("a", "y", 1), ("b", "z", 2)]   # w has no count: none is sent

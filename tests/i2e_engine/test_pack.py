@@ -16,6 +16,8 @@ from i2e_engine import images, pack
 from i2e_engine.pack import PackConfig, PackError
 from pipelines.pack import run_pack
 
+TABLES = {table: table for table in ("images", "image_entities", "entities")}   # tables written in place
+
 
 def _jpeg(width: int, height: int, color=(200, 30, 30)) -> bytes:
     buffer = io.BytesIO()
@@ -96,7 +98,7 @@ def odd_tables(tmp_path):
     _write(rows, "images", tmp_path / "images" / "part-a.parquet")
     _write(pairs, "image_entities", tmp_path / "image_entities" / "part-a.parquet")
     _write(entities, "entities", tmp_path / "entities" / "part-0.parquet")
-    (tmp_path / "manifest.json").write_text(json.dumps({"rows": {"images": 4, "image_entities": 6}}))
+    (tmp_path / "manifest.json").write_text(json.dumps({"rows": {"images": 4, "image_entities": 6}, "tables": TABLES}))
     return tmp_path
 
 
@@ -119,7 +121,7 @@ def test_undecodable_images_and_orphan_pairs_are_counted(odd_tables, tmp_path):
 
 
 def test_tables_that_do_not_match_their_manifest_are_refused(odd_tables, tmp_path):
-    (odd_tables / "manifest.json").write_text(json.dumps({"rows": {"images": 5, "image_entities": 6}}))
+    (odd_tables / "manifest.json").write_text(json.dumps({"rows": {"images": 5, "image_entities": 6}, "tables": TABLES}))
     with pytest.raises(PackError, match="does not add up"):
         run_pack(PackConfig(str(odd_tables), str(tmp_path / "packed")))
     assert not (tmp_path / "packed" / "index.json").exists()

@@ -120,7 +120,7 @@ def _fake_output(root, n_images: int, image_side: int, n_rejects: int = 40) -> s
                 "rows": {"images": n_images, "entities": 7, "image_entities": n_images, "rejects": n_rejects,
                          "duplicates": 0},
                 "drops_by_reason": drops.to_dict("records"), "sample_drops_by_reason": drops.to_dict("records"),
-                "stages": {}}
+                "stages": {}, "tables": {table: table for table in tables.OUTPUT_TABLES}}
     (out / "manifest.json").write_text(json.dumps(manifest))
     return str(out)
 

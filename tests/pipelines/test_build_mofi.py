@@ -13,11 +13,11 @@ import pytest
 from PIL import Image
 
 from i2e_engine import tables
+from i2e_engine.encoder.exported import load_encoder
 from i2e_engine.scorers.base import entity_text
 from i2e_engine.scorers.mofi import resolve_mofi_export
 from pipelines.cli import main
 from tests.tiny_mofi import DEVICES, export_tiny_mofi
-from trainer.export import load_encoder
 
 pytestmark = pytest.mark.e2e
 
@@ -103,13 +103,13 @@ def test_an_image_only_export_fails_before_any_work(tmp_path, capsys):
     code, _, stderr = _build(capsys, "--scorer", f"mofi:{export}", "--output", str(tmp_path / "out"))
     assert code == 2
     assert "has no text tower" in stderr and "image-entity scoring needs the text tower" in stderr
-    assert "Traceback" not in stderr and not (tmp_path / "out" / "images").exists()
+    assert "Traceback" not in stderr and not (tmp_path / "out" / "manifest.json").exists()
 
 
 def test_a_missing_export_fails_before_any_work(tmp_path, capsys):
     code, _, stderr = _build(capsys, "--scorer", f"mofi:{tmp_path / 'no-encoder'}", "--output", str(tmp_path / "out"))
     assert code == 2 and "no-encoder" in stderr and "does not exist" in stderr and "trainer.export" in stderr
-    assert "Traceback" not in stderr and not (tmp_path / "out" / "images").exists()
+    assert "Traceback" not in stderr and not (tmp_path / "out" / "manifest.json").exists()
 
 
 def test_scorer_argument(tmp_path, capsys, monkeypatch):

@@ -50,7 +50,7 @@ def test_missing_checkpoint_fails_before_any_work(tmp_path):
                          scorer=ScorerConfig(name="open_clip", arch="ViT-B-32", pretrained=str(tmp_path / "no.pt")))
     with pytest.raises(ScorerWeightsMissing, match="does not exist"):
         run_build(config, progress=lambda _: None)
-    assert not (tmp_path / "out" / "images").exists()
+    assert not (tmp_path / "out" / "manifest.json").exists()
 
 
 def test_a_checkpoint_replaced_at_the_same_path_is_never_reused_silently(tiny_checkpoint, tmp_path):

@@ -17,6 +17,7 @@ import pytest
 
 from i2e_engine.config import BuildConfig, DedupConfig
 from i2e_engine.demo import demo_rows
+from i2e_engine.publish import table_uri
 from pipelines.run import run_build
 
 pytestmark = pytest.mark.e2e
@@ -60,9 +61,9 @@ def test_build_from_and_to_a_bucket_killed_and_resumed(s3, tmp_path):
     assert manifest["config"]["kb"] is None and s3.glob("outputs/i2e/_kb/*.parquet")
 
     s3.invalidate_cache()
-    images = pd.read_parquet(f"{out}/images")
-    rejects = pd.read_parquet(f"{out}/rejects")
-    pairs = pd.read_parquet(f"{out}/image_entities")
+    images = pd.read_parquet(table_uri(out, "images"))
+    rejects = pd.read_parquet(table_uri(out, "rejects"))
+    pairs = pd.read_parquet(table_uri(out, "image_entities"))
     assert len(images) == manifest["kept_images"] and len(pairs) == manifest["rows"]["image_entities"]
     assert images["source_shard"].str.startswith("s3://inputs/crawl/").all()
     assert len(images) + int(rejects["entity_id"].isna().sum()) == len(rows)
@@ -73,24 +74,38 @@ def test_build_from_and_to_a_bucket_killed_and_resumed(s3, tmp_path):
         s3.get(path, str(local / "crawl" / f"{index:05d}.parquet"))
     unbroken = run_build(BuildConfig(inputs=[str(local / "crawl")], output=str(local / "out")), "local",
                          progress=lambda _: None)
-    local_images = pd.read_parquet(local / "out" / "images")
+    local_images = pd.read_parquet(table_uri(str(local / "out"), "images"))
     assert sorted(images["sample_id"]) == sorted(local_images["sample_id"])
     assert {k: manifest[k] for k in ("rows", "kept_images", "drops_by_reason")} == \
         {k: unbroken[k] for k in ("rows", "kept_images", "drops_by_reason")}
 
 
-def test_decontamination_against_evaluation_images_in_a_bucket(s3):
+def test_decontamination_against_evaluation_images_in_a_bucket(s3, monkeypatch):
+    """Also: a connection to the input dropped once per kind of request (below botocore's own
+    retries) is retried by the engine and counted in the manifest."""
+    import s3fs
+
+    real, dropped = s3fs.S3FileSystem._call_s3, set()
+
+    async def drop_once(self, method, *args, **kwargs):
+        if kwargs.get("Key", "").startswith("crawl/") and method not in dropped:
+            dropped.add(method)
+            raise ConnectionError(f"connection dropped during {method}")
+        return await real(self, method, *args, **kwargs)
+
     rows = _upload_shards(s3, 1)
     evaluated = rows[2]   # a photo the demo holds twice (its exact duplicate pair)
     with s3.open("inputs/eval/held-out.png", "wb") as handle:
         handle.write(evaluated["jpg"])
+    monkeypatch.setattr(s3fs.S3FileSystem, "_call_s3", drop_once)
     config = BuildConfig(inputs=["s3://inputs/crawl/*.parquet"], output="s3://outputs/decontaminated",
                          dedup=DedupConfig(decontaminate=["s3://inputs/eval"]))
     manifest = run_build(config, "local", progress=lambda _: None)
     s3.invalidate_cache()
-    rejects = pd.read_parquet("s3://outputs/decontaminated/rejects")
+    rejects = pd.read_parquet(table_uri("s3://outputs/decontaminated", "rejects"))
     tainted = rejects[rejects["reason"] == "benchmark_contamination"]
     copies = [i for i, row in enumerate(rows) if row["jpg"] == evaluated["jpg"]]
     assert len(copies) == 2 and sorted(tainted["row_in_shard"]) == copies
     assert tainted["detail"].str.contains("s3://inputs/eval/held-out.png").all()
     assert manifest["input_samples"] == len(rows)
+    assert dropped and manifest["storage_retries"] >= 1

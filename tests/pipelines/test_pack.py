@@ -28,6 +28,9 @@ from PIL import Image
 import schemas
 from i2e_engine import pack
 from i2e_engine.pack import PackConfig, PackExistsError
+from i2e_engine.pack import stage as pack_stage
+from i2e_engine.pack import write as pack_write
+from i2e_engine.publish import table_uri
 from pipelines.pack import run_pack
 
 SHARD_ROWS = 40
@@ -47,8 +50,8 @@ def tables(coco_mini: Path, tmp_path_factory) -> Path:
 
 
 def _read_table(tables: Path, table: str, columns=None) -> pd.DataFrame:
-    return pd.concat([pd.read_parquet(p, columns=columns) for p in sorted((tables / table).glob("*.parquet"))],
-                     ignore_index=True)
+    return pd.concat([pd.read_parquet(p, columns=columns) for p in sorted(Path(table_uri(str(tables), table))
+                                                                          .glob("*.parquet"))], ignore_index=True)
 
 
 @pytest.fixture(scope="module")
@@ -216,7 +219,7 @@ def test_same_seed_same_order_other_seed_other_order(tables, threshold_pack, tmp
     other_out, other = _pack(tables, tmp_path / "other", seed=1, **options)
     other_order = [s["key"] for s in read_samples(other_out, other)]
     assert sorted(other_order) == sorted(order) and other_order != order
-    table_order = [k for k in pd.read_parquet(Path(tables) / "images")["image_id"] if k in set(order)]
+    table_order = [k for k in _read_table(tables, "images")["image_id"] if k in set(order)]
     assert order != table_order
 
 
@@ -284,7 +287,8 @@ def test_pack_to_and_from_object_storage(tables, threshold_pack, s3):
     """Tables on the local S3 server, the pack written there; the same samples as on disk."""
     out, index = threshold_pack
     for path in [Path(tables) / "manifest.json",
-                 *(p for table in ("images", "image_entities", "entities") for p in (Path(tables) / table).iterdir())]:
+                 *(p for table in ("images", "image_entities", "entities")
+                   for p in Path(table_uri(str(tables), table)).iterdir())]:
         s3.put_file(str(path), f"inputs/tables/{path.relative_to(tables).as_posix()}")
     config = PackConfig(tables="s3://inputs/tables", output="s3://outputs/packed", shard_rows=SHARD_ROWS,
                         min_image_entity_score=THRESHOLD, min_images_per_entity=MIN_IMAGES, max_labels=4)
@@ -320,16 +324,16 @@ def test_webdataset_reads_the_tars_as_written(threshold_pack):
 # local write leaves (a hidden temp file beside the shard): a kill at a known point, no race.
 KILLED_PACK = """
 import os, signal, sys
-from i2e_engine import pack
+from i2e_engine.pack import write
 from pipelines.cli import main
-real = pack._write_shard
+real = write._write_shard
 def write_or_die(plan, shard_id, *args):
     if shard_id == 1:
         with open(os.path.join(plan.out, "shards", ".00001.tar.0badc0de.tmp"), "wb") as half:
             half.write(b"half a tar")
         os.kill(os.getpid(), signal.SIGKILL)
     return real(plan, shard_id, *args)
-pack._write_shard = write_or_die
+write._write_shard = write_or_die
 sys.exit(main(["pack", *sys.argv[1:]]))
 """
 THRESHOLD_OPTIONS = dict(min_image_entity_score=THRESHOLD, min_images_per_entity=MIN_IMAGES, max_labels=4)
@@ -348,13 +352,13 @@ def _kill_a_pack(tables: Path, out: Path) -> None:
 def _count_tasks(monkeypatch) -> collections.Counter:
     """Count the pass-1 and pass-2 tasks this process actually does (not those resumed)."""
     calls: collections.Counter = collections.Counter()
-    for name in ("_stage_part", "_write_shard"):
-        real = getattr(pack, name)
+    for module, name in ((pack_stage, "_stage_part"), (pack_write, "_write_shard")):
+        real = getattr(module, name)
 
         def counted(*args, _real=real, _name=name):
             calls[_name] += 1
             return _real(*args)
-        monkeypatch.setattr(pack, name, counted)
+        monkeypatch.setattr(module, name, counted)
     return calls
 
 

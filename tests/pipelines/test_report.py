@@ -18,6 +18,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
+from i2e_engine.publish import table_uri
 from i2e_engine.report import build_report
 from pipelines import local
 from pipelines.cli import main
@@ -66,7 +67,7 @@ def _by_id(elements, key: str) -> dict:
 
 
 def _sample_drops(out: Path) -> dict[tuple[str, str, str], int]:
-    rejects = pd.read_parquet(out / "rejects", columns=["stage", "kind", "reason", "entity_id"])
+    rejects = pd.read_parquet(table_uri(str(out), "rejects"), columns=["stage", "kind", "reason", "entity_id"])
     whole = rejects[rejects["entity_id"].isna()]
     return {key: int(n) for key, n in whole.groupby(["stage", "kind", "reason"]).size().items()}
 
@@ -114,11 +115,11 @@ def test_demo_report_renders_in_chromium_with_the_manifests_numbers(demo_build, 
     out, manifest = demo_build
     assert manifest["report"] == str(out / "report.html")
     elements = _check_page(out, tmp_path)
-    entities = pd.read_parquet(out / "entities", columns=["entity_id", "name", "image_count"])
+    entities = pd.read_parquet(table_uri(str(out), "entities"), columns=["entity_id", "name", "image_count"])
     top = entities.sort_values(["image_count", "name"], ascending=[False, True]).head(25)
     shown = [(a["data-entity-id"], int(a["data-image-count"])) for tag, a in elements if "data-entity-id" in a]
     assert shown == list(zip(top["entity_id"], top["image_count"]))
-    duplicates = pd.read_parquet(out / "duplicates", columns=["method", "role"])
+    duplicates = pd.read_parquet(table_uri(str(out), "duplicates"), columns=["method", "role"])
     assert len(duplicates)   # the demo's exact copy
     clusters = {a["data-key"]: int(a["data-rows"]) for _, a in elements if "data-key" in a}
     assert clusters == (duplicates["method"] + "/" + duplicates["role"]).value_counts().to_dict()
@@ -129,7 +130,7 @@ def test_bad_inputs_report_renders_in_chromium_with_every_reject_reason(bad_inpu
     out, manifest, _ = bad_inputs_build
     elements = _check_page(out, tmp_path)
     sections = {a["data-reason"] for tag, a in elements if tag == "h3" and "data-reason" in a}
-    rejects = pd.read_parquet(out / "rejects", columns=["stage", "kind", "reason"])
+    rejects = pd.read_parquet(table_uri(str(out), "rejects"), columns=["stage", "kind", "reason"])
     assert sections == set(rejects["stage"] + "/" + rejects["kind"] + "/" + rejects["reason"])
 
 

@@ -1,4 +1,4 @@
-"""`spark-submit pipelines/spark/job.py <i2e build arguments>` runs the build on the session
+"""`spark-submit pipelines/spark/submit.py <i2e build arguments>` runs the build on the session
 spark-submit starts (a real local[2] master), with the same output as `i2e build`."""
 from __future__ import annotations
 
@@ -30,7 +30,7 @@ def test_spark_submit_runs_the_job(tmp_path):
     out = tmp_path / "out"
     env = {**os.environ, "PYSPARK_PYTHON": sys.executable, "PYSPARK_DRIVER_PYTHON": sys.executable}
     result = subprocess.run([str(submit), "--master", "local[2]", "--conf", "spark.ui.enabled=false",
-                             str(REPO_ROOT / "pipelines" / "spark" / "job.py"), str(photos), "--output", str(out)],
+                             str(REPO_ROOT / "pipelines" / "spark" / "submit.py"), str(photos), "--output", str(out)],
                             cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     assert f"tables in {out}" in result.stdout

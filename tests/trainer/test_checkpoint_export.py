@@ -10,7 +10,8 @@ from PIL import Image
 
 from trainer.configs import apply_overrides, fingerprint, format_config, get_config, to_dict
 from trainer.export import export_encoder, export_from_checkpoint, load_encoder
-from trainer.loop import CKPT_FORMAT, CKPT_VERSION, CheckpointError, check_meta, read_meta, safe_load
+from trainer.checkpoint import CKPT_FORMAT, CKPT_VERSION, CheckpointError, read_meta, safe_load
+from trainer.loop import check_meta
 from trainer.towers import DualEncoder
 
 

@@ -4,8 +4,8 @@ import dataclasses
 import pytest
 import torch
 
+from i2e_engine.encoder.towers import build_image_trunk
 from trainer.configs import ImageTowerConfig
-from trainer.towers import build_image_trunk
 
 TINY_VIT = dict(img_size=32, patch_size=8, embed_dim=64, depth=2, num_heads=2)
 

@@ -100,7 +100,7 @@ def test_every_trainable_parameter_gets_a_gradient_and_the_towers_train(text_kin
 def test_minilm_weights_saved_with_a_pooler_still_load():
     from transformers import AutoConfig, AutoModel
 
-    from trainer.towers import MiniLMTextTower, minilm_folder
+    from i2e_engine.encoder.towers import MiniLMTextTower, minilm_folder
 
     cfg = _cfg('text.kind="minilm"', "text.context_length=16").text
     tower = MiniLMTextTower(cfg, load_weights=False)
@@ -210,7 +210,7 @@ def test_throughput_reports_intervals_and_the_steady_state():
 
 def test_model_flops_leave_out_the_checkpointed_recompute():
     from trainer.configs import ImageTowerConfig
-    from trainer.towers import build_image_trunk
+    from i2e_engine.encoder.towers import build_image_trunk
     tiny = ImageTowerConfig(kind="timm", arch="vit_tiny_patch16_224",
                             kwargs=dict(img_size=32, patch_size=8, embed_dim=64, depth=2, num_heads=2))
     counts, trunks = {}, {}

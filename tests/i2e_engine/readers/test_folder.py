@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from i2e_engine.readers import list_shards, read_shard
+from i2e_engine.readers import ReaderOptions, list_shards, read_shard
 from i2e_engine.records import make_sample_id
 
 
@@ -64,4 +64,33 @@ def test_folder_gone_after_listing(photo_folder: Path) -> None:
     pairs = list(read_shard(shard))
     assert [p["row_in_shard"] for p in pairs] == [0, 1, 2]   # one reject for every listed row
     assert all(p["read_error"].startswith("unreadable_shard: FileNotFoundError") for p in pairs)
+    assert len({p["sample_id"] for p in pairs}) == 3
+
+
+def test_slice_identity_follows_content_not_size_and_mtime(photo_folder: Path, swap_keeping_size_and_mtime) -> None:
+    before = list_shards([str(photo_folder)], rows_per_shard=2)
+    swap_keeping_size_and_mtime(photo_folder / "b_chelsea.jpg")    # in the first slice
+    after = list_shards([str(photo_folder)], rows_per_shard=2)
+    assert [s.shard_id for s in after] == [s.shard_id for s in before]
+    assert after[0].identity != before[0].identity and after[1].identity == before[1].identity
+    swap_keeping_size_and_mtime(photo_folder / "b_chelsea.txt")    # a sidecar counts as well
+    assert list_shards([str(photo_folder)], rows_per_shard=2)[0].identity != after[0].identity
+
+
+def test_image_over_the_byte_limit_is_rejected_unread(photo_folder: Path, photos: dict[str, bytes],
+                                                      monkeypatch) -> None:
+    limit = len(photos["chelsea"])
+    assert len(photos["coffee"]) > limit and len(photos["astronaut"]) > limit
+    read = []
+    real = Path.read_bytes
+    monkeypatch.setattr(Path, "read_bytes", lambda self: read.append(self.name) or real(self))
+    [shard] = list_shards([str(photo_folder)])
+    pairs = list(read_shard(shard, ReaderOptions(max_image_bytes=limit)))
+    assert [p["row_in_shard"] for p in pairs] == [0, 1, 2]
+    assert [p["read_error"] for p in pairs] == [
+        f"image_too_many_bytes: a_coffee.JPEG is {len(photos['coffee'])} bytes > limit {limit} (not read)",
+        None,
+        f"image_too_many_bytes: astronaut.jpg is {len(photos['astronaut'])} bytes > limit {limit} (not read)"]
+    assert pairs[1]["image"] == photos["chelsea"] and pairs[1]["text"] == b"Chelsea the cat"
+    assert "a_coffee.JPEG" not in read and "astronaut.jpg" not in read
     assert len({p["sample_id"] for p in pairs}) == 3

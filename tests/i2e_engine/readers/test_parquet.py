@@ -127,12 +127,13 @@ def test_corrupt_row_group_keeps_the_rows_before_it(tmp_path: Path, photos: dict
 
 def test_transient_errors_are_retried_without_losing_or_repeating_rows(tmp_path: Path, photos: dict[str, bytes],
                                                                        monkeypatch) -> None:
-    from i2e_engine.readers import base, parquet
+    from i2e_engine import storage
+    from i2e_engine.readers import parquet
 
     path = tmp_path / "flaky.parquet"
     pq.write_table(_img2dataset_table(photos), path, row_group_size=3)
     clean = _read(path)
-    monkeypatch.setattr(base, "RETRY_BASE_SECONDS", 0.0)
+    monkeypatch.setattr(storage, "RETRY_BASE_SECONDS", 0.0)
     monkeypatch.setattr(parquet, "BATCH_ROWS", 2)
     real = pq.ParquetFile.iter_batches
     failures = {"left": 2}
@@ -145,8 +146,9 @@ def test_transient_errors_are_retried_without_losing_or_repeating_rows(tmp_path:
             yield batch
 
     monkeypatch.setattr(pq.ParquetFile, "iter_batches", flaky)
+    retries = storage.retry_count()
     pairs = _read(path)
-    assert failures["left"] == 0
+    assert failures["left"] == 0 and storage.retry_count() - retries == 2
     assert [(p["row_in_shard"], p["sample_id"], p["read_error"]) for p in pairs] == \
         [(p["row_in_shard"], p["sample_id"], p["read_error"]) for p in clean]
 

@@ -9,8 +9,9 @@ from pathlib import Path
 import pytest
 
 from i2e_engine.config import TextConfig
-from i2e_engine.readers import list_shards, read_shard
+from i2e_engine.readers import ReaderOptions, list_shards, read_shard
 from i2e_engine.records import make_sample_id
+from i2e_engine.stages import CheckStage, run_stage
 from i2e_engine.text import TextRejected, normalize_alt_text
 
 
@@ -110,3 +111,53 @@ def test_file_that_is_not_a_tar(tmp_path: Path) -> None:
     path.write_bytes(b"this is not a tar archive at all" * 40)
     [pair] = _read(path)
     assert pair["row_in_shard"] == 0 and pair["read_error"].startswith("unreadable_shard: ")
+
+
+def test_member_over_the_byte_limit_is_rejected_unread_and_counted(tmp_path: Path, members: list,
+                                                                   photos: dict, monkeypatch) -> None:
+    from i2e_engine.config import BuildConfig
+    from i2e_engine.images import ImageLimits
+    from i2e_engine.shard import hash_shard
+    from i2e_engine.workdir import WorkDir
+
+    path = tmp_path / "00000.tar"
+    _write_tar(path, members)
+    limit = max(len(photos["chelsea"]), len(photos["astronaut"]))
+    assert len(photos["coffee"]) > limit
+    extracted = []
+    real = tarfile.TarFile.extractfile
+    monkeypatch.setattr(tarfile.TarFile, "extractfile",
+                        lambda self, member: extracted.append(member.name) or real(self, member))
+    [shard] = list_shards([str(path)])
+    pairs = list(read_shard(shard, ReaderOptions(max_image_bytes=limit)))
+    assert [p["row_in_shard"] for p in pairs] == [0, 1, 2]
+    assert [p["image"] for p in pairs] == [photos["chelsea"], None, photos["astronaut"]]
+    assert pairs[1]["read_error"] == \
+        f"image_too_many_bytes: 000000001.jpg is {len(photos['coffee'])} bytes > limit {limit} (not read)"
+    assert "000000001.jpg" not in extracted and "000000002.jpeg" in extracted
+
+    # a build's hash pass reads with its image limit: the row is a read reject, and counted
+    config = BuildConfig(image=ImageLimits(max_bytes=limit))
+    marker = hash_shard(shard, CheckStage(config), WorkDir(str(tmp_path / "out")), "fp", "run")
+    assert (marker.pairs_read, marker.annotations, marker.rejects) == (3, 2, 1)
+    result = run_stage(CheckStage(config), pairs)
+    assert [(r["row_in_shard"], r["stage"], r["reason"]) for r in result.rejects] == \
+        [(1, "read", "image_too_many_bytes")]
+    assert [r["row_in_shard"] for r in result.kept] == [0, 2]
+
+
+def test_text_member_over_the_limit_is_rejected_and_unused_members_never_read(tmp_path: Path, photos: dict,
+                                                                              monkeypatch) -> None:
+    limit = len(photos["chelsea"])
+    path = tmp_path / "long.tar"
+    _write_tar(path, [("k.jpg", photos["chelsea"]), ("k.cls", b"7" * (limit + 1)),
+                      ("m.jpg", photos["chelsea"]), ("m.txt", b"x" * (limit + 1))])
+    extracted = []
+    real = tarfile.TarFile.extractfile
+    monkeypatch.setattr(tarfile.TarFile, "extractfile",
+                        lambda self, member: extracted.append(member.name) or real(self, member))
+    [shard] = list_shards([str(path)])
+    first, second = read_shard(shard, ReaderOptions(max_image_bytes=limit))
+    assert first["image"] == photos["chelsea"] and first["read_error"] == "missing_text"
+    assert second["read_error"] == f"member_too_many_bytes: m.txt is {limit + 1} bytes > limit {limit} (not read)"
+    assert extracted == ["k.jpg", "m.jpg"]

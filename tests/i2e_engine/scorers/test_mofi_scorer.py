@@ -16,10 +16,10 @@ from PIL import Image
 
 from i2e_engine.build import scorer_name
 from i2e_engine.config import BuildConfig, ScorerConfig
+from i2e_engine.encoder.exported import load_encoder
 from i2e_engine.scorers import ScorerWeightsMissing, create_scorer, list_scorers
 from i2e_engine.scorers.mofi import NoTextTower, entity_fields_of_template, resolve_mofi_export
 from tests.tiny_mofi import DEVICES, export_tiny_mofi
-from trainer.export import load_encoder
 
 TEXTS = ["Cat, small domesticated carnivorous mammal", "Coffee, brewed beverage", "Rocket", "Astronaut", "Cat"]
 
@@ -145,3 +145,18 @@ def test_an_export_on_object_storage_is_fetched_into_the_cache(s3, export, photo
     assert replaced.local_dir != remote.local_dir and replaced.identity != remote.identity
     with pytest.raises(ScorerWeightsMissing, match="does not exist"):
         resolve_mofi_export("s3://inputs/no-encoder")
+
+
+def test_a_remote_card_cannot_name_files_outside_the_export(s3, export, tmp_path, monkeypatch):
+    """A card on object storage names the files the cache fetches: a path outside the export
+    (here, beside the cache) is refused before anything is fetched or written."""
+    monkeypatch.setenv("I2E_CACHE", str(tmp_path / "cache"))
+    for path in export.iterdir():
+        s3.put(str(path), f"inputs/evil/{path.name}")
+    s3.put(str(export / "image_tower.pt"), "inputs/image_tower.pt")   # what "../image_tower.pt" would reach
+    card = json.loads((export / "model_card.json").read_text())
+    card["files"]["image"] = "../image_tower.pt"
+    s3.pipe("inputs/evil/model_card.json", json.dumps(card).encode())
+    with pytest.raises(ValueError, match="plain names inside the export's folder"):
+        resolve_mofi_export("s3://inputs/evil")
+    assert not (tmp_path / "cache").exists()
