@@ -143,3 +143,17 @@ def s3(monkeypatch, tmp_path):
     s3fs.S3FileSystem.clear_instance_cache()
     server.terminate()
     server.wait(timeout=30)
+
+
+@pytest.fixture(scope="session")
+def small_kb() -> str:
+    """The small vital+geonames+concepts KB (40k entities, built once per machine in
+    seconds), as a local file. Builds on object storage publish it next to their output with
+    its alias index, exactly as they do the default KB, which takes minutes and 5 GB to build
+    and copy: tests about a build's shape (cluster, publish) use this one."""
+    from i2e_engine.kb.build import DEMO_SOURCES, ensure_alias_index, ensure_kb
+    from i2e_engine.kb.geonames import DEFAULT_MIN_POPULATION
+
+    path = ensure_kb(DEMO_SOURCES, DEFAULT_MIN_POPULATION)
+    ensure_alias_index(str(path))
+    return str(path)

@@ -168,20 +168,6 @@ def s3_env(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def small_kb():
-    """The small vital+geonames+concepts KB (40k entities, built once per machine in
-    seconds), as a local file: the driver publishes it next to the S3 output with its alias
-    index, exactly as it does the default KB (which takes minutes and 5 GB to build, and
-    would make these tests about the KB's size instead of the cluster's shape)."""
-    from i2e_engine.kb.build import DEMO_SOURCES, ensure_alias_index, ensure_kb
-    from i2e_engine.kb.geonames import DEFAULT_MIN_POPULATION
-
-    path = ensure_kb(DEMO_SOURCES, DEFAULT_MIN_POPULATION)
-    ensure_alias_index(str(path))
-    return str(path)
-
-
-@pytest.fixture(scope="module")
 def local_reference(s3_env, small_kb, tmp_path_factory):
     """The local runner's build of the same S3 input (tables on local disk)."""
     out = str(tmp_path_factory.mktemp("local_reference") / "out")

@@ -129,10 +129,10 @@ def _upload(fs, prefix: str, rows: list[dict]) -> None:
         pq.write_table(pa.Table.from_pylist(rows, schema=schema), handle)
 
 
-def _build(inputs: list[str], out: str, fault: str = "", wait: bool = True) -> subprocess.Popen:
+def _build(inputs: list[str], out: str, kb: str, fault: str = "", wait: bool = True) -> subprocess.Popen:
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "I2E_FAULT": fault}
     process = subprocess.Popen([sys.executable, "-m", "pipelines.cli", "build", *inputs, "--output", out,
-                                "--runner", "local"],
+                                "--kb", kb, "--runner", "local"],
                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
     if wait:
         process.output = process.communicate(timeout=600)[0]
@@ -152,7 +152,7 @@ def _snapshot(fs, out: str) -> dict[str, list[str]]:
     return found
 
 
-def test_builds_killed_at_every_publish_step_leave_a_whole_version(s3, tmp_path):
+def test_builds_killed_at_every_publish_step_leave_a_whole_version(s3, small_kb):
     rows = demo_rows()
     _upload(s3, "a/part-0", rows[:7])
     _upload(s3, "a/part-1", rows[7:14])
@@ -160,20 +160,20 @@ def test_builds_killed_at_every_publish_step_leave_a_whole_version(s3, tmp_path)
     small, large = ["s3://inputs/a/*.parquet"], ["s3://inputs/a/*.parquet", "s3://inputs/b/*.parquet"]
     out = "s3://outputs/i2e"
 
-    reference = _build(large, "s3://outputs/reference")   # an unbroken build of the larger input
+    reference = _build(large, "s3://outputs/reference", small_kb)   # an unbroken build of the larger input
     assert reference.returncode == 0, reference.output
     expected_large = _snapshot(s3, "s3://outputs/reference")
-    first = _build(small, out)
+    first = _build(small, out, small_kb)
     assert first.returncode == 0, first.output
     expected_small = _snapshot(s3, out)
     assert len(expected_small["images"]) < len(expected_large["images"])
 
     for point in ("publish.start", "publish.before_commit"):   # killed before the commit: the old version
-        killed = _build(large, out, fault=f"{point}:kill")
+        killed = _build(large, out, small_kb, fault=f"{point}:kill")
         assert killed.returncode == -signal.SIGKILL, killed.output
         assert _snapshot(s3, out) == expected_small, point
 
-    killed = _build(large, out, wait=False)   # kill -9 from outside, while the shard tables are being written
+    killed = _build(large, out, small_kb, wait=False)   # kill -9 from outside, while the shard tables are being written
     while killed.poll() is None and not s3.glob("outputs/i2e/_versions/*/images/*.parquet"):
         s3.invalidate_cache()
         time.sleep(0.05)
@@ -183,11 +183,11 @@ def test_builds_killed_at_every_publish_step_leave_a_whole_version(s3, tmp_path)
     assert killed.returncode == -signal.SIGKILL and len(versions) == 2, "not killed while finalizing"
     assert _snapshot(s3, out) == expected_small
 
-    killed = _build(large, out, fault="publish.after_commit:kill")   # committed, old versions not yet pruned
+    killed = _build(large, out, small_kb, fault="publish.after_commit:kill")   # committed, old versions not yet pruned
     assert killed.returncode == -signal.SIGKILL, killed.output
     assert _snapshot(s3, out) == expected_large
 
-    rerun = _build(large, out)
+    rerun = _build(large, out, small_kb)
     assert rerun.returncode == 0, rerun.output
     assert _snapshot(s3, out) == expected_large
     manifest = json.loads(s3.cat_file("outputs/i2e/manifest.json"))
@@ -197,15 +197,15 @@ def test_builds_killed_at_every_publish_step_leave_a_whole_version(s3, tmp_path)
     assert not s3.exists("outputs/i2e/_lease.json")
 
 
-def test_a_second_build_on_the_same_output_fails_fast_and_the_first_is_unharmed(s3):
+def test_a_second_build_on_the_same_output_fails_fast_and_the_first_is_unharmed(s3, small_kb):
     _upload(s3, "a/part-0", demo_rows())
     out = "s3://outputs/i2e"
-    first = _build(["s3://inputs/a/*.parquet"], out, fault="publish.start:sleep=25", wait=False)
+    first = _build(["s3://inputs/a/*.parquet"], out, small_kb, fault="publish.start:sleep=15", wait=False)
     deadline = time.time() + 300
     while first.poll() is None and not s3.exists("outputs/i2e/_lease.json") and time.time() < deadline:
         s3.invalidate_cache()
         time.sleep(0.2)
-    second = _build(["s3://inputs/a/*.parquet"], out)
+    second = _build(["s3://inputs/a/*.parquet"], out, small_kb)
     first_output = first.communicate(timeout=600)[0]
     assert second.returncode == 2, second.output
     assert "another build is writing this output" in second.output
