@@ -37,7 +37,7 @@ import socket
 import threading
 import time
 import uuid
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Optional
 
 from i2e_engine import storage
@@ -160,6 +160,9 @@ class Lease:
         except FileNotFoundError:
             return None
 
+    def _is_mine(self, record: Optional[LeaseRecord]) -> bool:
+        return record is not None and record.token == self.record.token
+
     def _data(self) -> bytes:
         return json.dumps(asdict(self.record)).encode()
 
@@ -178,8 +181,7 @@ class Lease:
             return False
         storage.write_bytes(self.path, self._data())
         time.sleep(self.SETTLE_S)
-        current = self._read()
-        return current is not None and current.token == self.record.token
+        return self._is_mine(self._read())
 
     def acquire(self) -> "Lease":
         """Take the lease (taking over one whose holder is gone) and start the heartbeat."""
@@ -200,17 +202,16 @@ class Lease:
 
     def _beat(self) -> None:
         while not self._stop.wait(self.record.ttl_s / 4):
-            current = self._read()
-            if current is None or current.token != self.record.token:
+            if not self._is_mine(self._read()):
                 self.lost = True
                 return
-            self.record = LeaseRecord(**{**asdict(self.record), "heartbeat": time.time()})
+            self.record = replace(self.record, heartbeat=time.time())
             storage.write_bytes(self.path, self._data())
 
     def check(self) -> None:
         """Raise :class:`LeaseLostError` unless the lease file is still this build's."""
         current = self._read()
-        if self.lost or current is None or current.token != self.record.token:
+        if self.lost or not self._is_mine(current):
             holder = current.describe(time.time()) if current else "nobody"
             raise LeaseLostError(f"{self.path}: this build ({self.record.run_id}) lost its lease, now held by "
                                  f"{holder}; its tables were not published")
@@ -220,8 +221,7 @@ class Lease:
         self._stop.set()
         if self._thread is not None:
             self._thread.join()
-        current = self._read()
-        if current is not None and current.token == self.record.token:
+        if self._is_mine(self._read()):
             storage.remove(self.path)
 
 

@@ -8,6 +8,7 @@ import pyarrow as pa
 
 import schemas
 from i2e_engine import storage
+from i2e_engine.publish import table_uri
 
 OUTPUT_TABLES = ("images", "entities", "image_entities", "rejects", "duplicates")
 
@@ -60,8 +61,6 @@ def read_file(uri: str, table: str, columns: Optional[list[str]] = None, require
 def read_output(out: str, table: str, columns: Optional[list[str]] = None) -> pa.Table:
     """Read one table of the build's current version (all its parts, from any URI) with schema
     validation."""
-    from i2e_engine.publish import table_uri
-
     directory = table_uri(out, table)
     parts = storage.find(directory, (".parquet",)) if storage.isdir(directory) else []
     if not parts:

@@ -10,6 +10,7 @@ import pyarrow as pa
 
 import schemas
 from i2e_engine import storage, tables
+from i2e_engine.publish import table_uri
 
 
 @dataclass(frozen=True)
@@ -22,8 +23,6 @@ class Part:
 
 
 def _table_parts(tables_uri: str, table: str) -> dict[str, str]:
-    from i2e_engine.publish import table_uri
-
     folder = table_uri(tables_uri, table)
     found = storage.find(folder, (".parquet",)) if storage.isdir(folder) else []
     return {storage.name(uri)[:-len(".parquet")]: uri for uri in found}

@@ -271,9 +271,10 @@ def _kept_samples(out: str, k: int) -> list[Sample]:
             offset += batch.num_rows
     rows = read_picked(sample.items(), schemas.projection("report_kept_samples"))
     samples = []
+    pairs_folder = table_uri(out, "image_entities")
     for uri, position in sample.items():
         row = rows[(uri, position)]
-        pairs = storage.join(table_uri(out, "image_entities"), storage.name(uri))
+        pairs = storage.join(pairs_folder, storage.name(uri))
         entities = (read_rows_by_key(pairs, [row["row_in_shard"]], schemas.projection("report_sample_entities"))
                     if storage.exists(pairs) else {})
         samples.append(Sample(row["source_shard"], row["row_in_shard"], alt_text=row["alt_text"], image=row["image"],

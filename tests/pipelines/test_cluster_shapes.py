@@ -31,7 +31,7 @@ import tempfile
 import time
 import urllib.request
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 import pandas as pd
 import pyarrow as pa
@@ -113,6 +113,19 @@ def _driver(args: list[str], env: dict, cwd: str, timeout: float) -> subprocess.
         stdout, stderr = process.communicate()
         stderr += f"\n[driver killed after {timeout} s]"
     return subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
+
+
+def _build_or_fail(label: str, out: str, kb: str, runner_args: list[str], env: dict, cwd: str,
+                   logs: Callable[[], str]) -> dict:
+    """Build the S3 input into ``out`` with a driver process; the manifest, or a failure that
+    carries the driver's stderr and ``logs()`` (the cluster's side)."""
+    started = time.perf_counter()
+    done = _driver([INPUTS, "--output", out, "--kb", kb, *runner_args], env, cwd=cwd, timeout=900)
+    seconds = time.perf_counter() - started
+    assert done.returncode == 0, (f"driver failed ({done.returncode}) after {seconds:.0f} s\n"
+                                  f"{done.stderr[-5000:]}\n{logs()}")
+    print(f"{label} build: {seconds:.1f} s")
+    return _read_manifest(out)
 
 
 # --- S3, inputs and the local reference -----------------------------------------------------
@@ -317,15 +330,10 @@ def test_spark_standalone_cluster_on_s3_matches_local(s3_env, small_kb, local_re
             "spark.driver.host=127.0.0.1", "spark.driver.bindAddress=127.0.0.1", *executor_env]
     driver_env = {**os.environ, **env, "PYSPARK_PYTHON": sys.executable, "PYSPARK_DRIVER_PYTHON": sys.executable,
                   "SPARK_LOCAL_IP": "127.0.0.1", "PYTHONUNBUFFERED": "1"}
-    started = time.perf_counter()
-    done = _driver([INPUTS, "--output", out, "--kb", small_kb, "--runner", "spark",
-                    "--spark-master", spark_cluster.url, *[a for c in conf for a in ("--spark-conf", c)]],
-                   driver_env, cwd=str(tmp_path), timeout=900)
-    seconds = time.perf_counter() - started
-    assert done.returncode == 0, (f"driver failed ({done.returncode}) after {seconds:.0f} s\n"
-                                  f"{done.stderr[-5000:]}\n{spark_cluster.logs()}")
-    print(f"spark standalone build: {seconds:.1f} s")
-    manifest = _read_manifest(out)
+    manifest = _build_or_fail("spark standalone", out, small_kb,
+                              ["--runner", "spark", "--spark-master", spark_cluster.url,
+                               *[a for c in conf for a in ("--spark-conf", c)]],
+                              driver_env, str(tmp_path), spark_cluster.logs)
     try:
         _check_against_local(out, manifest, local_reference, input_rows, f"spark:{spark_cluster.url}")
         # The executors ran on the workers, whose HOMEs started without a cache: the alias
@@ -381,16 +389,11 @@ def test_beam_portable_runner_with_wheel_worker_pool_on_s3_matches_local(s3_env,
     try:
         _wait_for_port(port, pool)
         out = "s3://outputs/beam"
-        started = time.perf_counter()
-        done = _driver([INPUTS, "--output", out, "--kb", small_kb, "--runner", "PortableRunner",
-                        "--job_endpoint=embed", "--environment_type=EXTERNAL",
-                        f"--environment_config=localhost:{port}"],
-                       {**os.environ, **env, "PYTHONUNBUFFERED": "1"}, cwd=str(tmp_path), timeout=900)
-        seconds = time.perf_counter() - started
-        assert done.returncode == 0, (f"driver failed ({done.returncode}) after {seconds:.0f} s\n"
-                                      f"{done.stderr[-5000:]}\n{pool.tail(5000)}")
-        print(f"beam portable build: {seconds:.1f} s")
-        manifest = _read_manifest(out)
+        manifest = _build_or_fail("beam portable", out, small_kb,
+                                  ["--runner", "PortableRunner", "--job_endpoint=embed", "--environment_type=EXTERNAL",
+                                   f"--environment_config=localhost:{port}"],
+                                  {**os.environ, **env, "PYTHONUNBUFFERED": "1"}, str(tmp_path),
+                                  lambda: pool.tail(5000))
         try:
             _check_against_local(out, manifest, local_reference, input_rows, "beam:PortableRunner")
             assert manifest["config"]["kb"] == small_kb
